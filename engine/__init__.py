@@ -1,0 +1,1 @@
+"""The resident engine: the only part of musicgen-steer that touches the model."""

@@ -1,0 +1,150 @@
+"""`mgsteer`: the one command-line entry point.
+
+Every bad input ends as one line `mgsteer: error: …` on stderr and exit status 2; heavy
+imports happen inside the subcommands so `mgsteer --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import MgsteerError
+
+DEFAULT_MODEL = "facebook/musicgen-small"
+
+
+def _model_args(p: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:
+    p.add_argument("--model", default=default, help=f"tiny, a hub id or a local folder (default {default})")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--dtype", default="auto", help="auto (float32), float32, float16, bfloat16")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--temperature", type=float, default=1.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mgsteer", description="Steer MusicGen with sparse-autoencoder features.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("render", help="render one steered clip to a WAV file")
+    _model_args(r)
+    r.add_argument("--sae", help="SAE folder (cfg.json + sae_weights.safetensors + feature_stats.safetensors)")
+    r.add_argument("--prompt", default="simple melody")
+    r.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable")
+    r.add_argument("--mode", default="add", choices=("add", "clamp"))
+    r.add_argument("--halves", default="both", choices=("both", "cond"), help="CFG halves to steer")
+    r.add_argument("--seconds", type=float, default=5.0)
+    r.add_argument("--out", default="out.wav")
+    _sampling_args(r)
+    r.set_defaults(func=cmd_render)
+
+    i = sub.add_parser("info", help="print facts about a model and an SAE")
+    _model_args(i)
+    i.add_argument("--sae")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="offline demo: tiny model, a tiny SAE, a plain and a steered WAV")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--layer", type=int, default=2)
+    d.add_argument("--seconds", type=float, default=5.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MgsteerError as exc:
+        print(f"mgsteer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mgsteer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from engine.model import load_musicgen
+    from engine.render import render, write_wav
+    from engine.steering import SteeringSpec, parse_steer
+    from engine.tokenloop import SamplingConfig
+    from sae.files import load_sae
+
+    steers = tuple(parse_steer(s) for s in args.steer)
+    if steers and not args.sae:
+        raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
+    sampling = SamplingConfig(guidance=args.guidance, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
+    lm = load_musicgen(args.model, args.device, args.dtype)
+    sae = load_sae(args.sae, lm.device) if args.sae else None
+    spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
+    started = time.perf_counter()
+    out = render(lm, args.prompt, args.seconds, sampling, sae, spec, progress=_progress())
+    took = time.perf_counter() - started
+    path = write_wav(args.out, out.audio, out.sample_rate)
+    print(
+        f"rendered {out.seconds:.2f} s ({out.codes.shape[-1]} frames) of '{args.prompt}' with {lm.spec} "
+        f"on {lm.device.type} in {took:.1f} s (seed {args.seed})"
+    )
+    if sae is not None:
+        print(describe_steering(sae, spec))
+    print(f"wrote {path} ({out.sample_rate} Hz, mono, 16-bit)")
+
+
+def describe_steering(sae, spec) -> str:
+    if not spec.steers:
+        return f"steering: none (SAE at layer {sae.cfg.hook_layer} loaded)"
+    beta = sae.require_stats().max_activation
+    parts = ", ".join(f"feature {s.feature} α={s.alpha:g} β={beta[s.feature].item():.3g}" for s in spec.steers)
+    return f"steering: {spec.mode} at layer {sae.cfg.hook_layer} ({spec.halves} CFG halves): {parts}"
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from engine.model import load_musicgen
+    from sae.files import check_sae_fits, load_sae
+
+    lm = load_musicgen(args.model, args.device, args.dtype)
+    print(f"model      {lm.spec} ({type(lm.model).__name__}, {lm.parameter_count() / 1e6:.1f} M parameters)")
+    print(f"device     {lm.device} {str(lm.dtype).removeprefix('torch.')}")
+    print(
+        f"decoder    {lm.num_layers} layers, hidden {lm.hidden_size}, {lm.num_codebooks} codebooks × {lm.codebook_size}"
+    )
+    frames = lm.max_positions - lm.num_codebooks
+    print(f"audio      {lm.sample_rate} Hz, {lm.frame_rate} frames/s")
+    print(f"one pass   ≤ {frames} frames ({frames / lm.frame_rate:g} s)")
+    if not args.sae:
+        return
+    sae = load_sae(args.sae, lm.device)
+    cfg = sae.cfg
+    print(f"sae        {sae.path}: {cfg.architecture}, d_in {cfg.d_in}, d_sae {cfg.d_sae}, k {cfg.k}")
+    print(f"hook       {cfg.hook_name} (layer {cfg.hook_layer}), trained on {cfg.model_name}")
+    if sae.stats is None:
+        print("stats      none (steering needs feature_stats.safetensors)")
+    else:
+        rate = sae.stats.firing_rate
+        alive = int((rate > 0).sum())
+        print(f"stats      {alive}/{cfg.d_sae} features fire; mean firing rate {rate.mean().item():.4f}")
+    check_sae_fits(sae, lm)
+    print("fits       yes")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from engine.demo import run_demo
+
+    run_demo(Path(args.out), layer=args.layer, seconds=args.seconds, seed=args.seed, progress=_progress())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

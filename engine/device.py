@@ -1,0 +1,38 @@
+"""Device and dtype selection shared by every command."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.errors import MgsteerError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map `auto|cpu|cuda[:n]|mps` to a torch device; `auto` prefers cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise MgsteerError(f"unknown device '{name}': use auto, cpu, cuda or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MgsteerError(f"device '{name}' asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MgsteerError(f"device '{name}' asked for but MPS is not available; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """`auto` is float32: EnCodec and the sampler are exact there, and it is what the tests pin."""
+    if name == "auto":
+        return torch.float32
+    if name not in DTYPES:
+        raise MgsteerError(f"unknown dtype '{name}': use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]

@@ -1,0 +1,162 @@
+"""Load MusicGen (tiny, a hub id or a local folder) into one `LoadedModel`.
+
+Why one loader: every command (render, play, harvest, train) must see the same facts about
+the model (depth, hidden size, codebooks, frame rate) and fail the same clear way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTrainedTokenizerBase
+
+from engine.device import resolve_device, resolve_dtype
+from engine.errors import MgsteerError
+from engine.tiny import build_tiny_musicgen
+
+HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
+ALTERNATIVES = "use --model tiny (offline test model) or a local folder saved with save_pretrained"
+
+
+@dataclass
+class LoadedModel:
+    """A MusicGen with its tokenizer and the facts the engine needs, read once."""
+
+    model: MusicgenForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    spec: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.model.decoder.model.decoder.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.decoder.hidden_size)
+
+    @property
+    def num_codebooks(self) -> int:
+        return int(self.model.config.decoder.num_codebooks)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.model.config.decoder.vocab_size)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The start/pad token of the delay pattern (one past the last codebook entry)."""
+        return int(self.model.config.decoder.pad_token_id)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.config.audio_encoder.sampling_rate)
+
+    @property
+    def frame_rate(self) -> int:
+        return int(self.model.config.audio_encoder.frame_rate)
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.model.config.decoder.max_position_embeddings)
+
+    @property
+    def name(self) -> str:
+        """The name written into SAE files, so an SAE can say which model it was trained on."""
+        return self.spec if self.spec == "tiny" else self.model.config.name_or_path or self.spec
+
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise MgsteerError(
+                f"layer {layer} is out of range: model '{self.spec}' has decoder layers 0..{self.num_layers - 1}"
+            )
+        return layer
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: int = 0) -> LoadedModel:
+    """Load `tiny`, a hub id (`facebook/musicgen-small|medium|large`) or a local folder.
+
+    A hub id is looked up in the local cache first, so a cached model loads with no network;
+    otherwise the hub is probed once, quickly, so an unreachable hub is one clear error rather
+    than half a minute of retries and a stack trace.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if spec == "tiny":
+        model, tokenizer = build_tiny_musicgen(seed=seed)
+    else:
+        model, tokenizer = _load_pretrained(spec, dt)
+    model = model.to(device=dev, dtype=dt).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=dt)
+
+
+def _load_pretrained(spec: str, dtype: torch.dtype):
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MgsteerError(f"model folder '{spec}' has no config.json; it is not a saved MusicGen checkpoint")
+        return _from_pretrained(str(path), dtype, local_only=True)
+    if _looks_like_path(spec):
+        raise MgsteerError(f"model folder '{spec}' does not exist; {ALTERNATIVES}")
+    if spec.count("/") != 1:
+        raise MgsteerError(f"model '{spec}' is neither tiny, a folder nor a hub id like {HUB_IDS[0]}")
+    try:
+        return _from_pretrained(spec, dtype, local_only=True)
+    except _NotCached:
+        _probe_hub(spec)
+        return _from_pretrained(spec, dtype, local_only=False)
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except OSError as exc:
+        if local_only and not Path(source).is_dir():
+            raise _NotCached(source) from exc
+        raise MgsteerError(f"cannot load model '{source}': {_first_line(exc)}") from exc
+    except ValueError as exc:  # a config of another model type
+        raise MgsteerError(f"'{source}' is not a MusicGen checkpoint: {_first_line(exc)}") from exc
+    if model.config.model_type != "musicgen":
+        raise MgsteerError(f"'{source}' is a {model.config.model_type} model, not MusicGen")
+    return model, tokenizer
+
+
+def _probe_hub(spec: str) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(spec, timeout=10)
+    except RepositoryNotFoundError as exc:
+        raise MgsteerError(f"model '{spec}' is not on the hub (known: {', '.join(HUB_IDS)}); {ALTERNATIVES}") from exc
+    except Exception as exc:  # offline mode, DNS, refused, timeout, proxy: all mean "cannot fetch"
+        raise MgsteerError(
+            f"model '{spec}' is not in the local cache and the hub is unreachable ({_first_line(exc)}); {ALTERNATIVES}"
+        ) from exc
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,76 @@
+"""Render one (optionally steered) clip offline: prompt → tokens → EnCodec → WAV."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from engine.errors import MgsteerError
+from engine.model import LoadedModel
+from engine.steering import Steerer, SteeringSpec
+from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
+from sae.files import LoadedSAE
+
+
+@dataclass
+class Rendered:
+    codes: torch.Tensor  # [K, frames]
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+def frames_for(lm: LoadedModel, seconds: float) -> int:
+    """Frames for `seconds` of audio; bounded by the model's positional table."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise MgsteerError(f"--seconds must be a positive number, got {seconds}")
+    frames = max(1, round(seconds * lm.frame_rate))
+    limit = (lm.max_positions - lm.num_codebooks) / lm.frame_rate
+    if frames + lm.num_codebooks > lm.max_positions:
+        raise MgsteerError(f"--seconds {seconds} is longer than one pass of this model allows ({limit:.1f} s)")
+    return frames
+
+
+def render(
+    lm: LoadedModel,
+    prompt: str,
+    seconds: float,
+    sampling: SamplingConfig | None = None,
+    sae: LoadedSAE | None = None,
+    spec: SteeringSpec | None = None,
+    progress: bool = False,
+) -> Rendered:
+    """Generate `seconds` of audio for `prompt`, steered by `spec` through `sae` if given."""
+    sampling = sampling or SamplingConfig()
+    if spec is not None and spec.steers and sae is None:
+        raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
+    frames = frames_for(lm, seconds)
+    steerer = Steerer(lm, sae, cfg_doubled=sampling.cfg) if sae is not None else None
+    try:
+        if steerer is not None:
+            steerer.set(spec)
+        codes = TokenLoop(lm, [prompt], sampling).frames(frames, progress=progress)
+    finally:
+        if steerer is not None:
+            steerer.close()
+    audio = decode_codes(lm, codes)[0].cpu().numpy()
+    return Rendered(codes=codes[0].cpu(), audio=audio, sample_rate=lm.sample_rate)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """16-bit PCM (what every DAW opens); samples beyond ±1 are clipped."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sf.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+        raise MgsteerError(f"cannot write '{path}': {exc}") from exc
+    return path

@@ -1,0 +1,165 @@
+"""A tiny, seeded, randomly initialised MusicGen of the real architecture, built offline.
+
+Why: no weights can be downloaded where tests and demos run, yet every code path (text
+encoder + cross-attention, 4-codebook decoder with the delay pattern, EnCodec at 32 kHz /
+50 Hz) must be exercised exactly as with `facebook/musicgen-*`. Only the sizes differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from torch import nn
+from transformers import (
+    EncodecConfig,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    T5Config,
+)
+from transformers.utils import logging as hf_logging
+
+# A small music vocabulary so prompts tokenize into real sub-words, not only <unk>.
+PROMPT_CORPUS = [
+    "simple melody",
+    "calm piano melody with soft strings",
+    "80s pop track with bassy drums and synth",
+    "90s rock song with loud guitars and heavy drums",
+    "lofi hip hop beat with warm vinyl crackle",
+    "ambient drone with slow evolving pads",
+    "jazz trio with upright bass, brushed drums and piano",
+    "techno groove with a driving kick and acid bassline",
+    "orchestral film score with brass and timpani",
+    "acoustic folk guitar with gentle vocals humming",
+    "happy upbeat ukulele tune",
+    "sad minor key cello solo",
+    "fast drum and bass with chopped breaks",
+    "reggae rhythm with offbeat guitar skank",
+    "classical string quartet in a major key",
+    "funky bass and clavinet with tight drums",
+    "dreamy shoegaze wall of guitars",
+    "minimal electronic arpeggio at 120 bpm",
+    "latin percussion with congas and timbales",
+    "epic choir and organ in a cathedral",
+]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of the tiny model; the structure is musicgen-small's."""
+
+    codebook_size: int = 128
+    num_codebooks: int = 4
+    decoder_layers: int = 4
+    hidden_size: int = 64
+    heads: int = 4
+    ffn_dim: int = 128
+    max_positions: int = 2048
+    text_dim: int = 32
+    tokenizer_vocab: int = 256
+
+
+def build_tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:
+    """Train a byte-level-free BPE on the bundled prompts; deterministic and offline."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False)
+    tok.train_from_iterator(PROMPT_CORPUS, trainer=trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_config(spec: TinySpec, text_vocab: int) -> MusicgenConfig:
+    """Compose the three sub-configs like the hub's musicgen-small, at toy sizes."""
+    nbits = (spec.codebook_size - 1).bit_length()
+    frame_rate = 50  # 32000 Hz / (8*5*4*4)
+    # EnCodec derives its number of quantizers from the bandwidth: pick the one giving num_codebooks.
+    bandwidth_kbps = spec.num_codebooks * frame_rate * nbits / 1000
+    text = T5Config(
+        vocab_size=text_vocab,
+        d_model=spec.text_dim,
+        d_kv=8,
+        d_ff=2 * spec.text_dim,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    audio = EncodecConfig(
+        sampling_rate=32000,
+        audio_channels=1,
+        upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=spec.codebook_size,
+        codebook_dim=32,
+        target_bandwidths=[bandwidth_kbps],
+        num_filters=8,
+        hidden_size=32,
+        num_lstm_layers=1,
+        normalize=False,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=spec.codebook_size,
+        num_hidden_layers=spec.decoder_layers,
+        hidden_size=spec.hidden_size,
+        num_attention_heads=spec.heads,
+        ffn_dim=spec.ffn_dim,
+        num_codebooks=spec.num_codebooks,
+        max_position_embeddings=spec.max_positions,
+        pad_token_id=spec.codebook_size,
+        bos_token_id=spec.codebook_size,
+    )
+    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
+
+
+def build_tiny_musicgen(
+    seed: int = 0, spec: TinySpec | None = None
+) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerFast]:
+    """Build the tiny model and its tokenizer; the same seed gives the same weights."""
+    spec = spec or TinySpec()
+    tokenizer = build_tiny_tokenizer(spec.tokenizer_vocab)
+    verbosity = hf_logging.get_verbosity()
+    # The pad token (= codebook size) lies outside the vocabulary by design, as in musicgen-small;
+    # transformers warns about it, which would only confuse users.
+    hf_logging.set_verbosity_error()
+    try:
+        config = build_tiny_config(spec, text_vocab=len(tokenizer))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MusicgenForConditionalGeneration(config)
+            _make_codec_audible(model)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    gen = model.generation_config
+    gen.decoder_start_token_id = gen.pad_token_id = gen.bos_token_id = spec.codebook_size
+    gen.do_sample, gen.guidance_scale, gen.top_k = True, 3.0, 250
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def _make_codec_audible(model: MusicgenForConditionalGeneration) -> None:
+    """Make the random EnCodec's audio a function of its codes.
+
+    Random init leaves the codebooks (buffers) at zero, so every code decodes to the same
+    sound, and random conv biases add a DC offset far larger than anything code-dependent.
+    Wide random codebooks, bias-free decoder convs and a gain on the last conv give a
+    zero-mean signal, driven by the tokens, at a level one can hear.
+    """
+    for layer in model.audio_encoder.quantizer.layers:
+        book = layer.codebook
+        book.embed.normal_(0.0, 30.0)
+        book.embed_avg.copy_(book.embed)
+        book.cluster_size.fill_(1.0)
+    convs = [m for m in model.audio_encoder.decoder.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
+    for conv in convs:
+        if conv.bias is not None:
+            conv.bias.zero_()
+    last = convs[-1]
+    # Weight-normed convs recompute `weight` from a magnitude (original0) and a direction.
+    gain = last.parametrizations.weight.original0 if hasattr(last, "parametrizations") else last.weight
+    gain.mul_(6.0)

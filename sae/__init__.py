@@ -1,0 +1,1 @@
+"""Sparse autoencoders on MusicGen's residual stream: model, files, harvest, training, labels."""

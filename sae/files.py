@@ -1,0 +1,200 @@
+"""SAE folders in SAELens' layout, plus our feature statistics beside them.
+
+A folder holds `cfg.json` + `sae_weights.safetensors` (readable by SAELens and by anything
+that reads SAELens) and `feature_stats.safetensors` (firing rate, mean and max activation β,
+which steering needs). Every way a folder can be wrong is a one-line `MgsteerError`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from engine.errors import MgsteerError
+from engine.model import LoadedModel
+from sae.topk import SAEConfig, TopKSAE
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+STATS_FILE = "feature_stats.safetensors"
+REQUIRED_KEYS = ("architecture", "d_in", "d_sae", "k", "hook_name", "hook_layer", "model_name")
+WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
+STAT_NAMES = ("firing_rate", "mean_activation", "max_activation")
+
+
+@dataclass
+class FeatureStats:
+    """Per-feature statistics over the activations the SAE was measured on.
+
+    firing_rate: share of frames on which the feature is non-zero; mean_activation: mean of its
+    non-zero values; max_activation: β, the largest value seen — the unit of a steering α.
+    """
+
+    firing_rate: torch.Tensor
+    mean_activation: torch.Tensor
+    max_activation: torch.Tensor
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor) -> FeatureStats:
+        """Statistics of SAE codes `[rows, d_sae]`."""
+        codes = codes.float()
+        fires = codes > 0
+        count = fires.sum(0)
+        return cls(
+            firing_rate=count.float() / max(codes.shape[0], 1),
+            mean_activation=codes.sum(0) / count.clamp(min=1),
+            max_activation=codes.max(0).values.clamp(min=0),
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name).detach().float().cpu().contiguous() for name in STAT_NAMES}
+
+
+@dataclass
+class LoadedSAE:
+    """An SAE read from a folder, with its statistics if the folder has them."""
+
+    sae: TopKSAE
+    stats: FeatureStats | None
+    path: Path
+
+    @property
+    def cfg(self) -> SAEConfig:
+        return self.sae.cfg
+
+    def require_stats(self) -> FeatureStats:
+        if self.stats is None:
+            raise MgsteerError(f"SAE '{self.path}' has no {STATS_FILE}; steering needs each feature's max activation β")
+        return self.stats
+
+    def check_feature(self, feature: int) -> int:
+        if not isinstance(feature, int) or not 0 <= feature < self.cfg.d_sae:
+            raise MgsteerError(f"unknown feature id {feature}: SAE '{self.path}' has features 0..{self.cfg.d_sae - 1}")
+        return feature
+
+
+def cfg_json(cfg: SAEConfig) -> dict:
+    """SAELens keys (TopK flavour) plus nothing that SAELens would misread."""
+    return {
+        "architecture": cfg.architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "k": cfg.k,
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": cfg.k},
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "finetuning_scaling_factor": False,
+        "model_name": cfg.model_name,
+        "hook_name": cfg.hook_name,
+        "hook_layer": cfg.hook_layer,
+        "hook_head_index": None,
+        "prepend_bos": False,
+        "dtype": "float32",
+        "device": "cpu",
+    }
+
+
+def save_sae(sae: TopKSAE, folder: str | Path, stats: FeatureStats | None = None) -> Path:
+    """Write the SAE (float32) and, if given, its statistics; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CFG_FILE).write_text(json.dumps(cfg_json(sae.cfg), indent=2) + "\n")
+    weights = {name: getattr(sae, name).detach().float().cpu().contiguous() for name in WEIGHT_NAMES}
+    save_file(weights, str(folder / WEIGHTS_FILE))
+    if stats is not None:
+        save_file(stats.tensors(), str(folder / STATS_FILE))
+    return folder
+
+
+def load_sae(folder: str | Path, device: torch.device | str = "cpu") -> LoadedSAE:
+    """Read and validate an SAE folder; the SAE comes back in eval mode, float32, on `device`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MgsteerError(f"SAE folder '{folder}' does not exist")
+    cfg = _read_cfg(folder)
+    sae = TopKSAE(cfg)
+    weights = _read_tensors(folder / WEIGHTS_FILE, WEIGHT_NAMES)
+    expected = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise MgsteerError(
+                f"SAE '{folder}': {name} has shape {tuple(weights[name].shape)} but cfg.json implies {shape}"
+            )
+        if not torch.isfinite(weights[name]).all():
+            raise MgsteerError(f"SAE '{folder}': {name} contains NaN or inf")
+    sae.load_state_dict({k: v.float() for k, v in weights.items()})
+    stats = None
+    if (folder / STATS_FILE).exists():
+        tensors = _read_tensors(folder / STATS_FILE, STAT_NAMES)
+        for name in STAT_NAMES:
+            if tuple(tensors[name].shape) != (cfg.d_sae,):
+                raise MgsteerError(f"SAE '{folder}': {STATS_FILE} {name} has shape {tuple(tensors[name].shape)}")
+        stats = FeatureStats(**{name: tensors[name].float().to(device) for name in STAT_NAMES})
+    sae = sae.to(device).eval().requires_grad_(False)
+    return LoadedSAE(sae=sae, stats=stats, path=folder)
+
+
+def _read_cfg(folder: Path) -> SAEConfig:
+    path = folder / CFG_FILE
+    if not path.is_file():
+        raise MgsteerError(f"'{folder}' is not an SAE folder: no {CFG_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MgsteerError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise MgsteerError(f"{path} must hold a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise MgsteerError(f"{path} lacks key(s) {', '.join(missing)}")
+    if raw["architecture"] != "topk":
+        raise MgsteerError(f"{path}: architecture '{raw['architecture']}' is not supported (only topk)")
+    try:
+        return SAEConfig(
+            d_in=int(raw["d_in"]),
+            d_sae=int(raw["d_sae"]),
+            k=int(raw["k"]),
+            hook_layer=int(raw["hook_layer"]),
+            model_name=str(raw["model_name"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise MgsteerError(f"{path}: {exc}") from exc
+
+
+def _read_tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise MgsteerError(f"missing {path.name} in SAE folder '{path.parent}'")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MgsteerError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from exc
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise MgsteerError(f"{path} lacks tensor(s) {', '.join(missing)}")
+    return tensors
+
+
+def check_sae_fits(loaded: LoadedSAE, lm: LoadedModel) -> None:
+    """An SAE must read the residual stream it was trained on: same width, an existing layer."""
+    cfg = loaded.cfg
+    if cfg.d_in != lm.hidden_size:
+        raise MgsteerError(
+            f"SAE '{loaded.path}' has d_in {cfg.d_in} but model '{lm.spec}' has hidden size {lm.hidden_size}; "
+            f"it was trained on {cfg.model_name}"
+        )
+    if not 0 <= cfg.hook_layer < lm.num_layers:
+        raise MgsteerError(
+            f"SAE '{loaded.path}' reads layer {cfg.hook_layer} but model '{lm.spec}' has decoder layers "
+            f"0..{lm.num_layers - 1}"
+        )

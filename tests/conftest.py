@@ -1,0 +1,42 @@
+"""Shared fixtures: one tiny model per test session and a small SAE built from its activations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.model import LoadedModel, load_musicgen
+from sae.bootstrap import init_from_activations, measure
+from sae.files import LoadedSAE, load_sae, save_sae
+from sae.harvest import harvest_generation
+from sae.topk import SAEConfig
+
+SAE_LAYER = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> LoadedModel:
+    return load_musicgen("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_acts(tiny_lm) -> torch.Tensor:
+    acts = harvest_generation(tiny_lm, ["simple melody", "techno groove", "sad cello"], [SAE_LAYER], frames=40)
+    return acts[SAE_LAYER].reshape(-1, tiny_lm.hidden_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tiny_lm, tiny_acts, tmp_path_factory):
+    cfg = SAEConfig(d_in=tiny_lm.hidden_size, d_sae=128, k=8, hook_layer=SAE_LAYER, model_name="tiny")
+    sae = init_from_activations(tiny_acts, cfg, seed=0)
+    return save_sae(sae, tmp_path_factory.mktemp("sae"), measure(sae, tiny_acts))
+
+
+@pytest.fixture()
+def tiny_sae(tiny_sae_dir) -> LoadedSAE:
+    return load_sae(tiny_sae_dir)
+
+
+def alive_features(sae: LoadedSAE, count: int = 2) -> list[int]:
+    """Features with the largest β, i.e. ones that do fire on the tiny model."""
+    return [int(i) for i in sae.require_stats().max_activation.argsort(descending=True)[:count]]

@@ -1,0 +1,82 @@
+"""The `mgsteer` command line: render, info, demo and the one-line error contract."""
+
+from __future__ import annotations
+
+import soundfile as sf
+from conftest import alive_features
+
+from engine.cli import main
+from engine.demo import run_demo
+
+
+def test_render_writes_steered_wav(tiny_sae_dir, tiny_sae, tmp_path, capsys):
+    f1, f2 = alive_features(tiny_sae)
+    out = tmp_path / "sub" / "out.wav"
+    argv = [
+        "render",
+        "--model",
+        "tiny",
+        "--sae",
+        str(tiny_sae_dir),
+        "--prompt",
+        "simple melody",
+        "--steer",
+        f"{f1}=0.8",
+        "--steer",
+        f"{f2}=-0.5",
+        "--seconds",
+        "1",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    info = sf.info(str(out))
+    assert info.samplerate == 32000 and info.channels == 1 and info.frames == 32000
+    assert str(out) in printed and f"feature {f1} α=0.8" in printed and "add at layer 2" in printed
+    plain = tmp_path / "plain.wav"
+    assert main(["render", "--model", "tiny", "--seconds", "1", "--seed", "0", "--out", str(plain)]) == 0
+    assert (sf.read(str(plain))[0] != sf.read(str(out))[0]).any()
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("mgsteer: error: ")
+    return err[0]
+
+
+def test_cli_errors_are_one_line(tiny_sae_dir, tmp_path, capsys):
+    base = ["render", "--model", "tiny", "--seconds", "0.2", "--out", str(tmp_path / "x.wav")]
+    assert main([*base, "--steer", "3=1"]) == 2
+    assert "--steer needs --sae" in _error_line(capsys)
+    assert main([*base, "--sae", str(tiny_sae_dir), "--steer", "99999=1"]) == 2
+    assert "unknown feature id 99999" in _error_line(capsys)
+    assert main([*base, "--sae", str(tiny_sae_dir), "--steer", "3=inf"]) == 2
+    assert "must be finite" in _error_line(capsys)
+    assert main([*base, "--sae", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in _error_line(capsys)
+    assert main([*base[:-4], "--seconds", "-1"]) == 2
+    assert "positive" in _error_line(capsys)
+    assert main([*base[:-4], "--seconds", "999"]) == 2
+    assert "longer than one pass" in _error_line(capsys)
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_info_reports_model_and_sae(tiny_sae_dir, capsys):
+    assert main(["info", "--model", "tiny", "--sae", str(tiny_sae_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "decoder    4 layers, hidden 64, 4 codebooks × 128" in out
+    assert "d_in 64, d_sae 128, k 8" in out and "fits       yes" in out
+
+
+def test_demo_renders_plain_and_steered(tmp_path, capsys):
+    result = run_demo(tmp_path, seconds=1.0)
+    printed = capsys.readouterr().out
+    assert result["changed"] > 0
+    for key in ("plain", "steered"):
+        assert sf.info(str(result[key])).frames == 32000
+        assert str(result[key].resolve()) in printed
+    assert (result["sae"] / "cfg.json").is_file()

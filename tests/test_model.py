@@ -1,0 +1,108 @@
+"""Loading MusicGen: tiny, local folders through the hub code path, clear failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.device import resolve_device, resolve_dtype
+from engine.errors import MgsteerError
+from engine.model import load_musicgen
+from engine.tokenloop import SamplingConfig, TokenLoop
+
+
+def test_tiny_has_musicgen_structure(tiny_lm):
+    assert type(tiny_lm.model).__name__ == "MusicgenForConditionalGeneration"
+    assert tiny_lm.num_codebooks == 4
+    assert tiny_lm.sample_rate == 32000
+    assert tiny_lm.frame_rate == 50
+    assert tiny_lm.num_layers == 4
+    assert tiny_lm.hidden_size == 64
+    assert tiny_lm.model.text_encoder.config.model_type == "t5"
+    assert tiny_lm.model.audio_encoder.config.model_type == "encodec"
+    ids = tiny_lm.tokenizer(["simple melody"])["input_ids"][0]
+    assert tiny_lm.tokenizer.unk_token_id not in ids
+
+
+def test_tiny_is_deterministic_per_seed():
+    a, b, c = (load_musicgen("tiny", seed=s).model.state_dict() for s in (0, 0, 1))
+    name = "decoder.model.decoder.layers.0.fc1.weight"
+    assert torch.equal(a[name], b[name])
+    assert not torch.equal(a[name], c[name])
+
+
+def test_saved_folder_loads_through_pretrained_path(tiny_lm, tmp_path):
+    tiny_lm.model.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    lm = load_musicgen(str(tmp_path), device="cpu")
+    assert lm.spec == str(tmp_path)
+    for name, tensor in tiny_lm.model.state_dict().items():
+        assert torch.equal(tensor, lm.model.state_dict()[name]), name
+    sampling = SamplingConfig(seed=3)
+    ours = TokenLoop(tiny_lm, ["simple melody"], sampling).frames(12)
+    theirs = TokenLoop(lm, ["simple melody"], sampling).frames(12)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [("./no/such/folder", "does not exist"), ("not-a-hub-id", "neither tiny"), ("a/b/c", "does not exist")],
+)
+def test_bad_specs_are_one_line_errors(spec, needle):
+    with pytest.raises(MgsteerError) as err:
+        load_musicgen(spec)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(MgsteerError, match=r"no config\.json"):
+        load_musicgen(str(tmp_path))
+
+
+def test_unreachable_hub_is_one_clear_line(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "info", "--model", "facebook/musicgen-small"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mgsteer: error: model 'facebook/musicgen-small'")
+    assert "unreachable" in lines[0] and "--model tiny" in lines[0] and "local folder" in lines[0]
+
+
+def test_device_and_dtype_resolution():
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in {"cpu", "mps"}
+        with pytest.raises(MgsteerError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(MgsteerError, match="unknown device"):
+        resolve_device("tpu9")
+    assert resolve_dtype("auto") == torch.float32
+    assert resolve_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(MgsteerError, match="unknown dtype"):
+        resolve_dtype("float8")
+
+
+def test_tiny_codec_audio_depends_on_codes(tiny_lm):
+    from engine.tokenloop import decode_codes
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, tiny_lm.codebook_size, (1, tiny_lm.num_codebooks, 25), generator=gen)
+    other = codes.clone()
+    other[:, :, 10:] = (other[:, :, 10:] + 1) % tiny_lm.codebook_size
+    a, b = decode_codes(tiny_lm, codes), decode_codes(tiny_lm, other)
+    hop = tiny_lm.sample_rate // tiny_lm.frame_rate
+    assert a.shape == (1, 25 * hop)
+    assert (a - b).abs().max() > 0.05 * a.abs().max()
+    # Audio well before the changed frames barely moves: the decoder is local in time.
+    assert (a - b)[:, : 5 * hop].abs().max() < (a - b)[:, 10 * hop :].abs().max()
