@@ -7,16 +7,31 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
+# PortAudio for sound output; JACK to test a real audio path without a sound card.
+SYSTEM_PACKAGES := libportaudio2 jackd2
 
-.PHONY: install demo test lint clean
+.PHONY: install system demo test lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# Debian/Ubuntu packages, installed when missing and we may (root with apt-get); otherwise a note:
+# everything but sound output works without them (use --no-audio).
+system:
+	@missing=""; \
+	for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "note: sound output needs:$$missing (sudo apt-get install$$missing); --no-audio works without"; \
+	fi
+
+$(STAMP): pyproject.toml Makefile | system
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,audio]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -45,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(r)
     r.set_defaults(func=cmd_render)
 
+    p = sub.add_parser("play", help="play endlessly, steerable live (the resident host)")
+    _model_args(p)
+    p.add_argument("--sae", help="SAE folder; needed for --steer and for knobs")
+    p.add_argument("--prompt", default="simple melody")
+    p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable")
+    p.add_argument("--seconds", type=float, help="stop after this much audio has played (default: until Ctrl-C)")
+    p.add_argument("--out", help="also record what plays to this WAV")
+    p.add_argument("--no-audio", action="store_true", help="no sound device: play into a real-time null clock")
+    p.add_argument("--audio-device", help="output device name or index (default: the system's)")
+    p.add_argument("--lookahead-ms", type=float, default=300.0, help="audio kept queued ahead of playback")
+    p.add_argument("--chunk", type=int, default=8, help="frames per EnCodec decode (8 = 160 ms)")
+    p.add_argument("--smoothing-ms", type=float, default=50.0, help="glide time of steering changes")
+    p.add_argument("--meters", help="comma-separated feature ids to meter each step")
+    _sampling_args(p)
+    p.set_defaults(func=cmd_play)
+
     i = sub.add_parser("info", help="print facts about a model and an SAE")
     _model_args(i)
     i.add_argument("--sae")
@@ -109,6 +125,66 @@ def describe_steering(sae, spec) -> str:
     beta = sae.require_stats().max_activation
     parts = ", ".join(f"feature {s.feature} α={s.alpha:g} β={beta[s.feature].item():.3g}" for s in spec.steers)
     return f"steering: {spec.mode} at layer {sae.cfg.hook_layer} ({spec.halves} CFG halves): {parts}"
+
+
+def cmd_play(args: argparse.Namespace) -> None:
+    from engine.audio import DeviceSink, NullSink, WavRecorder
+    from engine.codec_stream import ChunkConfig
+    from engine.host import Host, HostConfig
+    from engine.model import load_musicgen
+    from engine.params import ParameterBus
+    from engine.steering import parse_steer
+    from engine.tokenloop import SamplingConfig
+    from sae.files import load_sae
+
+    steers = [parse_steer(s) for s in args.steer]
+    if (steers or args.meters) and not args.sae:
+        raise MgsteerError("--steer and --meters need --sae DIR: the features are that SAE's")
+    if args.seconds is not None and not args.seconds > 0:
+        raise MgsteerError(f"--seconds must be a positive number, got {args.seconds}")
+    meters = _feature_list(args.meters) if args.meters else None
+    sampling = SamplingConfig(guidance=args.guidance, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
+    config = HostConfig(
+        lookahead_ms=args.lookahead_ms, chunk=ChunkConfig(chunk=args.chunk), sampling=sampling, meters=meters
+    )
+    lm = load_musicgen(args.model, args.device, args.dtype)
+    sae = load_sae(args.sae, lm.device) if args.sae else None
+    bus = ParameterBus(prompt=args.prompt, smoothing_ms=args.smoothing_ms, feature_count=sae.cfg.d_sae if sae else None)
+    for steer in steers:
+        bus.set_feature(steer.feature, steer.alpha)
+    sink = NullSink(lm.sample_rate) if args.no_audio else DeviceSink(lm.sample_rate, _device_arg(args.audio_device))
+    recorder = WavRecorder(args.out, lm.sample_rate) if args.out else None
+    host = Host(lm, bus, sink, sae, config, recorder)
+    latest: dict = {}
+    bus.subscribe(lambda feedback: feedback.meters and latest.update(feedback.meters))
+    where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
+    print(f"playing '{args.prompt}' with {lm.spec} on {lm.device.type} into {where}; Ctrl-C stops")
+    host.start()
+    try:
+        while args.seconds is None or host.status().position_s < args.seconds:
+            time.sleep(1.0)
+            if host.error is not None:
+                raise MgsteerError(f"generation stopped: {host.error}")
+            meters = " ".join(f"{f}:{v:.2f}" for f, v in sorted(latest.items()))
+            print(host.status().line() + (f" | meters {meters}" if meters else ""), flush=True)
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        host.stop()
+        bus.close()
+    if recorder is not None:
+        print(f"recorded {recorder.samples / lm.sample_rate:.1f} s to {recorder.path}")
+
+
+def _feature_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise MgsteerError(f"bad feature list '{text}': use comma-separated ids, e.g. 12,40") from exc
+
+
+def _device_arg(text: str | None) -> str | int | None:
+    return int(text) if text is not None and text.isdigit() else text
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTra
 
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import MgsteerError
-from engine.tiny import build_tiny_musicgen
+from engine.tiny import PRESETS, build_random_musicgen
 
 HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
 ALTERNATIVES = "use --model tiny (offline test model) or a local folder saved with save_pretrained"
@@ -72,7 +72,7 @@ class LoadedModel:
     @property
     def name(self) -> str:
         """The name written into SAE files, so an SAE can say which model it was trained on."""
-        return self.spec if self.spec == "tiny" else self.model.config.name_or_path or self.spec
+        return self.spec if self.spec in PRESETS else self.model.config.name_or_path or self.spec
 
     def check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
@@ -86,7 +86,7 @@ class LoadedModel:
 
 
 def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: int = 0) -> LoadedModel:
-    """Load `tiny`, a hub id (`facebook/musicgen-small|medium|large`) or a local folder.
+    """Load `tiny`/`random-small` (random, offline), a hub id or a local folder.
 
     A hub id is looked up in the local cache first, so a cached model loads with no network;
     otherwise the hub is probed once, quickly, so an unreachable hub is one clear error rather
@@ -94,8 +94,8 @@ def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: in
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if spec == "tiny":
-        model, tokenizer = build_tiny_musicgen(seed=seed)
+    if spec in PRESETS:
+        model, tokenizer = build_random_musicgen(seed=seed, spec=PRESETS[spec])
     else:
         model, tokenizer = _load_pretrained(spec, dt)
     model = model.to(device=dev, dtype=dt).eval()

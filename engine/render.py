@@ -57,7 +57,8 @@ def render(
     try:
         if steerer is not None:
             steerer.set(spec)
-        codes = TokenLoop(lm, [prompt], sampling).frames(frames, progress=progress)
+        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks)
+        codes = loop.frames(frames, progress=progress)
     finally:
         if steerer is not None:
             steerer.close()

@@ -1,8 +1,10 @@
-"""A tiny, seeded, randomly initialised MusicGen of the real architecture, built offline.
+"""Seeded, randomly initialised MusicGens of the real architecture, built offline.
 
 Why: no weights can be downloaded where tests and demos run, yet every code path (text
 encoder + cross-attention, 4-codebook decoder with the delay pattern, EnCodec at 32 kHz /
-50 Hz) must be exercised exactly as with `facebook/musicgen-*`. Only the sizes differ.
+50 Hz) must be exercised exactly as with `facebook/musicgen-*`. Only the sizes differ:
+`tiny` is small enough for tests; `random-small` has musicgen-small's sizes, for speed and
+memory figures, which do not depend on the weights.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ PROMPT_CORPUS = [
 
 
 @dataclass(frozen=True)
-class TinySpec:
-    """Sizes of the tiny model; the structure is musicgen-small's."""
+class ArchSpec:
+    """Sizes of a random MusicGen; the structure is always musicgen-small's."""
 
     codebook_size: int = 128
     num_codebooks: int = 4
@@ -59,7 +61,33 @@ class TinySpec:
     ffn_dim: int = 128
     max_positions: int = 2048
     text_dim: int = 32
+    text_layers: int = 1
+    text_heads: int = 4
+    text_vocab: int | None = None  # None: the tokenizer's size
+    codec_filters: int = 8
+    codec_hidden: int = 32
+    codec_dim: int = 32
     tokenizer_vocab: int = 256
+    audible_codec: bool = True  # randomise codebooks and remove DC (see _make_codec_audible)
+
+
+TINY = ArchSpec()
+# facebook/musicgen-small's sizes: for speed and memory figures (they do not depend on weights).
+SMALL = ArchSpec(
+    codebook_size=2048,
+    decoder_layers=24,
+    hidden_size=1024,
+    heads=16,
+    ffn_dim=4096,
+    text_dim=768,
+    text_layers=12,
+    text_heads=12,
+    text_vocab=32128,
+    codec_filters=64,
+    codec_hidden=128,
+    codec_dim=128,
+)
+PRESETS = {"tiny": TINY, "random-small": SMALL}
 
 
 def build_tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:
@@ -74,20 +102,20 @@ def build_tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_tiny_config(spec: TinySpec, text_vocab: int) -> MusicgenConfig:
-    """Compose the three sub-configs like the hub's musicgen-small, at toy sizes."""
+def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
+    """Compose the three sub-configs like the hub's musicgen-small, at `spec`'s sizes."""
     nbits = (spec.codebook_size - 1).bit_length()
     frame_rate = 50  # 32000 Hz / (8*5*4*4)
     # EnCodec derives its number of quantizers from the bandwidth: pick the one giving num_codebooks.
     bandwidth_kbps = spec.num_codebooks * frame_rate * nbits / 1000
     text = T5Config(
-        vocab_size=text_vocab,
+        vocab_size=spec.text_vocab or text_vocab,
         d_model=spec.text_dim,
-        d_kv=8,
-        d_ff=2 * spec.text_dim,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=4,
+        d_kv=spec.text_dim // spec.text_heads,
+        d_ff=4 * spec.text_dim,
+        num_layers=spec.text_layers,
+        num_decoder_layers=spec.text_layers,
+        num_heads=spec.text_heads,
         pad_token_id=0,
         eos_token_id=1,
     )
@@ -96,11 +124,13 @@ def build_tiny_config(spec: TinySpec, text_vocab: int) -> MusicgenConfig:
         audio_channels=1,
         upsampling_ratios=[8, 5, 4, 4],
         codebook_size=spec.codebook_size,
-        codebook_dim=32,
+        codebook_dim=spec.codec_dim,
         target_bandwidths=[bandwidth_kbps],
-        num_filters=8,
-        hidden_size=32,
-        num_lstm_layers=1,
+        num_filters=spec.codec_filters,
+        hidden_size=spec.codec_hidden,
+        num_lstm_layers=2,
+        use_causal_conv=False,  # musicgen's 32 kHz EnCodec is non-causal, with reflect padding
+        pad_mode="reflect",
         normalize=False,
     )
     decoder = MusicgenDecoderConfig(
@@ -117,22 +147,22 @@ def build_tiny_config(spec: TinySpec, text_vocab: int) -> MusicgenConfig:
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
-def build_tiny_musicgen(
-    seed: int = 0, spec: TinySpec | None = None
+def build_random_musicgen(
+    seed: int = 0, spec: ArchSpec = TINY
 ) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerFast]:
-    """Build the tiny model and its tokenizer; the same seed gives the same weights."""
-    spec = spec or TinySpec()
+    """Build a random model and its tokenizer; the same seed gives the same weights."""
     tokenizer = build_tiny_tokenizer(spec.tokenizer_vocab)
     verbosity = hf_logging.get_verbosity()
     # The pad token (= codebook size) lies outside the vocabulary by design, as in musicgen-small;
     # transformers warns about it, which would only confuse users.
     hf_logging.set_verbosity_error()
     try:
-        config = build_tiny_config(spec, text_vocab=len(tokenizer))
+        config = build_config(spec, text_vocab=len(tokenizer))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = MusicgenForConditionalGeneration(config)
-            _make_codec_audible(model)
+            if spec.audible_codec:
+                _make_codec_audible(model)
     finally:
         hf_logging.set_verbosity(verbosity)
     gen = model.generation_config

@@ -7,14 +7,26 @@ runs to the end and returns only audio.
 Delay pattern (K codebooks): codebook q at decoder position p holds frame p − q − 1; position
 0 is the start token and positions p ≤ q of codebook q are padding. So after sampling
 position p ≥ K, frame p − K is complete: N frames need N + K − 1 steps.
+
+Endless play (re-priming): MusicGen was trained on ≤ 30 s and has a fixed positional table.
+Before the context fills, a second KV cache is built from the last few seconds of tokens —
+the same delayed columns, shifted so they start at position 0 behind a fresh start column —
+a few positions per step (`reprime_step`), chasing the head; once it has caught up it
+replaces the old cache. Generation never pauses for it, and a new prompt can be swapped in
+the same way.
+
+Memory: each self-attention cache is preallocated once (`max_context` positions) and the two
+caches of a re-prime are reused in turn, so endless play allocates nothing per step and the
+resident size stays flat (a cache that grows by concatenation fragments the heap).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
@@ -41,20 +53,45 @@ class SamplingConfig:
         return self.guidance > 1.0
 
 
+@dataclass
+class _Reprime:
+    """A cache being rebuilt from delayed columns `offset + 1 …` (see module docstring)."""
+
+    offset: int
+    enc: torch.Tensor
+    enc_mask: torch.Tensor
+    cache: EncoderDecoderCache
+    done: int = 0  # positions already in the new cache
+    pieces: list[int] = field(default_factory=list)
+
+
 class TokenLoop:
     """Generates frames for a batch of prompts with a KV cache; `step()` is one decoder call."""
 
-    def __init__(self, lm: LoadedModel, prompts: list[str], sampling: SamplingConfig | None = None) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        prompts: list[str],
+        sampling: SamplingConfig | None = None,
+        max_context: int | None = None,
+    ) -> None:
         self.lm = lm
         self.sampling = sampling or SamplingConfig()
         self.batch = len(prompts)
-        self.position = 0  # decoder position of the next input column
-        self._cache = None
+        self.max_context = min(max_context or lm.max_positions, lm.max_positions)
+        self.position = 0  # steps taken = absolute decoder position of the next input column
+        self.cache_len = 0  # positions held in the current KV cache
+        self.reprimes = 0
+        self._cache = self._fresh_cache()
+        self._spare = None  # the previous cache, reused by the next re-prime
+        self._reprime: _Reprime | None = None
         self._generator = torch.Generator(device=lm.device).manual_seed(self.sampling.seed)
         self._enc, self._enc_mask = self._encode_text(prompts)
-        start = torch.full((self.batch, lm.num_codebooks), lm.pad_token_id, dtype=torch.long, device=lm.device)
-        self._next_input = start
+        self._start = torch.full((self.batch, lm.num_codebooks), lm.pad_token_id, dtype=torch.long, device=lm.device)
+        self._next_input = self._start
         self._recent: deque[torch.Tensor] = deque(maxlen=lm.num_codebooks)
+        # Delayed columns, newest last; the last one is the next input (at `position`).
+        self._history: deque[torch.Tensor] = deque([self._start], maxlen=lm.max_positions)
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,29 +112,90 @@ class TokenLoop:
     def step(self) -> torch.Tensor | None:
         """Run one decoder step; return the frame `[batch, K]` it completed, if any."""
         lm, k = self.lm, self.lm.num_codebooks
-        if self.position + 1 >= lm.max_positions:
-            raise MgsteerError(f"reached the model's {lm.max_positions} positions; re-prime before continuing")
-        column = self._next_input
-        rows = torch.cat([column, column], dim=0) if self.sampling.cfg else column
-        out = lm.model.decoder(
-            input_ids=rows.reshape(-1, 1),
-            encoder_hidden_states=self._enc,
-            encoder_attention_mask=self._enc_mask,
-            past_key_values=self._cache,
-            use_cache=True,
-        )
+        if self.cache_len >= self.max_context:
+            raise MgsteerError(f"the context is full ({self.max_context} positions); re-prime before continuing")
+        out = self._forward(self._next_input[..., None], self._enc, self._enc_mask, self._cache)
         self._cache = out.past_key_values
-        logits = out.logits[:, -1, :].float().reshape(rows.shape[0], k, -1)
+        self.cache_len += 1
+        logits = out.logits[:, -1, :].float().reshape(-1, k, out.logits.shape[-1])
         sampled = self._sample(logits)
         self.position += 1
         # Delay pattern: codebook q is padding until position q + 1.
         pad = torch.arange(k, device=lm.device) >= self.position
         sampled[:, pad] = lm.pad_token_id
         self._next_input = sampled
+        self._history.append(sampled)
         self._recent.append(sampled)
         if self.position < k:
             return None
         return torch.stack([self._recent[q][:, q] for q in range(k)], dim=1)
+
+    def _forward(self, columns: torch.Tensor, enc: torch.Tensor, enc_mask: torch.Tensor, cache):
+        """Decoder call on delayed columns `[batch, K, n]` (doubled for CFG)."""
+        rows = torch.cat([columns, columns], dim=0) if self.sampling.cfg else columns
+        return self.lm.model.decoder(
+            input_ids=rows.reshape(-1, rows.shape[-1]),
+            encoder_hidden_states=enc,
+            encoder_attention_mask=enc_mask,
+            past_key_values=cache,
+            use_cache=True,
+        )
+
+    def _fresh_cache(self, reuse: EncoderDecoderCache | None = None) -> EncoderDecoderCache:
+        """A preallocated self-attention cache (reset if reused) and an empty cross-attention one."""
+        config = self.lm.model.config.decoder
+        if reuse is None:
+            own = StaticCache(config=config, max_cache_len=self.max_context)
+        else:
+            own = reuse.self_attention_cache
+            own.reset()
+        return EncoderDecoderCache(own, DynamicCache(config=config))
+
+    # ---- re-priming ---------------------------------------------------------------------------
+    @property
+    def repriming(self) -> bool:
+        return self._reprime is not None
+
+    def begin_reprime(self, keep_positions: int, prompts: list[str] | None = None) -> None:
+        """Start rebuilding the context from the last `keep_positions` steps (and a new prompt)."""
+        keep = max(1, min(keep_positions, self.position, len(self._history) - 1))
+        enc, mask = self._encode_text(prompts) if prompts is not None else (self._enc, self._enc_mask)
+        cache = self._fresh_cache(reuse=self._spare)
+        self._spare = None
+        self._reprime = _Reprime(offset=self.position - keep, enc=enc, enc_mask=mask, cache=cache)
+
+    @torch.no_grad()
+    def reprime_step(self, piece: int = 32) -> bool:
+        """Prefill up to `piece` positions of the new context; True when it was swapped in.
+
+        The head advances one position per step, so with `piece` p the new cache catches up
+        after about keep / (p − 1) steps: p must be ≥ 2."""
+        re = self._reprime
+        if re is None:
+            return False
+        target = self.position - re.offset  # positions the new cache must hold to catch up
+        if re.done < target:
+            end = min(re.done + piece, target)
+            columns = torch.stack([self._shifted_column(re, p) for p in range(re.done, end)], dim=-1)
+            re.cache = self._forward(columns, re.enc, re.enc_mask, re.cache).past_key_values
+            re.pieces.append(end - re.done)
+            re.done = end
+        if re.done < self.position - re.offset:
+            return False
+        self._spare, self._cache, self.cache_len = self._cache, re.cache, re.done
+        self._enc, self._enc_mask = re.enc, re.enc_mask
+        self._reprime = None
+        self.reprimes += 1
+        return True
+
+    def _shifted_column(self, re: _Reprime, p: int) -> torch.Tensor:
+        """Column p of the re-primed sequence: old column offset + p, with the start pattern."""
+        if p == 0:
+            return self._start
+        first = self.position - len(self._history) + 1
+        column = self._history[re.offset + p - first].clone()
+        column[:, p:] = self.lm.pad_token_id  # codebooks q ≥ p are padding at a fresh start
+        return column
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.sampling

@@ -26,7 +26,7 @@ def harvest_generation(
     try:
         for tap in taps.values():
             tap.recording = True
-        TokenLoop(lm, prompts, sampling).frames(frames)
+        TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks).frames(frames)
         return {layer: tap.take().float().cpu() for layer, tap in taps.items()}
     finally:
         for tap in taps.values():

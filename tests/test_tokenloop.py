@@ -49,3 +49,72 @@ def test_bad_sampling_settings():
         SamplingConfig(guidance=0.5)
     with pytest.raises(MgsteerError, match="temperature"):
         SamplingConfig(temperature=0.0)
+
+
+def _next_residual(lm, loop):
+    """Residual of the last layer at the next step (consumes one step)."""
+    from engine.hooks import ResidualTap
+
+    with ResidualTap(lm, lm.num_layers - 1, cfg_doubled=True, record_rows="all") as tap:
+        tap.recording = True
+        loop.step()
+        return tap.take()
+
+
+@pytest.mark.parametrize("piece", [2, 7, 64])
+def test_full_reprime_reproduces_the_context(tiny_lm, piece):
+    """Re-priming with everything kept rebuilds the same cache, whatever the piece size."""
+    plain = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=2))
+    primed = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=2))
+    for loop in (plain, primed):
+        loop.frames(30)
+    primed.begin_reprime(keep_positions=primed.position)
+    swaps = 0
+    while primed.repriming:
+        swaps += primed.reprime_step(piece)
+        if primed.repriming:  # the head keeps moving while the new cache catches up
+            plain.step()
+            primed.step()
+    assert swaps == 1 and primed.reprimes == 1 and primed.cache_len == primed.position
+    torch.testing.assert_close(_next_residual(tiny_lm, primed), _next_residual(tiny_lm, plain), atol=1e-4, rtol=1e-4)
+
+
+def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(tiny_lm):
+    """After keeping the last 20 positions, the model sees a fresh start followed by them."""
+    loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=4))
+    loop.frames(40)
+    loop.begin_reprime(keep_positions=20)
+    while not loop.reprime_step(8):
+        pass
+    offset = loop.position - loop.cache_len
+    history = list(loop._history)
+    first = loop.position - len(history) + 1
+    k, pad = tiny_lm.num_codebooks, tiny_lm.pad_token_id
+    columns = [torch.full((1, k), pad)]
+    for p in range(1, loop.cache_len + 1):
+        column = history[offset + p - first].clone()
+        column[:, p:] = pad
+        columns.append(column)
+    fresh = torch.stack(columns, dim=-1)  # [1, K, cache_len + 1], last column = next input
+    from engine.hooks import ResidualTap
+
+    with ResidualTap(tiny_lm, tiny_lm.num_layers - 1, cfg_doubled=True, record_rows="all") as tap, torch.no_grad():
+        tap.recording = True
+        loop._forward(fresh, loop._enc, loop._enc_mask, None)
+        expected = tap.take()[:, -1:]
+    torch.testing.assert_close(_next_residual(tiny_lm, loop), expected, atol=1e-4, rtol=1e-4)
+    assert offset > 0 and loop.cache_len == loop.position - offset
+
+
+def test_reprime_with_a_new_prompt_swaps_the_condition(tiny_lm):
+    loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=0))
+    loop.frames(10)
+    before = loop._enc.clone()
+    loop.begin_reprime(8, prompts=["techno groove with a driving kick"])
+    torch.testing.assert_close(loop._enc, before)  # the old condition plays on until the swap
+    while not loop.reprime_step(4):
+        loop.step()
+    expected, _ = TokenLoop(tiny_lm, ["techno groove with a driving kick"], SamplingConfig())._encode_text(
+        ["techno groove with a driving kick"]
+    )
+    torch.testing.assert_close(loop._enc, expected)

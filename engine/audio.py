@@ -1,0 +1,233 @@
+"""Audio sinks: a sound device, a real-time null clock, and WAV recording.
+
+The audio callback is the one place where a stall is audible, so it only copies from a
+preallocated ring buffer: no waiting, no buffer allocation, no lock, no logging. The ring is
+single-producer (generation thread) / single-consumer (callback); each side only advances
+its own counter, after its copy, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import MgsteerError
+
+
+class RingBuffer:
+    """Float32 mono ring; `write` from one thread, `read_into` from the audio callback."""
+
+    def __init__(self, capacity: int) -> None:
+        self._buf = np.zeros(capacity, dtype=np.float32)
+        self.capacity = capacity
+        self.written = 0  # total samples written (producer's counter)
+        self.read = 0  # total samples played (consumer's counter)
+        self.underruns = 0
+        self.counting = False  # count underruns only while playing after the first block
+
+    @property
+    def queued(self) -> int:
+        return self.written - self.read
+
+    def write(self, block: np.ndarray) -> int:
+        """Copy as much of `block` as fits; returns the number of samples taken."""
+        n = min(len(block), self.capacity - self.queued)
+        start = self.written % self.capacity
+        first = min(n, self.capacity - start)
+        self._buf[start : start + first] = block[:first]
+        self._buf[: n - first] = block[first:n]
+        self.written += n
+        return n
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Fill `out` (1-D float32) from the ring, zero-padding on underrun. Callback-safe."""
+        want = out.shape[0]
+        n = min(want, self.written - self.read)
+        start = self.read % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self._buf[start : start + first]
+        out[first:n] = self._buf[: n - first]
+        if n < want:
+            out[n:] = 0.0
+            if self.counting:
+                self.underruns += 1
+        self.read += n
+
+
+class StreamResampler:
+    """Polyphase FIR resampling with carried state, e.g. 32 kHz → 48 kHz, block by block."""
+
+    def __init__(self, src_rate: int, dst_rate: int, taps_per_phase: int = 24) -> None:
+        from scipy.signal import firwin
+
+        g = math.gcd(src_rate, dst_rate)
+        self.up, self.down = dst_rate // g, src_rate // g
+        cutoff = 0.95 / max(self.up, self.down)
+        self._taps = (firwin(self.up * taps_per_phase, cutoff, window=("kaiser", 8.0)) * self.up).astype(np.float64)
+        self._zi = np.zeros(len(self._taps) - 1)
+        self._phase = 0  # index, in the next upsampled block, of the next output sample
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        from scipy.signal import lfilter
+
+        up = np.zeros(len(block) * self.up)
+        up[:: self.up] = block
+        filtered, self._zi = lfilter(self._taps, 1.0, up, zi=self._zi)
+        out = filtered[self._phase :: self.down]
+        self._phase = (self._phase + len(out) * self.down) - len(up)
+        return out.astype(np.float32)
+
+
+class Sink:
+    """Plays model-rate blocks through a ring buffer; subclasses provide the clock."""
+
+    name = "sink"
+
+    def __init__(self, model_rate: int, device_rate: int, buffer_seconds: float = 8.0) -> None:
+        self.model_rate = model_rate
+        self.sample_rate = device_rate
+        self.ring = RingBuffer(int(buffer_seconds * device_rate))
+        self._resampler = StreamResampler(model_rate, device_rate) if device_rate != model_rate else None
+
+    def write(self, block: np.ndarray) -> None:
+        """Queue a block (model rate). Waits for room only if the caller outran the buffer."""
+        data = self._resampler.process(block) if self._resampler else block.astype(np.float32, copy=False)
+        done = 0
+        while done < len(data):
+            done += self.ring.write(data[done:])
+            if done < len(data):
+                time.sleep(0.005)
+        self.ring.counting = True
+
+    @property
+    def queued_seconds(self) -> float:
+        return self.ring.queued / self.sample_rate
+
+    @property
+    def played_model_samples(self) -> float:
+        """Playback position in model-rate samples (for latency markers)."""
+        return self.ring.read * self.model_rate / self.sample_rate
+
+    @property
+    def underruns(self) -> int:
+        return self.ring.underruns
+
+    def pause_counting(self) -> None:
+        """Stop counting underruns (transport stopped: silence is intended)."""
+        self.ring.counting = False
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class NullSink(Sink):
+    """No sound: a thread consumes the ring in real time, like a sound card would."""
+
+    name = "null"
+
+    def __init__(self, model_rate: int, block: int = 512, buffer_seconds: float = 8.0) -> None:
+        super().__init__(model_rate, model_rate, buffer_seconds)
+        self.block = block
+        self._scratch = np.zeros(block, dtype=np.float32)
+        self._running = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._running.set()
+        self._thread = threading.Thread(target=self._clock, name="mgsteer-null-clock", daemon=True)
+        self._thread.start()
+
+    def _clock(self) -> None:
+        period = self.block / self.sample_rate
+        due = time.perf_counter()
+        while self._running.is_set():
+            due += period
+            self.ring.read_into(self._scratch)
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+    def stop(self) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+
+class DeviceSink(Sink):
+    """A sound device through sounddevice/PortAudio, at the device's own rate."""
+
+    name = "device"
+
+    def __init__(self, model_rate: int, device: str | int | None = None, buffer_seconds: float = 8.0) -> None:
+        sd = import_sounddevice()
+        try:
+            # PortAudio lists devices once, at start-up; rescan so a server or card that appeared
+            # since (JACK started, USB interface plugged in) is found.
+            sd._terminate()
+            sd._initialize()
+            info = sd.query_devices(device, kind="output")
+        except (sd.PortAudioError, ValueError) as exc:
+            raise MgsteerError(f"no audio output device ({exc}); use --no-audio, optionally with --out FILE") from exc
+        super().__init__(model_rate, int(info["default_samplerate"]), buffer_seconds)
+        self.device_name = str(info["name"])
+        self._channels = max(1, min(2, int(info["max_output_channels"])))
+        self.device_underflows = 0
+        self._stream = sd.OutputStream(
+            device=device, samplerate=self.sample_rate, channels=self._channels, dtype="float32",
+            callback=self._callback,
+        )  # fmt: skip
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        if status.output_underflow:
+            self.device_underflows += 1
+        self.ring.read_into(outdata[:, 0])
+        if self._channels == 2:
+            outdata[:, 1] = outdata[:, 0]
+
+    def start(self) -> None:
+        self._stream.start()
+
+    def stop(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+
+def import_sounddevice():
+    """sounddevice needs the PortAudio library; without it, one clear line."""
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:
+        raise MgsteerError(
+            f"audio output unavailable ({exc}); install PortAudio (apt-get install libportaudio2) and "
+            "`pip install sounddevice`, or use --no-audio"
+        ) from exc
+    return sounddevice
+
+
+class WavRecorder:
+    """Records the played stream (model rate) to a 16-bit WAV as blocks arrive."""
+
+    def __init__(self, path: str | Path, sample_rate: int) -> None:
+        import soundfile as sf
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._file = sf.SoundFile(str(self.path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16")
+        except (OSError, RuntimeError) as exc:
+            raise MgsteerError(f"cannot write '{self.path}': {exc}") from exc
+        self.samples = 0
+
+    def write(self, block: np.ndarray) -> None:
+        self._file.write(np.clip(block, -1.0, 1.0))
+        self.samples += len(block)
+
+    def close(self) -> None:
+        self._file.close()

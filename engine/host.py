@@ -1,0 +1,289 @@
+"""The resident host: plays forever, reading the parameter bus once per step.
+
+One generation thread owns the model. Each step it takes the bus snapshot, moves the
+steering vector toward the snapshot's target (smoothing, so jumps do not click), runs one
+decoder step, feeds complete frames to the chunked decoder and queues finished blocks in
+the sink. It keeps `lookahead_ms` of audio queued — enough never to underrun, little
+enough that a knob is heard soon: knob → sound ≈ lookahead + chunk + holdback + 3 frames.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.audio import Sink, WavRecorder
+from engine.codec_stream import ChunkConfig, ChunkedDecoder
+from engine.errors import MgsteerError
+from engine.model import LoadedModel
+from engine.params import ParameterBus, Snapshot
+from engine.steering import Halves, Steerer
+from engine.tokenloop import SamplingConfig, TokenLoop
+from sae.files import LoadedSAE
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    lookahead_ms: float = 300.0
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reprime_at_s: float = 30.0  # re-prime when the context holds this much (MusicGen's training length)
+    reprime_keep_s: float = 10.0  # …keeping this much of the most recent music
+    reprime_piece: int = 32  # positions prefilled per step while re-priming
+    halves: Halves = "both"
+    meters: list[int] | None = None  # features to meter each step
+
+    def validate(self, lm: LoadedModel) -> None:
+        if not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
+            raise MgsteerError(f"lookahead must be a positive number of ms, got {self.lookahead_ms}")
+        if self.reprime_piece < 2:  # the head moves one position a step: catching up takes keep/(piece−1) steps
+            raise MgsteerError(f"re-prime piece must be ≥ 2 positions, got {self.reprime_piece}")
+        limit = lm.max_positions / lm.frame_rate
+        if not 0 < self.reprime_keep_s < self.reprime_at_s or self.context_positions(lm) > lm.max_positions:
+            raise MgsteerError(
+                f"need 0 < re-prime keep ({self.reprime_keep_s} s) < re-prime at ({self.reprime_at_s} s), "
+                f"with room to catch up, within this model's {limit:.0f} s"
+            )
+
+    def context_positions(self, lm: LoadedModel) -> int:
+        """KV cache size: the re-prime point plus the steps the new cache needs to catch up."""
+        keep = int(self.reprime_keep_s * lm.frame_rate)
+        return int(self.reprime_at_s * lm.frame_rate) + math.ceil(keep / (self.reprime_piece - 1)) + 2
+
+
+@dataclass(frozen=True)
+class Status:
+    position_s: float  # audio played
+    generated_s: float  # audio generated
+    rtf: float  # compute time / audio time (< 1: faster than real time)
+    step_ms_p50: float
+    step_ms_p95: float
+    lookahead_ms: float  # audio queued in the sink now
+    underruns: int
+    latency_ms_p50: float | None  # knob → sound
+    latency_ms_p95: float | None
+    reprimes: int
+    steps: int
+
+    def line(self) -> str:
+        latency = (
+            "n/a" if self.latency_ms_p50 is None else f"{self.latency_ms_p50:.0f}/{self.latency_ms_p95:.0f} ms p50/p95"
+        )
+        return (
+            f"t {self.position_s:6.1f} s | RTF {self.rtf:.2f} | step {self.step_ms_p50:.1f}/{self.step_ms_p95:.1f} ms "
+            f"p50/p95 | lookahead {self.lookahead_ms:.0f} ms | underruns {self.underruns} | "
+            f"knob→sound {latency} | reprimes {self.reprimes}"
+        )
+
+
+def _percentile(values, q: float) -> float | None:
+    return float(np.percentile(np.fromiter(values, dtype=np.float64), q)) if values else None
+
+
+class Host:
+    """Start/stop/reset and status around the generation thread."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        bus: ParameterBus,
+        sink: Sink,
+        sae: LoadedSAE | None = None,
+        config: HostConfig | None = None,
+        recorder: WavRecorder | None = None,
+    ) -> None:
+        self.lm, self.bus, self.sink, self.recorder = lm, bus, sink, recorder
+        self.config = config or HostConfig()
+        self.config.validate(lm)
+        self.hop = lm.sample_rate // lm.frame_rate
+        self.steerer = Steerer(lm, sae, cfg_doubled=self.config.sampling.cfg) if sae is not None else None
+        if self.steerer is not None:
+            self.steerer.watch(self.config.meters)
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self.error: BaseException | None = None
+        self._step_ms: deque[float] = deque(maxlen=1000)
+        self._latency_ms: deque[float] = deque(maxlen=200)
+        self._markers: deque[tuple[float, float]] = deque()  # (changed_at, model-rate sample index)
+        self._busy_s = 0.0
+        self._generated = 0  # model-rate samples generated
+        self._reprimes_before = 0
+        self.steps = 0
+        self._loop: TokenLoop | None = None
+        self._decoder: ChunkedDecoder | None = None
+        self._applied_version = -1
+        self._target: torch.Tensor | None = None  # steering vector of the current snapshot
+        self._current: torch.Tensor | None = None  # vector in use (gliding toward the target)
+        self._last_meter = 0.0
+        self._reprime_at = int(self.config.reprime_at_s * lm.frame_rate)
+        self._keep = int(self.config.reprime_keep_s * lm.frame_rate)
+        self.applied: deque[tuple[int, int]] = deque(maxlen=4096)  # (step, snapshot version) when applied
+
+    # ---- control --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.sink.start()
+        self._running.set()
+        self._thread = threading.Thread(target=self._guarded_run, name="mgsteer-generation", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.sink.stop()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.steerer is not None:
+            self.steerer.close()
+
+    def reset(self) -> None:
+        self.bus.reset()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> Status:
+        generated_s = self._generated / self.lm.sample_rate
+        steps = list(self._step_ms)
+        lat = list(self._latency_ms)
+        return Status(
+            position_s=self.sink.played_model_samples / self.lm.sample_rate,
+            generated_s=generated_s,
+            rtf=self._busy_s / generated_s if generated_s else 0.0,
+            step_ms_p50=_percentile(steps, 50) or 0.0,
+            step_ms_p95=_percentile(steps, 95) or 0.0,
+            lookahead_ms=1000 * self.sink.queued_seconds,
+            underruns=self.sink.underruns,
+            latency_ms_p50=_percentile(lat, 50),
+            latency_ms_p95=_percentile(lat, 95),
+            reprimes=self._reprimes_before + (self._loop.reprimes if self._loop is not None else 0),
+            steps=self.steps,
+        )
+
+    # ---- generation thread ------------------------------------------------------------------------
+    def _guarded_run(self) -> None:
+        try:
+            with torch.inference_mode():
+                self._run()
+        except BaseException as exc:  # surfaced by `alive`/`error`; the CLI reports it
+            self.error = exc
+            self._running.clear()
+
+    def _new_loop(self, snap: Snapshot) -> None:
+        if self._decoder is not None:
+            self._emit(self._decoder.flush())
+            self._reprimes_before += self._loop.reprimes
+        context = self.config.context_positions(self.lm)
+        self._loop = TokenLoop(self.lm, [snap.prompt], self.config.sampling, max_context=context)
+        self._decoder = ChunkedDecoder(self.lm, self.config.chunk)
+        self._loop_base = self._generated  # model-rate sample where this loop's audio starts
+        self._prompt = snap.prompt
+        self._reset_seen = snap.reset_count
+
+    def _run(self) -> None:
+        while self._running.is_set():
+            if self._tick():
+                self._pace()
+            else:
+                time.sleep(0.01)
+
+    def _tick(self) -> bool:
+        """One generation step under the current snapshot; False when the transport is stopped."""
+        cfg, lm = self.config, self.lm
+        snap = self.bus.snapshot()
+        if self._loop is None or snap.reset_count != self._reset_seen:
+            self._new_loop(snap)
+        if not snap.playing:
+            self.sink.pause_counting()
+            return False
+        started = time.perf_counter()
+        loop = self._loop
+        if snap.version != self._applied_version:
+            self._applied_version = snap.version
+            if self.steerer is not None:
+                self._target = self.steerer.vector_for(snap.alphas())
+                if self._current is None:  # first snapshot: start at the target, no glide
+                    self._current = self._target
+                    self.steerer.set_vector(self._current, cfg.halves)
+            if self.applied:  # a change after start: mark where its sound begins
+                # The coarse codebook of frame `position` is sampled in this step.
+                self._markers.append((snap.changed_at, self._loop_base + loop.position * self.hop))
+            self.applied.append((self.steps, snap.version))
+        if self._target is not None and self._current is not self._target:
+            self._current = self._smooth(self._current, self._target, snap.smoothing_ms, 1.0 / lm.frame_rate)
+            self.steerer.set_vector(self._current, cfg.halves)
+        if snap.prompt != self._prompt and not loop.repriming:
+            loop.begin_reprime(self._keep, [snap.prompt])
+            self._prompt = snap.prompt
+        frame = loop.step()
+        self.steps += 1
+        if frame is not None:
+            self._emit(self._decoder.push(frame[0]))
+        if not loop.repriming and loop.cache_len >= self._reprime_at:
+            loop.begin_reprime(self._keep)
+        if loop.repriming:
+            self._reprime_piece(loop)
+        took = time.perf_counter() - started
+        self._busy_s += took
+        self._step_ms.append(1000 * took)
+        self._publish_meters(started)
+        return True
+
+    def _publish_meters(self, now: float) -> None:
+        meters = self.steerer.meters if self.steerer is not None else None
+        if meters is not None and now - self._last_meter > 1 / 30:
+            self._last_meter = now
+            self.bus.publish_meters(dict(zip(self.config.meters, meters[0].tolist(), strict=True)))
+
+    def _reprime_piece(self, loop: TokenLoop) -> None:
+        if self.steerer is not None:
+            self.steerer.metering = False
+        try:
+            loop.reprime_step(self.config.reprime_piece)
+        finally:
+            if self.steerer is not None:
+                self.steerer.metering = True
+
+    @staticmethod
+    def _smooth(current: torch.Tensor, target: torch.Tensor, smoothing_ms: float, dt: float) -> torch.Tensor:
+        """One-pole glide in audio time, 99 % of the way after `smoothing_ms`; snaps to the
+        target once within 0.1 % so the steady state is exact."""
+        if smoothing_ms <= 0:
+            return target
+        a = 1.0 - math.exp(-dt * 1000.0 * math.log(100.0) / smoothing_ms)
+        nxt = current + (target - current) * a
+        scale = max(float(target.abs().max()), float(current.abs().max()), 1e-6)
+        return target if float((target - nxt).abs().max()) < 1e-3 * scale else nxt
+
+    def _emit(self, block: np.ndarray | None) -> None:
+        if block is None or not len(block):
+            return
+        self.sink.write(block)
+        if self.recorder is not None:
+            self.recorder.write(block)
+        self._generated += len(block)
+
+    def _pace(self) -> None:
+        limit = self.config.lookahead_ms / 1000.0
+        while self._running.is_set() and self.sink.queued_seconds > limit:
+            self._collect_latencies()
+            time.sleep(0.002)
+        self._collect_latencies()
+
+    def _collect_latencies(self) -> None:
+        """Generation thread only: markers whose first sample has now left the sink."""
+        played = self.sink.played_model_samples
+        now = time.perf_counter()
+        while self._markers and self._markers[0][1] <= played:
+            changed_at, _ = self._markers.popleft()
+            self._latency_ms.append(1000 * (now - changed_at))

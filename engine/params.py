@@ -1,0 +1,296 @@
+"""The parameter bus: the one thing every controller (GUI, OSC, MIDI, presets) writes to.
+
+Why this shape:
+- Setters are cheap, thread-safe and coalescing: they overwrite the latest value under a
+  short lock, so a flood of values for one knob costs nothing downstream — the generation
+  thread only ever sees the newest.
+- `snapshot()` returns an immutable `Snapshot`, rebuilt only after a change, so the
+  generation thread can read all parameters once per step without holding any lock.
+- Feedback (knob values, meters, status) goes to subscribers from a dispatcher thread at a
+  bounded rate (≤ 30 Hz by default), never from the audio callback or the generation thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from engine.errors import MgsteerError
+
+CURVES = ("linear", "exp", "log")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A concept knob: a value in [0, 1] mapped through `curve` onto an α range, applied to
+    one or more SAE features with weights."""
+
+    label: str = ""
+    features: tuple[tuple[int, float], ...] = ()
+    lo: float = 0.0
+    hi: float = 1.0
+    curve: str = "linear"
+    value: float = 0.0
+
+    def alpha(self) -> float:
+        """linear: straight; exp: v², fine control near the bottom; log: √v, fast start."""
+        v = self.value
+        shaped = v * v if self.curve == "exp" else math.sqrt(v) if self.curve == "log" else v
+        return self.lo + (self.hi - self.lo) * shaped
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the generation thread needs for one step; never mutated."""
+
+    version: int
+    knobs: tuple[Knob, ...]
+    features: Mapping[int, float]
+    prompt: str
+    playing: bool
+    reset_count: int
+    smoothing_ms: float
+    changed_at: float  # time.perf_counter() of the change that made this version
+
+    def alphas(self) -> dict[int, float]:
+        """Per-feature steering strength: knob contributions plus direct strengths."""
+        out: dict[int, float] = dict(self.features)
+        for knob in self.knobs:
+            a = knob.alpha()
+            for feature, weight in knob.features:
+                out[feature] = out.get(feature, 0.0) + a * weight
+        return out
+
+
+@dataclass
+class Feedback:
+    """What subscribers receive, coalesced since their last call."""
+
+    knobs: tuple[Knob, ...] | None = None
+    meters: Mapping[int, float] | None = None
+    status: Mapping[str, Any] | None = None
+    prompt: str | None = None
+
+
+Subscriber = Callable[[Feedback], None]
+
+
+@dataclass
+class _State:
+    knobs: list[Knob]
+    features: dict[int, float] = field(default_factory=dict)
+    prompt: str = "simple melody"
+    playing: bool = True
+    reset_count: int = 0
+    smoothing_ms: float = 50.0
+
+
+class ParameterBus:
+    """Thread-safe parameters with immutable snapshots and rate-limited feedback."""
+
+    def __init__(
+        self,
+        knob_count: int = 8,
+        prompt: str = "simple melody",
+        smoothing_ms: float = 50.0,
+        feature_count: int | None = None,
+        feedback_hz: float = 30.0,
+    ) -> None:
+        self.feature_count = feature_count
+        self.feedback_hz = feedback_hz
+        self._lock = threading.Lock()
+        self._state = _State(knobs=[Knob() for _ in range(knob_count)], prompt=prompt, smoothing_ms=smoothing_ms)
+        self._version = 0
+        self._changed_at = time.perf_counter()
+        self._snapshot: Snapshot | None = None
+        self._subscribers: list[Subscriber] = []
+        self._pending = Feedback()
+        self._wake = threading.Event()
+        self._closed = False
+        self._dispatcher: threading.Thread | None = None
+
+    # ---- setters (any thread) -------------------------------------------------------------
+    def _change(self, mutate: Callable[[_State], None], knobs_changed: bool = False) -> None:
+        with self._lock:
+            mutate(self._state)
+            self._version += 1
+            self._changed_at = time.perf_counter()
+            self._snapshot = None
+            if knobs_changed:
+                self._pending.knobs = tuple(self._state.knobs)
+        self._wake.set()
+
+    def set_knob(self, index: int, value: float) -> float:
+        """Set knob `index` to `value` (clamped to [0, 1]); returns the value applied."""
+        self._check_knob(index)
+        value = min(1.0, max(0.0, _finite(value, f"knob {index} value")))
+        self._change(lambda s: s.knobs.__setitem__(index, replace(s.knobs[index], value=value)), knobs_changed=True)
+        return value
+
+    def configure_knob(
+        self,
+        index: int,
+        *,
+        label: str | None = None,
+        features: list[tuple[int, float]] | None = None,
+        lo: float | None = None,
+        hi: float | None = None,
+        curve: str | None = None,
+    ) -> None:
+        """Change a knob's label, features (id, weight), α range or curve; None leaves a field."""
+        self._check_knob(index)
+        changes: dict[str, Any] = {}
+        if label is not None:
+            changes["label"] = str(label)
+        if features is not None:
+            changes["features"] = tuple(
+                (self._check_feature(f), _finite(w, f"weight of feature {f}")) for f, w in features
+            )
+        if lo is not None:
+            changes["lo"] = _finite(lo, f"knob {index} range low")
+        if hi is not None:
+            changes["hi"] = _finite(hi, f"knob {index} range high")
+        if curve is not None:
+            if curve not in CURVES:
+                raise MgsteerError(f"unknown knob curve '{curve}': use {', '.join(CURVES)}")
+            changes["curve"] = curve
+        self._change(lambda s: s.knobs.__setitem__(index, replace(s.knobs[index], **changes)), knobs_changed=True)
+
+    def set_feature(self, feature: int, alpha: float) -> None:
+        """Direct strength for one feature (0 removes it)."""
+        self._check_feature(feature)
+        alpha = _finite(alpha, f"strength of feature {feature}")
+
+        def mutate(s: _State) -> None:
+            if alpha == 0.0:
+                s.features.pop(feature, None)
+            else:
+                s.features[feature] = alpha
+
+        self._change(mutate)
+
+    def clear_features(self) -> None:
+        self._change(lambda s: s.features.clear())
+
+    def set_prompt(self, prompt: str) -> None:
+        prompt = str(prompt).strip()
+        if not prompt:
+            raise MgsteerError("the prompt must not be empty")
+        self._change(lambda s: setattr(s, "prompt", prompt))
+        with self._lock:
+            self._pending.prompt = prompt
+
+    def set_smoothing(self, ms: float) -> None:
+        ms = _finite(ms, "smoothing")
+        if ms < 0:
+            raise MgsteerError(f"smoothing must be ≥ 0 ms, got {ms}")
+        self._change(lambda s: setattr(s, "smoothing_ms", ms))
+
+    def play(self) -> None:
+        self._change(lambda s: setattr(s, "playing", True))
+
+    def stop(self) -> None:
+        self._change(lambda s: setattr(s, "playing", False))
+
+    def reset(self) -> None:
+        """Start the music afresh (new token context), keeping knobs and prompt."""
+        self._change(lambda s: setattr(s, "reset_count", s.reset_count + 1))
+
+    # ---- generation thread ----------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The current parameters; the same object until something changes."""
+        snap = self._snapshot
+        if snap is not None:
+            return snap
+        with self._lock:
+            s = self._state
+            snap = Snapshot(
+                version=self._version,
+                knobs=tuple(s.knobs),
+                features=MappingProxyType(dict(s.features)),
+                prompt=s.prompt,
+                playing=s.playing,
+                reset_count=s.reset_count,
+                smoothing_ms=s.smoothing_ms,
+                changed_at=self._changed_at,
+            )
+            self._snapshot = snap
+        return snap
+
+    def publish_meters(self, meters: Mapping[int, float]) -> None:
+        with self._lock:
+            self._pending.meters = meters
+        self._wake.set()
+
+    def publish_status(self, status: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._pending.status = status
+        self._wake.set()
+
+    # ---- feedback ---------------------------------------------------------------------------
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(Feedback)` at most `feedback_hz` times a second; returns unsubscribe."""
+        with self._lock:
+            self._subscribers.append(callback)
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name="mgsteer-feedback", daemon=True)
+                self._dispatcher.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _dispatch(self) -> None:
+        period = 1.0 / self.feedback_hz
+        while not self._closed:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            with self._lock:
+                pending, self._pending = self._pending, Feedback()
+                subscribers = list(self._subscribers)
+            if pending.knobs or pending.meters or pending.status or pending.prompt:
+                for callback in subscribers:
+                    try:
+                        callback(pending)
+                    except Exception as exc:  # a broken subscriber must not stop the others
+                        print(f"mgsteer: feedback subscriber failed: {exc}")
+            time.sleep(period)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=2)
+
+    # ---- validation -------------------------------------------------------------------------
+    def _check_knob(self, index: int) -> None:
+        if not isinstance(index, int) or not 0 <= index < len(self._state.knobs):
+            raise MgsteerError(f"unknown knob {index}: knobs are 0..{len(self._state.knobs) - 1}")
+
+    def _check_feature(self, feature: int) -> int:
+        if (
+            not isinstance(feature, int)
+            or feature < 0
+            or (self.feature_count is not None and feature >= self.feature_count)
+        ):
+            top = "" if self.feature_count is None else f": features are 0..{self.feature_count - 1}"
+            raise MgsteerError(f"unknown feature id {feature}{top}")
+        return feature
+
+
+def _finite(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise MgsteerError(f"{what} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise MgsteerError(f"{what} must be finite, got {number}")
+    return number

@@ -1,0 +1,130 @@
+"""Ring buffer, resampler and sinks; real sound output where a JACK server can be started."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.audio import DeviceSink, NullSink, RingBuffer, StreamResampler, WavRecorder
+from engine.cli import main
+from engine.errors import MgsteerError
+
+
+def test_ring_wraps_and_counts_underruns():
+    ring = RingBuffer(8)
+    out = np.empty(5, dtype=np.float32)
+    ring.read_into(out)  # before anything was written: silence, not an underrun
+    assert ring.underruns == 0 and not out.any()
+    assert ring.write(np.arange(1, 7, dtype=np.float32)) == 6
+    ring.counting = True
+    ring.read_into(out)
+    np.testing.assert_array_equal(out, [1, 2, 3, 4, 5])
+    assert ring.write(np.arange(7, 17, dtype=np.float32)) == 7  # only 7 free
+    ring.read_into(out)
+    np.testing.assert_array_equal(out, [6, 7, 8, 9, 10])
+    big = np.empty(6, dtype=np.float32)
+    ring.read_into(big)
+    np.testing.assert_array_equal(big, [11, 12, 13, 0, 0, 0])
+    assert ring.underruns == 1 and ring.queued == 0
+
+
+def test_resampler_streams_like_one_block():
+    sr_in, sr_out = 32000, 48000
+    t = np.arange(sr_in) / sr_in
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    whole = StreamResampler(sr_in, sr_out).process(tone)
+    r = StreamResampler(sr_in, sr_out)
+    pieces = np.concatenate([r.process(tone[i : i + 1000]) for i in range(0, len(tone), 1000)])
+    assert len(whole) == len(pieces) == sr_out
+    np.testing.assert_allclose(pieces, whole, atol=1e-5)
+    spectrum = np.abs(np.fft.rfft(pieces[4800:] * np.hanning(len(pieces) - 4800)))
+    peak_hz = np.argmax(spectrum) * sr_out / (len(pieces) - 4800)
+    assert abs(peak_hz - 440) < 2
+    assert 0.45 < np.abs(pieces[4800:]).max() < 0.55
+
+
+def test_null_sink_plays_in_real_time():
+    sink = NullSink(32000, block=320)
+    sink.write(np.zeros(32000, dtype=np.float32))
+    sink.start()
+    time.sleep(0.5)
+    played = sink.ring.read
+    sink.stop()
+    assert 0.3 * 32000 < played < 0.7 * 32000
+    assert sink.underruns == 0
+
+
+def test_wav_recorder(tmp_path):
+    rec = WavRecorder(tmp_path / "a" / "rec.wav", 32000)
+    rec.write(np.full(1000, 0.25, dtype=np.float32))
+    rec.write(np.full(500, 2.0, dtype=np.float32))  # clipped, not wrapped
+    rec.close()
+    audio, sr = sf.read(str(tmp_path / "a" / "rec.wav"))
+    assert sr == 32000 and len(audio) == 1500
+    assert abs(audio[0] - 0.25) < 1e-3 and audio[-1] > 0.99
+
+
+def _jack_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "jackd"], capture_output=True).returncode == 0
+
+
+def test_no_audio_device_is_one_clear_line(capsys):
+    if _jack_running():
+        pytest.fail("a JACK server is running; this test needs a machine without an audio device")
+    # Without PortAudio the message differs (see the next test); either way it is one line.
+    with pytest.raises(MgsteerError, match=r"no audio output device|audio output unavailable") as err:
+        DeviceSink(32000)
+    assert "--no-audio" in str(err.value) and "\n" not in str(err.value)
+    assert main(["play", "--model", "tiny", "--seconds", "1"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("mgsteer: error: ") and "--no-audio" in line and "\n" not in line
+
+
+def test_missing_portaudio_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as without PortAudio
+    with pytest.raises(MgsteerError, match=r"audio output unavailable.*libportaudio2"):
+        DeviceSink(32000)
+
+
+@pytest.fixture()
+def jack_server():
+    """A JACK server with a dummy driver: a real audio device path without a sound card."""
+    if shutil.which("jackd") is None:
+        pytest.skip("jackd is not installed (`make system` adds it as root)")
+    proc = subprocess.Popen(
+        ["jackd", "--no-realtime", "-d", "dummy", "-r", "48000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(1.5)
+    yield proc
+    import sounddevice
+
+    sounddevice._terminate()  # PortAudio aborts the process if its JACK server vanishes under it
+    proc.terminate()
+    proc.wait(timeout=5)
+    sounddevice._initialize()
+
+
+def test_device_sink_plays_through_jack(jack_server):
+    sink = DeviceSink(32000)
+    assert sink.sample_rate == 48000
+    sink.write(np.zeros(32000, dtype=np.float32))  # 1 s at 32 kHz → 1.5 s queued at 48 kHz
+    assert abs(sink.ring.queued - 48000) < 200
+    sink.start()
+    time.sleep(0.6)
+    played = sink.ring.read
+    sink.stop()
+    assert 0.3 * 48000 < played < 1.0 * 48000
+
+
+def test_play_through_a_real_device(jack_server, tmp_path, capsys):
+    out = tmp_path / "rec.wav"
+    assert main(["play", "--model", "tiny", "--seconds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "into 'system' at 48000 Hz" in printed and "underruns 0" in printed
+    assert sf.info(str(out)).duration >= 2.0

@@ -1,0 +1,183 @@
+"""The streaming host: live knobs, latency figures, thread safety, endless play."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+import torch
+from conftest import alive_features
+
+from engine.audio import NullSink
+from engine.cli import main
+from engine.hooks import ResidualTap
+from engine.host import Host, HostConfig
+from engine.params import ParameterBus
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def _host(lm, sae, smoothing_ms=0.0, **config):
+    bus = ParameterBus(knob_count=4, feature_count=sae.cfg.d_sae, smoothing_ms=smoothing_ms)
+    return Host(lm, bus, NullSink(lm.sample_rate), sae, HostConfig(**config)), bus
+
+
+def test_knob_change_is_applied_at_the_next_step(tiny_lm, tiny_sae):
+    host, bus = _host(tiny_lm, tiny_sae)
+    f1, f2 = alive_features(tiny_sae)
+    bus.configure_knob(0, label="bright", features=[(f1, 1.0), (f2, -0.5)], lo=0.0, hi=2.0)
+    for _ in range(5):
+        host._tick()
+    assert torch.count_nonzero(host.steerer._plan.vector) == 0
+    step_before = host.steps
+    bus.set_knob(0, 0.5)  # α = 1.0
+    version = bus.snapshot().version
+    host._tick()
+    assert host.applied[-1] == (step_before, version)
+    beta, w_dec = tiny_sae.stats.max_activation, tiny_sae.sae.W_dec
+    expected = beta[f1] * w_dec[f1] - 0.5 * beta[f2] * w_dec[f2]
+    torch.testing.assert_close(host.steerer._plan.vector, expected)
+    assert len(host._markers) == 1  # the change will be timed when its first sample plays
+    host.steerer.close()
+
+
+def test_smoothing_glides_to_the_target(tiny_lm, tiny_sae):
+    host, bus = _host(tiny_lm, tiny_sae, smoothing_ms=100.0)
+    f = alive_features(tiny_sae, 1)[0]
+    host._tick()
+    bus.set_feature(f, 1.0)
+    target = host.steerer.vector_for({f: 1.0})
+    norms = []
+    for _ in range(10):
+        host._tick()
+        norms.append(float(host.steerer._plan.vector.norm()) / float(target.norm()))
+    assert 0.3 < norms[0] < 0.8  # one 20 ms step into a 100 ms glide
+    assert all(b >= a for a, b in itertools.pairwise(norms))
+    assert norms[4] >= 0.989  # 99 % there after the smoothing time (5 steps = 100 ms)
+    assert host.steerer._plan.vector is host._target  # then exactly on target
+    host.steerer.close()
+
+
+def test_prompt_change_reprimes_with_the_new_text(tiny_lm, tiny_sae):
+    host, bus = _host(tiny_lm, tiny_sae)
+    for _ in range(30):
+        host._tick()
+    bus.set_prompt("techno groove with a driving kick")
+    for _ in range(40):
+        host._tick()
+    assert host._loop.reprimes == 1 and not host._loop.repriming
+    expected, _ = host._loop._encode_text(["techno groove with a driving kick"])
+    torch.testing.assert_close(host._loop._enc, expected)
+    host.steerer.close()
+
+
+def test_latency_is_measured_while_playing(tiny_lm, tiny_sae):
+    host, bus = _host(tiny_lm, tiny_sae, lookahead_ms=200.0)
+    f = alive_features(tiny_sae, 1)[0]
+    bus.configure_knob(0, features=[(f, 1.0)])
+    host.start()
+    try:
+        time.sleep(1.0)
+        for value in (0.3, 0.9, 0.1):
+            bus.set_knob(0, value)
+            time.sleep(1.2)
+        status = host.status()
+    finally:
+        host.stop()
+    assert status.latency_ms_p50 is not None
+    # lookahead 200 + chunk 160 + hold-back 120 + 3 frames 60 ms, give or take a chunk.
+    assert 150 < status.latency_ms_p50 < 1200
+    assert status.underruns == 0 and status.rtf < 1.0
+    assert "underruns 0" in status.line()
+
+
+def test_four_threads_hammering_the_bus_while_playing(tiny_lm, tiny_sae):
+    host, bus = _host(tiny_lm, tiny_sae)
+    f1, f2 = alive_features(tiny_sae)
+    for i in range(4):
+        bus.configure_knob(i, features=[(f1 if i % 2 else f2, 0.5)])
+    host.start()
+    stop = time.perf_counter() + 3.0
+
+    def hammer(i):
+        n = 0
+        while time.perf_counter() < stop:
+            bus.set_knob(i, (n % 97) / 97)
+            n += 1
+        bus.set_knob(i, 0.1 * (i + 1))
+
+    try:
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        final = bus.snapshot().version
+        deadline = time.perf_counter() + 5
+        while host.applied[-1][1] != final and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        alive = host.alive
+    finally:
+        host.stop()
+    assert alive and host.error is None
+    assert [k.value for k in bus.snapshot().knobs] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert host.applied[-1][1] == final  # the generation thread reached the final values
+    expected = host.steerer.vector_for(bus.snapshot().alphas())
+    torch.testing.assert_close(host.steerer._plan.vector, expected)
+
+
+def test_ninety_seconds_of_endless_play(tiny_lm, tiny_sae):
+    host, bus = _host(tiny_lm, tiny_sae, smoothing_ms=50.0)
+    f = alive_features(tiny_sae, 1)[0]
+    bus.configure_knob(0, features=[(f, 1.0)])
+    host.start()
+    rss = {}
+    try:
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < 92:
+            time.sleep(1.0)
+            bus.set_knob(0, (elapsed % 10) / 10)
+            if 25 <= elapsed < 26:
+                rss["early"] = _rss_mb()
+            assert host.error is None
+        rss["late"] = _rss_mb()
+        status = host.status()
+    finally:
+        host.stop()
+    assert status.position_s >= 90
+    assert status.underruns == 0
+    assert status.reprimes >= 1
+    assert rss["late"] - rss["early"] < 40, rss
+
+
+def test_play_cli_prints_status_each_second(capsys):
+    assert main(["play", "--model", "tiny", "--no-audio", "--seconds", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "underruns" in line]
+    assert len(lines) >= 3
+    assert all("underruns 0" in line and "RTF" in line for line in lines)
+
+
+def test_meters_are_pre_topk_activations_published_to_the_bus(tiny_lm, tiny_sae):
+    f1, f2 = alive_features(tiny_sae)
+    host, bus = _host(tiny_lm, tiny_sae, meters=[f1, f2])
+    got = []
+    bus.subscribe(got.append)
+    sae = tiny_sae.sae
+    after = ResidualTap(tiny_lm, tiny_sae.cfg.hook_layer, cfg_doubled=True)  # sees the steered residual
+    after.recording = True
+    for _ in range(12):
+        host._tick()
+        x = after.take()[0, -1]
+        expected = torch.relu((x - sae.b_dec) @ sae.W_enc[:, [f1, f2]] + sae.b_enc[[f1, f2]])
+        torch.testing.assert_close(host.steerer.meters[0], expected)
+    after.close()
+    time.sleep(0.2)
+    bus.close()
+    host.steerer.close()
+    published = [f.meters for f in got if f.meters]
+    assert published and set(published[-1]) == {f1, f2}
