@@ -28,6 +28,16 @@ from sae.files import LoadedSAE
 from sae.topk import SAEConfig
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -143,7 +153,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "device": str(lm.device),
-        "device_name": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else platform.processor(),
+        "device_name": _device_name(lm.device),
         "dtype": str(lm.dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "parameters_m": round(lm.parameter_count() / 1e6, 1),
