@@ -61,6 +61,43 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.set_defaults(func=cmd_play)
 
+    h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
+    _model_args(h)
+    src = h.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", help="folder of wav/flac/mp3/ogg: teacher-forced, as in the paper")
+    src.add_argument("--prompts", help="text file, one prompt per line: activations while generating")
+    h.add_argument("--layers", required=True, help="comma-separated decoder layers, e.g. 2,6,12")
+    h.add_argument("--out", required=True, help="store folder (created, or resumed if it exists)")
+    h.add_argument("--captions", help="CSV file,caption for conditioned teacher forcing (default: unconditional)")
+    h.add_argument("--clip-seconds", type=float, default=10.0, help="audio is cut into clips this long")
+    h.add_argument("--seconds", type=float, default=10.0, help="generated seconds per prompt")
+    h.add_argument("--store-dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    h.add_argument("--shard", help="i/n: this worker's share of the clips (default: torchrun's rank/world)")
+    h.add_argument("--shard-rows", type=int, default=65536, help="rows per shard file")
+    h.add_argument("--seed", type=int, default=0)
+    h.set_defaults(func=cmd_harvest)
+
+    t = sub.add_parser("train", help="train a TopK SAE on a store (torchrun-able)")
+    t.add_argument("--acts", required=True, help="activation store from mgsteer harvest")
+    t.add_argument("--out", required=True, help="SAE folder (SAELens layout) and checkpoints")
+    t.add_argument("--layer", type=int, help="needed when the store has several layers")
+    t.add_argument("--k", type=int, default=32)
+    t.add_argument("--expansion", type=int, default=4, help="d_sae = expansion × d_in")
+    t.add_argument("--architecture", default="topk", choices=("topk", "batchtopk"))
+    t.add_argument("--steps", type=int, default=10_000)
+    t.add_argument("--batch-size", type=int, default=4096)
+    t.add_argument("--lr", type=float, help="default 2e-4 / sqrt(d_sae / 16384)")
+    t.add_argument("--warmup-steps", type=int, default=100)
+    t.add_argument("--dead-steps", type=int, default=200, help="steps without firing that make a latent dead")
+    t.add_argument("--b-dec-init", default="geometric_median", choices=("geometric_median", "mean"))
+    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--filter", default="0.01,0.25", help="keep features firing on lo..hi of clips")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    t.set_defaults(func=cmd_train)
+
     i = sub.add_parser("info", help="print facts about a model and an SAE")
     _model_args(i)
     i.add_argument("--sae")
@@ -174,6 +211,59 @@ def cmd_play(args: argparse.Namespace) -> None:
         bus.close()
     if recorder is not None:
         print(f"recorded {recorder.samples / lm.sample_rate:.1f} s to {recorder.path}")
+
+
+def cmd_harvest(args: argparse.Namespace) -> None:
+    from engine.model import load_musicgen
+    from engine.tokenloop import SamplingConfig
+    from sae.harvest import audio_clips, harvest_to_store, parse_shard, prompt_clips, read_captions
+
+    layers = _feature_list(args.layers)
+    worker, workers = parse_shard(args.shard)
+    if args.audio:
+        clips = audio_clips(args.audio, args.clip_seconds, read_captions(args.captions) if args.captions else None)
+    else:
+        clips = prompt_clips(args.prompts, args.seconds)
+    lm = load_musicgen(args.model, args.device, args.dtype)
+    source = "audio" if args.audio else "generation"
+    writer = harvest_to_store(
+        lm, clips, layers, args.out, source, worker, workers, args.store_dtype, args.shard_rows,
+        SamplingConfig(seed=args.seed), progress=_progress(),
+    )  # fmt: skip
+    mine = sum(1 for i in range(len(clips)) if i % workers == worker)
+    print(f"harvested {len(writer.done)}/{mine} clips (worker {worker}/{workers}) at layers {layers} into {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import json
+
+    from sae.store import ActivationStore
+    from sae.train import TrainConfig, Trainer, filter_report
+
+    lo, hi = (float(x) for x in args.filter.split(","))
+    cfg = TrainConfig(
+        layer=args.layer, k=args.k, expansion=args.expansion, architecture=args.architecture, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, dead_steps=args.dead_steps,
+        b_dec_init=args.b_dec_init, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        seed=args.seed, device=args.device,
+    )  # fmt: skip
+    trainer = Trainer(ActivationStore(args.acts), args.out, cfg)
+    last = trainer.run(resume=args.resume, progress=_progress())
+    if trainer.rank != 0:
+        return
+    from sae.files import load_sae
+
+    report = filter_report(load_sae(args.out).require_stats(), lo, hi)
+    (trainer.out / "filter.json").write_text(json.dumps(report, indent=1))
+    print(
+        f"trained {trainer.sae_cfg.d_sae} features (k={cfg.k}) at layer {trainer.layer}: "
+        f"FVU {last.get('fvu')}, L0 {last.get('l0')}, dead {last.get('dead_frac')}"
+        + (f", codebook CE recovered {last['ce_recovered']:.3f}" if "ce_recovered" in last else "")
+    )
+    print(
+        f"filter {lo}–{hi} of clips keeps {len(report['kept'])}/{report['total']} features; sensitivity in filter.json"
+    )
+    print(f"wrote {trainer.out}/cfg.json, sae_weights.safetensors, feature_stats.safetensors, metrics.jsonl")
 
 
 def _feature_list(text: str) -> list[int]:

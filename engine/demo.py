@@ -1,7 +1,7 @@
 """The offline demo behind `make demo`: the whole steer-a-feature story on the tiny model.
 
-It harvests activations while generating, builds a small SAE from them and saves it in the
-SAELens layout, then renders the same seed twice — plain and steered — so the difference
+It harvests activations while generating, trains a small TopK SAE on them (saved in the
+SAELens layout), then renders the same seed twice — plain and steered — so the difference
 is the steering alone.
 """
 
@@ -15,10 +15,10 @@ from engine.model import load_musicgen
 from engine.render import render, write_wav
 from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
-from sae.bootstrap import init_from_activations, measure
-from sae.files import load_sae, save_sae
-from sae.harvest import harvest_generation
-from sae.topk import SAEConfig
+from sae.files import load_sae
+from sae.harvest import Clip, harvest_to_store
+from sae.store import ActivationStore
+from sae.train import TrainConfig, Trainer
 
 DEMO_PROMPTS = [
     "simple melody",
@@ -45,17 +45,20 @@ def run_demo(out: Path, layer: int = 2, seconds: float = 5.0, seed: int = 0, pro
     lm = load_musicgen("tiny")
     lm.check_layer(layer)
     sampling = SamplingConfig(seed=seed)
-    print(f"[1/3] harvesting layer {layer} activations from {len(DEMO_PROMPTS)} prompts on the tiny model")
-    acts = harvest_generation(lm, DEMO_PROMPTS, [layer], frames=100, sampling=sampling)[layer]
-    acts = acts.reshape(-1, lm.hidden_size)
-
-    cfg = SAEConfig(d_in=lm.hidden_size, d_sae=4 * lm.hidden_size, k=8, hook_layer=layer, model_name=lm.name)
-    sae = init_from_activations(acts, cfg, seed=seed)
-    sae_dir = save_sae(sae, out / "sae", measure(sae, acts))
+    print(f"[1/3] harvesting layer {layer} activations while generating {len(DEMO_PROMPTS)} prompts (tiny model)")
+    clips = [Clip(f"prompt{i}", seconds=4.0, text=p) for i, p in enumerate(DEMO_PROMPTS)]
+    harvest_to_store(lm, clips, [layer], out / "acts", "generation", sampling=sampling, progress=progress)
+    store = ActivationStore(out / "acts")
+    cfg = TrainConfig(k=8, expansion=4, steps=300, batch_size=256, lr=2e-3, log_every=100, seed=seed)
+    last = Trainer(store, out / "sae", cfg).run(progress=progress)
+    sae_dir = out / "sae"
     loaded = load_sae(sae_dir, lm.device)
     stats = loaded.require_stats()
     features = pick_features(stats.firing_rate, stats.max_activation)
-    print(f"[2/3] saved a {cfg.d_sae}-feature TopK SAE (k={cfg.k}) from {acts.shape[0]} activations to {sae_dir}")
+    print(
+        f"[2/3] trained a {loaded.cfg.d_sae}-feature TopK SAE (k={cfg.k}) on {store.rows()} frames: "
+        f"FVU {last['fvu']:.3f}; saved to {sae_dir}"
+    )
 
     steers = (FeatureSteer(features[0], 1.0), FeatureSteer(features[-1], 0.8))
     spec = SteeringSpec(steers=steers)

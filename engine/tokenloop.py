@@ -53,6 +53,28 @@ class SamplingConfig:
         return self.guidance > 1.0
 
 
+@torch.no_grad()
+def encode_prompts(lm: LoadedModel, prompts: list[str], null_half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text → the decoder's cross-attention states and mask; with `null_half`, the all-zero
+    'null' condition of classifier-free guidance is appended as a second half."""
+    tok = lm.tokenizer(prompts, return_tensors="pt", padding=True)
+    ids, mask = tok["input_ids"].to(lm.device), tok["attention_mask"].to(lm.device)
+    states = lm.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    if getattr(lm.model, "enc_to_dec_proj", None) is not None:
+        states = lm.model.enc_to_dec_proj(states)
+    states = states * mask[..., None].to(states.dtype)
+    if null_half:
+        states = torch.cat([states, torch.zeros_like(states)], dim=0)
+        mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+    return states, mask
+
+
+def null_condition(lm: LoadedModel, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unconditional input: one all-zero, fully masked conditioning position."""
+    states = torch.zeros(batch, 1, lm.hidden_size, device=lm.device, dtype=lm.dtype)
+    return states, torch.zeros(batch, 1, dtype=torch.long, device=lm.device)
+
+
 @dataclass
 class _Reprime:
     """A cache being rebuilt from delayed columns `offset + 1 …` (see module docstring)."""
@@ -93,20 +115,8 @@ class TokenLoop:
         # Delayed columns, newest last; the last one is the next input (at `position`).
         self._history: deque[torch.Tensor] = deque([self._start], maxlen=lm.max_positions)
 
-    @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text → cross-attention states, with the all-zero 'null' condition appended under CFG."""
-        lm = self.lm
-        tok = lm.tokenizer(prompts, return_tensors="pt", padding=True)
-        ids, mask = tok["input_ids"].to(lm.device), tok["attention_mask"].to(lm.device)
-        states = lm.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        if getattr(lm.model, "enc_to_dec_proj", None) is not None:
-            states = lm.model.enc_to_dec_proj(states)
-        states = states * mask[..., None].to(states.dtype)
-        if self.sampling.cfg:
-            states = torch.cat([states, torch.zeros_like(states)], dim=0)
-            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-        return states, mask
+        return encode_prompts(self.lm, prompts, null_half=self.sampling.cfg)
 
     @torch.no_grad()
     def step(self) -> torch.Tensor | None:

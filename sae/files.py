@@ -32,12 +32,14 @@ class FeatureStats:
     """Per-feature statistics over the activations the SAE was measured on.
 
     firing_rate: share of frames on which the feature is non-zero; mean_activation: mean of its
-    non-zero values; max_activation: β, the largest value seen — the unit of a steering α.
+    non-zero values; max_activation: β, the largest value seen — the unit of a steering α;
+    firing_rate_clip: share of clips on which it fires at least once (the paper's filter).
     """
 
     firing_rate: torch.Tensor
     mean_activation: torch.Tensor
     max_activation: torch.Tensor
+    firing_rate_clip: torch.Tensor | None = None
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor) -> FeatureStats:
@@ -52,7 +54,8 @@ class FeatureStats:
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).detach().float().cpu().contiguous() for name in STAT_NAMES}
+        names = (*STAT_NAMES, "firing_rate_clip") if self.firing_rate_clip is not None else STAT_NAMES
+        return {name: getattr(self, name).detach().float().cpu().contiguous() for name in names}
 
 
 @dataclass
@@ -137,10 +140,11 @@ def load_sae(folder: str | Path, device: torch.device | str = "cpu") -> LoadedSA
     stats = None
     if (folder / STATS_FILE).exists():
         tensors = _read_tensors(folder / STATS_FILE, STAT_NAMES)
-        for name in STAT_NAMES:
+        names = [n for n in (*STAT_NAMES, "firing_rate_clip") if n in tensors]
+        for name in names:
             if tuple(tensors[name].shape) != (cfg.d_sae,):
                 raise MgsteerError(f"SAE '{folder}': {STATS_FILE} {name} has shape {tuple(tensors[name].shape)}")
-        stats = FeatureStats(**{name: tensors[name].float().to(device) for name in STAT_NAMES})
+        stats = FeatureStats(**{name: tensors[name].float().to(device) for name in names})
     sae = sae.to(device).eval().requires_grad_(False)
     return LoadedSAE(sae=sae, stats=stats, path=folder)
 

@@ -1,16 +1,146 @@
-"""Harvest residual-stream activations from MusicGen.
+"""Harvest residual-stream activations from MusicGen, per frame.
 
-Generation harvest: generate from prompts and record, per decoder step, the conditional
-half of the residual at each requested layer — what the SAE will see when it steers.
+Two sources:
+- audio (as the paper did): each file → 32 kHz mono → EnCodec tokens → the delay-pattern
+  layout → one teacher-forced decoder pass, unconditional or with a caption;
+- generation: generate from prompts and record the conditional half at every step.
+
+Row r of a clip is decoder position r + 1, whose input holds frame r's coarse codebook: so a
+clip of N frames gives exactly N rows per layer. Work is split by clip across `--shard i/n`
+workers (or torchrun ranks) and written to a resumable `ActivationStore`.
 """
 
 from __future__ import annotations
 
+import csv
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 
+from engine.errors import MgsteerError
 from engine.hooks import ResidualTap
 from engine.model import LoadedModel
-from engine.tokenloop import SamplingConfig, TokenLoop
+from engine.tokenloop import SamplingConfig, TokenLoop, encode_prompts, null_condition
+from sae.store import StoreMeta, StoreWriter
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff")
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    path: Path | None = None  # audio clips
+    start_s: float = 0.0
+    seconds: float = 0.0
+    text: str | None = None  # caption (audio) or prompt (generation)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`i/n` (or torchrun's RANK/WORLD_SIZE when not given) → (worker, workers)."""
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        worker, workers = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise MgsteerError(f"bad --shard '{text}': use i/n, e.g. 0/4") from exc
+    if not 0 <= worker < workers:
+        raise MgsteerError(f"bad --shard '{text}': need 0 ≤ i < n")
+    return worker, workers
+
+
+def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str] | None = None) -> list[Clip]:
+    """Each file cut into consecutive windows of `clip_seconds` (a last window ≥ 1 s is kept)."""
+    import soundfile as sf
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise MgsteerError(f"audio folder '{folder}' does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise MgsteerError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under '{folder}'")
+    clips = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        try:
+            duration = sf.info(str(path)).duration
+        except (RuntimeError, sf.LibsndfileError) as exc:
+            raise MgsteerError(f"cannot read audio file '{path}': {exc}") from exc
+        windows = max(1, math.floor(duration / clip_seconds + 1e-9))
+        if duration - windows * clip_seconds >= 1.0:
+            windows += 1
+        text = captions.get(rel) if captions else None
+        for w in range(windows):
+            start = w * clip_seconds
+            clips.append(Clip(f"{rel}#{w}", path, start, min(clip_seconds, duration - start), text))
+    return clips
+
+
+def read_captions(path: str | Path) -> dict[str, str]:
+    """A CSV with columns `file,caption` (file relative to the audio folder)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise MgsteerError(f"cannot read captions '{path}': {exc}") from exc
+    if rows and not {"file", "caption"} <= set(rows[0]):
+        raise MgsteerError(f"captions '{path}' need the columns file,caption")
+    return {r["file"]: r["caption"] for r in rows}
+
+
+def load_audio(clip: Clip, sample_rate: int) -> np.ndarray:
+    """The clip's window as mono float32 at `sample_rate`."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    info = sf.info(str(clip.path))
+    start = int(clip.start_s * info.samplerate)
+    audio, sr = sf.read(str(clip.path), start=start, frames=int(clip.seconds * info.samplerate), always_2d=True)
+    audio = audio.mean(axis=1)
+    if sr != sample_rate:
+        g = math.gcd(sr, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, sr // g)
+    return audio.astype(np.float32)
+
+
+@torch.no_grad()
+def encode_audio(lm: LoadedModel, audio: np.ndarray) -> torch.Tensor:
+    """EnCodec tokens `[K, frames]` of mono audio at the model's rate."""
+    values = torch.from_numpy(audio)[None, None].to(lm.device, lm.dtype)
+    codes = lm.model.audio_encoder.encode(input_values=values).audio_codes
+    return codes[0, 0, : lm.num_codebooks]
+
+
+def delayed_inputs(codes: torch.Tensor, pad: int) -> torch.Tensor:
+    """Codes `[K, N]` → the decoder's input columns `[K, N + 1]`: D[q, p] = codes[q, p − q − 1]."""
+    k, n = codes.shape
+    out = torch.full((k, n + 1), pad, dtype=torch.long, device=codes.device)
+    for q in range(k):
+        out[q, q + 1 :] = codes[q, : max(0, n - q)]
+    return out
+
+
+@torch.no_grad()
+def teacher_forced_activations(
+    lm: LoadedModel, codes: torch.Tensor, layers: list[int], text: str | None = None
+) -> dict[int, torch.Tensor]:
+    """{layer: [frames, hidden]} for codes `[K, frames]`, unconditional unless `text` is given."""
+    states, mask = encode_prompts(lm, [text]) if text else null_condition(lm)
+    taps = {layer: ResidualTap(lm, layer, record_rows="all") for layer in layers}
+    try:
+        for tap in taps.values():
+            tap.recording = True
+        lm.model.decoder(
+            input_ids=delayed_inputs(codes, lm.pad_token_id), encoder_hidden_states=states, encoder_attention_mask=mask
+        )
+        return {layer: tap.take()[0, 1:].float().cpu() for layer, tap in taps.items()}
+    finally:
+        for tap in taps.values():
+            tap.close()
 
 
 def harvest_generation(
@@ -20,14 +150,79 @@ def harvest_generation(
     frames: int,
     sampling: SamplingConfig | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Activations `{layer: [prompts, steps, hidden]}` recorded while generating `frames` frames."""
+    """Activations `{layer: [prompts, frames, hidden]}` recorded while generating `frames` frames."""
     sampling = sampling or SamplingConfig()
     taps = {layer: ResidualTap(lm, layer, cfg_doubled=sampling.cfg) for layer in layers}
     try:
         for tap in taps.values():
             tap.recording = True
         TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks).frames(frames)
-        return {layer: tap.take().float().cpu() for layer, tap in taps.items()}
+        return {layer: tap.take()[:, 1 : frames + 1].float().cpu() for layer, tap in taps.items()}
     finally:
         for tap in taps.values():
             tap.close()
+
+
+def _mine(clips: list[Clip], worker: int, workers: int) -> list[Clip]:
+    return [c for i, c in enumerate(clips) if i % workers == worker]
+
+
+def harvest_to_store(
+    lm: LoadedModel,
+    clips: list[Clip],
+    layers: list[int],
+    out: str | Path,
+    source: str,
+    worker: int = 0,
+    workers: int = 1,
+    dtype: str = "float16",
+    shard_rows: int = 65536,
+    sampling: SamplingConfig | None = None,
+    progress: bool = False,
+) -> StoreWriter:
+    """Harvest this worker's clips that the store does not hold yet; returns the writer."""
+    from tqdm import tqdm
+
+    for layer in layers:
+        lm.check_layer(layer)
+    meta = StoreMeta(lm.name, tuple(layers), lm.hidden_size, dtype, source, lm.num_codebooks)
+    writer = StoreWriter(out, meta, worker, workers, shard_rows)
+    todo = [c for c in _mine(clips, worker, workers) if c.id not in writer.done]
+    bar = tqdm(total=len(todo) + len(writer.done), initial=len(writer.done), unit="clip", disable=not progress)
+    for clip, acts, codes in _harvest(lm, todo, layers, source, sampling or SamplingConfig()):
+        writer.add_clip(clip.id, acts, codes)
+        bar.update(1)
+    writer.flush()
+    bar.close()
+    return writer
+
+
+def _harvest(lm, clips: list[Clip], layers, source, sampling) -> Iterator[tuple[Clip, dict, torch.Tensor | None]]:
+    max_frames = lm.max_positions - 1
+    for clip in clips:
+        if source == "audio":
+            codes = encode_audio(lm, load_audio(clip, lm.sample_rate))[:, :max_frames]
+            yield clip, teacher_forced_activations(lm, codes, layers, clip.text), codes.cpu()
+        else:
+            frames = min(max_frames - lm.num_codebooks, round(clip.seconds * lm.frame_rate))
+            seeded = SamplingConfig(
+                sampling.guidance, sampling.top_k, sampling.temperature, sampling.seed + hash_id(clip)
+            )
+            acts = harvest_generation(lm, [clip.text], layers, frames, seeded)
+            yield clip, {layer: a[0] for layer, a in acts.items()}, None
+
+
+def hash_id(clip: Clip) -> int:
+    """A stable per-clip seed offset (Python's hash() is salted per process)."""
+    return sum((i + 1) * ord(ch) for i, ch in enumerate(clip.id)) % 100_003
+
+
+def prompt_clips(path: str | Path, seconds: float) -> list[Clip]:
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    except OSError as exc:
+        raise MgsteerError(f"cannot read prompts '{path}': {exc}") from exc
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise MgsteerError(f"no prompts in '{path}' (one per line)")
+    return [Clip(f"prompt{i}", seconds=seconds, text=p) for i, p in enumerate(prompts)]

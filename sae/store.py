@@ -1,0 +1,185 @@
+"""A sharded, appendable, resumable store of residual-stream activations.
+
+Layout of a store folder:
+  index.json                     model, layers, width, dtype (written once, checked on reuse)
+  part-{i}-of-{n}.json           worker i's committed shards and finished clips
+  L{layer}-w{i}-{k:05d}.safetensors   acts [rows, d] (fp16/bf16), clip [rows], frame [rows];
+                                 and, for teacher-forced audio, codes [clips·K, frames] per clip
+
+Why per-worker parts: `--shard i/n` processes and torchrun ranks write side by side without
+locks. A clip counts as done only once its rows are in a shard that was renamed into place
+*and* listed in the part file (written atomically); a killed run loses at most the clips in
+its unwritten buffer, and a restart redoes exactly those: no duplicated or missing rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.errors import MgsteerError
+
+FORMAT = "mgsteer-acts/1"
+STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    model: str
+    layers: tuple[int, ...]
+    d_in: int
+    dtype: str = "float16"
+    source: str = "audio"  # audio (teacher-forced) or generation
+    num_codebooks: int = 4
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, **{k: list(v) if k == "layers" else v for k, v in self.__dict__.items()}}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+class StoreWriter:
+    """Appends clips for one worker; `flush` commits a shard per layer."""
+
+    def __init__(self, folder: str | Path, meta: StoreMeta, worker: int = 0, workers: int = 1, shard_rows: int = 65536):
+        if meta.dtype not in STORE_DTYPES:
+            raise MgsteerError(f"unknown store dtype '{meta.dtype}': use {', '.join(STORE_DTYPES)}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.meta, self.worker, self.workers, self.shard_rows = meta, worker, workers, shard_rows
+        self._check_or_write_index()
+        self.part_path = self.folder / f"part-{worker}-of-{workers}.json"
+        self.part = json.loads(self.part_path.read_text()) if self.part_path.exists() else {"shards": [], "clips": []}
+        self.done = set(self.part["clips"])
+        self._buffer: dict[int, list[tuple[torch.Tensor, int]]] = {layer: [] for layer in meta.layers}
+        self._codes: list[torch.Tensor] = []
+        self._pending: list[str] = []
+        self._rows = 0
+
+    def _check_or_write_index(self) -> None:
+        path = self.folder / "index.json"
+        wanted = self.meta.to_json()
+        if path.exists():
+            have = json.loads(path.read_text())
+            if {k: have.get(k) for k in wanted} != wanted:
+                raise MgsteerError(
+                    f"store '{self.folder}' holds {have.get('model')} layers {have.get('layers')} "
+                    f"({have.get('source')}); it cannot take {self.meta.model} layers {list(self.meta.layers)}"
+                )
+        else:
+            _write_json_atomic(path, wanted)
+
+    def add_clip(self, clip_id: str, acts: dict[int, torch.Tensor], codes: torch.Tensor | None = None) -> None:
+        """acts: {layer: [frames, d]} for one clip; codes: [K, frames] (teacher-forced audio)."""
+        clip_index = len(self.done) + len(self._pending)
+        for layer in self.meta.layers:
+            self._buffer[layer].append((acts[layer].to(STORE_DTYPES[self.meta.dtype]).cpu(), clip_index))
+        if codes is not None:
+            self._codes.append(codes.to(torch.int16).cpu())
+        self._pending.append(clip_id)
+        self._rows += acts[self.meta.layers[0]].shape[0]
+        if self._rows >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        number = len(self.part["shards"])
+        names = {}
+        for layer in self.meta.layers:
+            rows = self._buffer[layer]
+            tensors = {
+                "acts": torch.cat([a for a, _ in rows]).contiguous(),
+                "clip": torch.cat([torch.full((len(a),), c, dtype=torch.int32) for a, c in rows]),
+                "frame": torch.cat([torch.arange(len(a), dtype=torch.int32) for a, _ in rows]),
+            }
+            if self._codes:
+                lengths = torch.tensor([c.shape[1] for c in self._codes], dtype=torch.int32)
+                tensors["codes"] = torch.cat(self._codes, dim=1).contiguous()
+                tensors["code_lengths"] = lengths
+            name = f"L{layer}-w{self.worker}-{number:05d}.safetensors"
+            save_file(tensors, str(self.folder / (name + ".tmp")))
+            os.replace(self.folder / (name + ".tmp"), self.folder / name)
+            names[str(layer)] = name
+        first = len(self.done)
+        self.part["shards"].append({"files": names, "rows": self._rows, "clips": [first, first + len(self._pending)]})
+        self.part["clips"].extend(self._pending)
+        _write_json_atomic(self.part_path, self.part)
+        self.done.update(self._pending)
+        self._buffer = {layer: [] for layer in self.meta.layers}
+        self._codes, self._pending, self._rows = [], [], 0
+
+
+class ActivationStore:
+    """Read side: all workers' committed shards."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        path = self.folder / "index.json"
+        if not path.is_file():
+            raise MgsteerError(f"'{folder}' is not an activation store (no index.json); make one with mgsteer harvest")
+        raw = json.loads(path.read_text())
+        if raw.get("format") != FORMAT:
+            raise MgsteerError(f"{path}: unknown format {raw.get('format')!r}")
+        self.meta = StoreMeta(
+            model=raw["model"],
+            layers=tuple(raw["layers"]),
+            d_in=raw["d_in"],
+            dtype=raw["dtype"],
+            source=raw["source"],
+            num_codebooks=raw.get("num_codebooks", 4),
+        )
+        self.shards: list[dict] = []
+        self.clips: list[str] = []
+        for part in sorted(self.folder.glob("part-*-of-*.json")):
+            data = json.loads(part.read_text())
+            self.shards.extend(data["shards"])
+            self.clips.extend(data["clips"])
+
+    def rows(self) -> int:
+        return sum(s["rows"] for s in self.shards)
+
+    def check_layer(self, layer: int) -> int:
+        if layer not in self.meta.layers:
+            raise MgsteerError(f"store '{self.folder}' has layers {list(self.meta.layers)}, not {layer}")
+        return layer
+
+    def shard_files(self, layer: int) -> list[Path]:
+        self.check_layer(layer)
+        return [self.folder / s["files"][str(layer)] for s in self.shards]
+
+    def load_shard(self, path: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise MgsteerError(f"activation shard {path} is unreadable ({exc})") from exc
+
+    def iter_acts(self, layer: int) -> Iterator[torch.Tensor]:
+        for path in self.shard_files(layer):
+            yield self.load_shard(path)["acts"]
+
+    def load_layer(self, layer: int) -> torch.Tensor:
+        """All rows of one layer in memory (float32): for small stores and tests."""
+        return torch.cat([a.float() for a in self.iter_acts(layer)]) if self.shards else torch.empty(0, self.meta.d_in)
+
+    def iter_codes(self) -> Iterator[torch.Tensor]:
+        """Token codes `[K, frames]` of each teacher-forced clip, in store order."""
+        layer = self.meta.layers[0]
+        for path in self.shard_files(layer):
+            shard = self.load_shard(path)
+            if "codes" not in shard:
+                return
+            start = 0
+            for length in shard["code_lengths"].tolist():
+                yield shard["codes"][:, start : start + length].long()
+                start += length

@@ -1,0 +1,426 @@
+"""Train a TopK (or BatchTopK) SAE on an activation store.
+
+Recipe (Gao et al. 2024, as SAELens and dictionary_learning do it):
+- inputs scaled so E‖x‖² = d_in (the scale is folded into the saved weights, so the saved
+  SAE reads raw activations and SAELens sees `normalize_activations: none`);
+- b_dec starts at the geometric median (or mean) of the data; W_enc = W_decᵀ, unit-norm rows;
+- loss = normalised MSE + AuxK/32: dead latents (not fired for `dead_steps` steps) are asked
+  to reconstruct the residual error, which revives them;
+- decoder rows stay unit-norm: the gradient component parallel to each row is removed
+  before the Adam step and rows are renormalised after it;
+- Adam with linear warm-up and a linear decay to zero over the last `decay_frac` of steps.
+
+Data: each epoch visits the shards in a seeded order, `group_shards` at a time; a group's rows
+are shuffled together (so batches mix shards) and cut into batches. The position (epoch,
+group, batch) is all the data state there is, so a checkpoint resumes exactly. Under torchrun
+every rank takes its own slice of each global batch and gradients are averaged (all_reduce;
+gloo on CPU, NCCL on GPU), so N processes train the same SAE as one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from engine.errors import MgsteerError
+from sae.files import FeatureStats, cfg_json, save_sae
+from sae.store import ActivationStore
+from sae.topk import SAEConfig, TopKSAE
+
+ARCHITECTURES = ("topk", "batchtopk")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    layer: int | None = None  # None: the store's only layer
+    k: int = 32
+    expansion: int = 4
+    architecture: str = "topk"
+    steps: int = 10_000
+    batch_size: int = 4096
+    lr: float | None = None  # None: 2e-4 / √(d_sae / 16384), the scaling of Gao et al.
+    warmup_steps: int = 100
+    decay_frac: float = 0.2
+    aux_k: int | None = None  # None: min(d_in / 2, d_sae)
+    aux_coef: float = 1 / 32
+    dead_steps: int = 200  # a latent not fired for this many steps is dead
+    b_dec_init: str = "geometric_median"
+    group_shards: int = 4
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    ce_clips: int = 8  # clips for codebook CE recovered at the end (0: skip; needs codes in the store)
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise MgsteerError(f"unknown architecture '{self.architecture}': use {' or '.join(ARCHITECTURES)}")
+        if self.b_dec_init not in ("geometric_median", "mean"):
+            raise MgsteerError(f"unknown b_dec init '{self.b_dec_init}': use geometric_median or mean")
+        for name in ("k", "expansion", "steps", "batch_size", "group_shards", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise MgsteerError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if not ((self.lr is None or self.lr > 0) and 0 <= self.decay_frac <= 1 and self.warmup_steps >= 0):
+            raise MgsteerError("need lr > 0, 0 ≤ decay fraction ≤ 1 and warm-up ≥ 0")
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    group: int = 0
+    batch: int = 0
+
+
+class ShardBatches:
+    """Deterministic shuffled batches over a store's shards for one layer (see module doc)."""
+
+    def __init__(self, store: ActivationStore, layer: int, cfg: TrainConfig, rank: int = 0, world: int = 1):
+        self.files = store.shard_files(layer)
+        self.store, self.cfg, self.rank, self.world = store, cfg, rank, world
+        if store.rows() < cfg.batch_size:
+            raise MgsteerError(
+                f"store '{store.folder}' has {store.rows()} rows, fewer than one batch ({cfg.batch_size}); "
+                "lower --batch-size or harvest more"
+            )
+        if cfg.batch_size % world:
+            raise MgsteerError(f"--batch-size {cfg.batch_size} must divide among {world} processes")
+
+    def _groups(self, epoch: int) -> list[list[Path]]:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.files), generator=gen).tolist()
+        g = self.cfg.group_shards
+        return [[self.files[i] for i in order[s : s + g]] for s in range(0, len(order), g)]
+
+    def iterate(self, start: Position) -> Iterator[tuple[Position, torch.Tensor]]:
+        pos = Position(start.epoch, start.group, start.batch)
+        while True:
+            groups = self._groups(pos.epoch)
+            while pos.group < len(groups):
+                acts = torch.cat([self.store.load_shard(p)["acts"] for p in groups[pos.group]]).float()
+                gen = torch.Generator().manual_seed(hash((self.cfg.seed, pos.epoch, pos.group)) % 2**62)
+                perm = torch.randperm(len(acts), generator=gen)
+                per = self.cfg.batch_size
+                while (pos.batch + 1) * per <= len(acts):
+                    idx = perm[pos.batch * per : (pos.batch + 1) * per][self.rank :: self.world]
+                    pos = Position(pos.epoch, pos.group, pos.batch + 1)
+                    yield pos, acts[idx]
+                pos = Position(pos.epoch, pos.group + 1, 0)
+            pos = Position(pos.epoch + 1, 0, 0)
+
+
+def geometric_median(x: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+    """Weiszfeld's algorithm: robust centre of the data (less pulled by outliers than the mean)."""
+    median = x.mean(0)
+    for _ in range(iterations):
+        weights = 1.0 / (x - median).norm(dim=1).clamp(min=1e-6)
+        median = (weights[:, None] * x).sum(0) / weights.sum()
+    return median
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    position: Position = field(default_factory=Position)
+    scale: float = 1.0
+
+
+class Trainer:
+    def __init__(self, store: ActivationStore, out: str | Path, cfg: TrainConfig) -> None:
+        from engine.device import resolve_device
+
+        cfg.validate()
+        self.store, self.out, self.cfg = store, Path(out), cfg
+        self.rank, self.world = _dist_info()
+        if self.world > 1 and cfg.device == "auto":
+            self.device = torch.device(
+                f"cuda:{self.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+            )
+        else:
+            self.device = resolve_device(cfg.device)
+        layers = store.meta.layers
+        if cfg.layer is None and len(layers) > 1:
+            raise MgsteerError(f"store '{store.folder}' has layers {list(layers)}: choose one with --layer")
+        self.layer = store.check_layer(cfg.layer if cfg.layer is not None else layers[0])
+        d_in = store.meta.d_in
+        self.sae_cfg = SAEConfig(d_in, cfg.expansion * d_in, cfg.k, self.layer, store.meta.model)
+        self.aux_k = cfg.aux_k or min(d_in // 2, self.sae_cfg.d_sae)
+        self.data = ShardBatches(store, self.layer, cfg, self.rank, self.world)
+        torch.manual_seed(cfg.seed)
+        self.sae = TopKSAE(self.sae_cfg).to(self.device)
+        self.lr = cfg.lr or 2e-4 / math.sqrt(self.sae_cfg.d_sae / 16384)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999))
+        self.since_fired = torch.zeros(self.sae_cfg.d_sae, dtype=torch.long, device=self.device)
+        self.state = TrainState()
+        self.metrics_path = self.out / "metrics.jsonl"
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def initialise(self) -> None:
+        """Input scale and b_dec from the first batches (identical on every rank)."""
+        sample = torch.cat([b for _, b in _take(ShardBatches(self.store, self.layer, self.cfg).iterate(Position()), 4)])
+        sample = sample[:8192].to(self.device)
+        self.state.scale = math.sqrt(self.sae_cfg.d_in / sample.pow(2).sum(1).mean().item())
+        scaled = sample * self.state.scale
+        centre = geometric_median(scaled) if self.cfg.b_dec_init == "geometric_median" else scaled.mean(0)
+        with torch.no_grad():
+            self.sae.b_dec.copy_(centre)
+
+    def run(self, resume: bool = False, stop_after: int | None = None, progress: bool = False) -> dict:
+        """Train to `cfg.steps` (or `stop_after` steps, for tests); returns the last metrics."""
+        from tqdm import tqdm
+
+        if resume:
+            self.load_checkpoint()
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.rank == 0:
+                (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+                self.metrics_path.write_text("")
+            self.initialise()
+        last: dict = {}
+        end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
+        bar = tqdm(total=self.cfg.steps, initial=self.state.step, unit="step", disable=not progress or self.rank)
+        batches = self.data.iterate(self.state.position)
+        started = time.perf_counter()
+        while self.state.step < end:
+            pos, batch = next(batches)
+            last = self.train_step(batch.to(self.device))
+            self.state.position = pos
+            self.state.step += 1
+            bar.update(1)
+            if self.state.step % self.cfg.log_every == 0 or self.state.step == self.cfg.steps:
+                last.update(
+                    step=self.state.step,
+                    rows_per_s=round(self.state.step * self.cfg.batch_size / (time.perf_counter() - started), 1),
+                )
+                self._log(last)
+            if self.state.step % self.cfg.checkpoint_every == 0 and self.state.step < self.cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        if self.state.step >= self.cfg.steps and self.rank == 0:
+            last = {**last, **self.save_final()}
+        return last
+
+    # ---- one step ------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        decay_start = cfg.steps * (1 - cfg.decay_frac)
+        decay = 1.0 if step < decay_start else max(0.0, (cfg.steps - step) / max(1.0, cfg.steps - decay_start))
+        return self.lr * warm * decay
+
+    def codes(self, pre: torch.Tensor) -> torch.Tensor:
+        k = self.cfg.k
+        if self.cfg.architecture == "batchtopk":
+            flat = pre.flatten()
+            values, indices = flat.topk(k * pre.shape[0])
+            return torch.zeros_like(flat).scatter_(0, indices, values).view_as(pre)
+        values, indices = pre.topk(k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, indices, values)
+
+    def train_step(self, x: torch.Tensor) -> dict:
+        sae, cfg = self.sae, self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.state.step)
+        x = x * self.state.scale
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            pre = sae.pre_activations(x)
+            z = self.codes(pre)
+            x_hat = z @ sae.W_dec + sae.b_dec
+        x_hat, pre, z = x_hat.float(), pre.float(), z.float()
+        err = x - x_hat
+        variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+        fvu = err.pow(2).sum(-1).mean() / variance
+        fired = (z > 0).any(0)
+        if self.world > 1:
+            fired_any = fired.int()
+            dist.all_reduce(fired_any, op=dist.ReduceOp.MAX)
+            fired = fired_any.bool()
+        self.since_fired = torch.where(fired, 0, self.since_fired + 1)
+        dead = self.since_fired >= cfg.dead_steps
+        aux = torch.zeros((), device=x.device)
+        if dead.any():
+            dead_pre = torch.where(dead, pre, torch.zeros_like(pre))
+            n = min(self.aux_k, int(dead.sum()))
+            values, indices = dead_pre.topk(n, dim=-1)
+            z_aux = torch.zeros_like(pre).scatter_(-1, indices, values)
+            aux = (err.detach() - z_aux @ sae.W_dec).pow(2).sum(-1).mean() / variance
+        loss = fvu + cfg.aux_coef * aux
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:
+            for p in sae.parameters():
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= self.world
+        with torch.no_grad():
+            w, g = sae.W_dec, sae.W_dec.grad
+            g -= (g * w).sum(1, keepdim=True) * w
+        self.opt.step()
+        with torch.no_grad():
+            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        return {
+            "loss": round(loss.item(), 6),
+            "fvu": round(fvu.item(), 6),
+            "aux": round(aux.item(), 6),
+            "l0": round((z > 0).float().sum(-1).mean().item(), 2),
+            "dead_frac": round(dead.float().mean().item(), 4),
+            "lr": self.lr_at(self.state.step),
+        }
+
+    def _log(self, metrics: dict) -> None:
+        if self.rank == 0:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        folder = self.out / f"checkpoint-{self.state.step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "sae": self.sae.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "since_fired": self.since_fired.cpu(),
+                "step": self.state.step,
+                "position": asdict(self.state.position),
+                "scale": self.state.scale,
+            },
+            folder / "trainer_state.pt",
+        )
+        tmp = self.out / "latest.json.tmp"
+        tmp.write_text(json.dumps({"checkpoint": folder.name, "step": self.state.step}))
+        os.replace(tmp, self.out / "latest.json")
+        for old in self.out.glob("checkpoint-*"):
+            if old != folder:
+                for f in old.iterdir():
+                    f.unlink()
+                old.rmdir()
+
+    def load_checkpoint(self) -> None:
+        pointer = self.out / "latest.json"
+        if not pointer.is_file():
+            raise MgsteerError(f"nothing to resume in '{self.out}': no checkpoint yet (latest.json)")
+        name = json.loads(pointer.read_text())["checkpoint"]
+        try:
+            state = torch.load(self.out / name / "trainer_state.pt", map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise MgsteerError(f"checkpoint '{self.out / name}' is unreadable ({exc})") from exc
+        self.sae.load_state_dict(state["sae"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.since_fired = state["since_fired"].to(self.device)
+        self.state = TrainState(step=state["step"], position=Position(**state["position"]), scale=state["scale"])
+
+    def folded_sae(self) -> TopKSAE:
+        """The trained SAE re-expressed on raw (unscaled) activations."""
+        s = self.state.scale
+        sae = TopKSAE(self.sae_cfg)
+        with torch.no_grad():
+            sae.W_enc.copy_(self.sae.W_enc.float().cpu() * s)
+            sae.b_enc.copy_(self.sae.b_enc.float().cpu())
+            sae.W_dec.copy_(self.sae.W_dec.float().cpu() / s)
+            sae.b_dec.copy_(self.sae.b_dec.float().cpu() / s)
+        return sae.eval().requires_grad_(False)
+
+    def save_final(self) -> dict:
+        """Write the SAE folder; returns the final evaluation (also appended to metrics.jsonl)."""
+        sae = self.folded_sae()
+        stats = feature_stats(sae, self.store, self.layer)
+        save_sae(sae, self.out, stats)
+        cfg = cfg_json(sae.cfg) | {
+            "activation_scale_folded": self.state.scale,
+            "training_architecture": self.cfg.architecture,
+        }
+        (self.out / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        final = {"step": self.state.step, "final": True, **self.evaluate_ce(sae)}
+        self._log(final)
+        return final
+
+    def evaluate_ce(self, sae: TopKSAE) -> dict:
+        """Codebook CE recovered on the first clips of the store, if it holds their tokens."""
+        clips = [c for _, c in zip(range(self.cfg.ce_clips), self.store.iter_codes(), strict=False)]
+        if not clips:
+            return {}
+        from engine.model import load_musicgen
+        from sae.metrics import ce_recovered, sae_reconstruct
+
+        try:
+            lm = load_musicgen(self.store.meta.model, device=str(self.device))
+        except MgsteerError as exc:
+            print(f"note: CE recovered skipped: {exc}")
+            return {}
+        return ce_recovered(lm, clips, self.layer, sae_reconstruct(sae.to(lm.device)))
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _dist_info() -> tuple[int, int]:
+    """Join the torchrun group if launched by torchrun; (rank, world size)."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+@torch.no_grad()
+def feature_stats(sae: TopKSAE, store: ActivationStore, layer: int, batch: int = 4096) -> FeatureStats:
+    """Per-frame and per-clip firing rates, mean and max activation over the whole store,
+    a batch at a time (dense codes of a whole shard would not fit: 65k rows × 32k features)."""
+    d_sae = sae.cfg.d_sae
+    device = sae.W_enc.device
+    fires = torch.zeros(d_sae, device=device)
+    total = torch.zeros(d_sae, device=device)
+    peak = torch.zeros(d_sae, device=device)
+    clip_fires = torch.zeros(d_sae, device=device)
+    rows = clips = 0
+    for path in store.shard_files(layer):
+        shard = store.load_shard(path)
+        acts, clip_ids = shard["acts"], shard["clip"]
+        seen: dict[int, torch.Tensor] = {}  # clip → features that fired in it (a clip lies in one shard)
+        for i in range(0, len(acts), batch):
+            codes = sae.encode(acts[i : i + batch].to(device).float())
+            active = codes > 0
+            fires += active.sum(0)
+            total += codes.sum(0)
+            peak = torch.maximum(peak, codes.max(0).values)
+            ids = clip_ids[i : i + batch].to(device)
+            for clip in ids.unique().tolist():
+                hit = active[ids == clip].any(0)
+                seen[clip] = seen[clip] | hit if clip in seen else hit
+        rows += len(acts)
+        clips += len(seen)
+        for hit in seen.values():
+            clip_fires += hit
+    return FeatureStats(
+        firing_rate=(fires / max(rows, 1)).cpu(),
+        mean_activation=(total / fires.clamp(min=1)).cpu(),
+        max_activation=peak.cpu(),
+        firing_rate_clip=(clip_fires / max(clips, 1)).cpu(),
+    )
+
+
+def filter_report(stats: FeatureStats, lo: float = 0.01, hi: float = 0.25) -> dict:
+    """The paper's filter on the per-clip firing rate, and how many survive other thresholds."""
+    rate = stats.firing_rate_clip if stats.firing_rate_clip is not None else stats.firing_rate
+    kept = ((rate >= lo) & (rate <= hi)).nonzero().flatten().tolist()
+    table = [
+        {"lo": a, "hi": b, "kept": int(((rate >= a) & (rate <= b)).sum())}
+        for a in (0.001, 0.005, 0.01, 0.02, 0.05)
+        for b in (0.1, 0.25, 0.5)
+    ]
+    return {"lo": lo, "hi": hi, "kept": kept, "dead": int((rate == 0).sum()), "total": len(rate), "sensitivity": table}
