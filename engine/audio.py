@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ class StreamResampler:
         return out.astype(np.float32)
 
 
-class Sink:
+class Sink(ABC):
     """Plays model-rate blocks through a ring buffer; subclasses provide the clock."""
 
     name = "sink"
@@ -120,11 +121,11 @@ class Sink:
         """Stop counting underruns (transport stopped: silence is intended)."""
         self.ring.counting = False
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> None: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
 
 class NullSink(Sink):

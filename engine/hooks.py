@@ -10,7 +10,8 @@ Under classifier-free guidance the batch is `[conditional; unconditional]`; a ta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -72,3 +73,17 @@ class ResidualTap:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def recording(lm: LoadedModel, layers: list[int], **options) -> Iterator[dict[int, ResidualTap]]:
+    """Recording taps on several layers for the duration of a `with` block."""
+    taps: dict[int, ResidualTap] = {}
+    try:
+        for layer in layers:
+            taps[layer] = ResidualTap(lm, layer, **options)
+            taps[layer].recording = True
+        yield taps
+    finally:
+        for tap in taps.values():
+            tap.close()

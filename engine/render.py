@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
+from engine.audio import WavRecorder
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from engine.steering import Steerer, SteeringSpec
@@ -68,10 +68,7 @@ def render(
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """16-bit PCM (what every DAW opens); samples beyond ±1 are clipped."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        sf.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
-    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
-        raise MgsteerError(f"cannot write '{path}': {exc}") from exc
-    return path
+    recorder = WavRecorder(path, sample_rate)
+    recorder.write(audio)
+    recorder.close()
+    return recorder.path

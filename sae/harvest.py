@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.errors import MgsteerError
-from engine.hooks import ResidualTap
+from engine.hooks import recording
 from engine.model import LoadedModel
 from engine.tokenloop import SamplingConfig, TokenLoop, encode_prompts, null_condition
 from sae.store import StoreMeta, StoreWriter
@@ -130,17 +130,11 @@ def teacher_forced_activations(
 ) -> dict[int, torch.Tensor]:
     """{layer: [frames, hidden]} for codes `[K, frames]`, unconditional unless `text` is given."""
     states, mask = encode_prompts(lm, [text]) if text else null_condition(lm)
-    taps = {layer: ResidualTap(lm, layer, record_rows="all") for layer in layers}
-    try:
-        for tap in taps.values():
-            tap.recording = True
+    with recording(lm, layers, record_rows="all") as taps:
         lm.model.decoder(
             input_ids=delayed_inputs(codes, lm.pad_token_id), encoder_hidden_states=states, encoder_attention_mask=mask
         )
         return {layer: tap.take()[0, 1:].float().cpu() for layer, tap in taps.items()}
-    finally:
-        for tap in taps.values():
-            tap.close()
 
 
 def harvest_generation(
@@ -152,15 +146,9 @@ def harvest_generation(
 ) -> dict[int, torch.Tensor]:
     """Activations `{layer: [prompts, frames, hidden]}` recorded while generating `frames` frames."""
     sampling = sampling or SamplingConfig()
-    taps = {layer: ResidualTap(lm, layer, cfg_doubled=sampling.cfg) for layer in layers}
-    try:
-        for tap in taps.values():
-            tap.recording = True
+    with recording(lm, layers, cfg_doubled=sampling.cfg) as taps:
         TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks).frames(frames)
         return {layer: tap.take()[:, 1 : frames + 1].float().cpu() for layer, tap in taps.items()}
-    finally:
-        for tap in taps.values():
-            tap.close()
 
 
 def _mine(clips: list[Clip], worker: int, workers: int) -> list[Clip]:
