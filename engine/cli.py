@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=8, help="frames per EnCodec decode (8 = 160 ms)")
     p.add_argument("--smoothing-ms", type=float, default=50.0, help="glide time of steering changes")
     p.add_argument("--meters", help="comma-separated feature ids to meter each step")
+    p.add_argument("--preset", help="preset JSON (model, SAE, prompt, knobs); see presets/")
     _sampling_args(p)
     p.set_defaults(func=cmd_play)
 
@@ -170,10 +171,15 @@ def cmd_play(args: argparse.Namespace) -> None:
     from engine.host import Host, HostConfig
     from engine.model import load_musicgen
     from engine.params import ParameterBus
+    from engine.presets import apply_preset, load_preset
     from engine.steering import parse_steer
     from engine.tokenloop import SamplingConfig
     from sae.files import load_sae
 
+    preset = load_preset(args.preset) if args.preset else None
+    if preset is not None:
+        args.model = args.model if args.model != DEFAULT_MODEL else preset.model
+        args.sae = args.sae or preset.sae
     steers = [parse_steer(s) for s in args.steer]
     if (steers or args.meters) and not args.sae:
         raise MgsteerError("--steer and --meters need --sae DIR: the features are that SAE's")
@@ -187,6 +193,10 @@ def cmd_play(args: argparse.Namespace) -> None:
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = load_sae(args.sae, lm.device) if args.sae else None
     bus = ParameterBus(prompt=args.prompt, smoothing_ms=args.smoothing_ms, feature_count=sae.cfg.d_sae if sae else None)
+    if preset is not None:
+        load_preset(args.preset, sae.cfg.d_sae if sae else None)  # feature ids checked against the SAE
+        apply_preset(preset, bus)
+        print(f"preset '{preset.name}' ({args.preset})")
     for steer in steers:
         bus.set_feature(steer.feature, steer.alpha)
     sink = NullSink(lm.sample_rate) if args.no_audio else DeviceSink(lm.sample_rate, _device_arg(args.audio_device))
@@ -195,7 +205,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     latest: dict = {}
     bus.subscribe(lambda feedback: feedback.meters and latest.update(feedback.meters))
     where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
-    print(f"playing '{args.prompt}' with {lm.spec} on {lm.device.type} into {where}; Ctrl-C stops")
+    print(f"playing '{bus.snapshot().prompt}' with {lm.spec} on {lm.device.type} into {where}; Ctrl-C stops")
     host.start()
     try:
         while args.seconds is None or host.status().position_s < args.seconds:
