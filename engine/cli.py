@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoothing-ms", type=float, default=50.0, help="glide time of steering changes")
     p.add_argument("--meters", help="comma-separated feature ids to meter each step")
     p.add_argument("--preset", help="preset JSON (model, SAE, prompt, knobs); see presets/")
+    p.add_argument("--osc", action="store_true", help="serve OSC control (docs/OSC.md)")
+    p.add_argument("--osc-host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: the network")
+    p.add_argument("--osc-port", type=int, default=9000)
     _sampling_args(p)
     p.set_defaults(func=cmd_play)
 
@@ -202,6 +205,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     sink = NullSink(lm.sample_rate) if args.no_audio else DeviceSink(lm.sample_rate, _device_arg(args.audio_device))
     recorder = WavRecorder(args.out, lm.sample_rate) if args.out else None
     host = Host(lm, bus, sink, sae, config, recorder)
+    osc = _start_osc(args, bus, host, lm, sae) if args.osc else None
     latest: dict = {}
     bus.subscribe(lambda feedback: feedback.meters and latest.update(feedback.meters))
     where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
@@ -217,6 +221,8 @@ def cmd_play(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         print("stopping")
     finally:
+        if osc is not None:
+            osc.stop()
         host.stop()
         bus.close()
     if recorder is not None:
@@ -274,6 +280,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"filter {lo}–{hi} of clips keeps {len(report['kept'])}/{report['total']} features; sensitivity in filter.json"
     )
     print(f"wrote {trainer.out}/cfg.json, sae_weights.safetensors, feature_stats.safetensors, metrics.jsonl")
+
+
+def _start_osc(args, bus, host, lm, sae):
+    from osc.server import OscServer, preset_handler
+
+    def status() -> dict:
+        st = host.status()
+        return {"position_s": round(st.position_s, 2), "underruns": st.underruns, "rtf": round(st.rtf, 3)}
+
+    presets = preset_handler(bus, lm.spec, str(sae.path) if sae else None, sae.cfg.d_sae if sae else None)
+    server = OscServer(bus, args.osc_host, args.osc_port, status=status, presets=presets)
+    server.start()
+    print(f"OSC on {server.address[0]}:{server.address[1]} (address space: docs/OSC.md)")
+    return server
 
 
 def _feature_list(text: str) -> list[int]:

@@ -1,0 +1,268 @@
+"""OSC control surface: UDP in, parameter bus writes, feedback out.
+
+Why a socket loop of our own rather than python-osc's server classes: every datagram,
+however malformed, must be caught, counted and answered with `/mgsteer/error`, and a flood
+must not reach the bus message by message. So the loop drains whatever is queued on the
+socket, keeps the latest message per address (coalescing), and only then applies them.
+The address space is in docs/OSC.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket, ParseError
+
+from engine.errors import MgsteerError
+from engine.params import Feedback, ParameterBus
+
+PREFIX = "/mgsteer"
+MAX_STRING = 1000
+MAX_DATAGRAM = 8192
+
+
+@dataclass
+class OscStats:
+    received: int = 0
+    applied: int = 0
+    coalesced: int = 0
+    rejected: int = 0
+
+
+class OscServer:
+    """Serves the bus on `host:port` (127.0.0.1:9000 by default: only this machine)."""
+
+    def __init__(
+        self,
+        bus: ParameterBus,
+        host: str = "127.0.0.1",
+        port: int = 9000,
+        status: Callable[[], dict] | None = None,
+        presets: Callable[[str, str], str] | None = None,
+    ) -> None:
+        self.bus, self.status_fn, self.presets = bus, status, presets
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            raise MgsteerError(f"cannot serve OSC on {host}:{port} ({exc.strerror}); choose --osc-port") from exc
+        self.address = self.sock.getsockname()
+        self.sock.settimeout(0.1)
+        self.stats = OscStats()
+        self.subscribers: set[tuple[str, int]] = set()
+        self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._running = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = bus.subscribe(self._feedback)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._running.set()
+        self._thread = threading.Thread(target=self._serve, name="mgsteer-osc", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._unsubscribe()
+        self.sock.close()
+        self._out.close()
+
+    # ---- receive ------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while self._running.is_set():
+            try:
+                first = self.sock.recvfrom(MAX_DATAGRAM)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            # Well-formed value updates coalesce per address (a flood collapses to its latest
+            # value, in the place of its first); everything else, bad input included, is applied
+            # one by one in order, so every rejection is answered and counted.
+            pending: dict[object, tuple[OscMessage, tuple[str, int]]] = {}
+            for data, sender in self._drain(first):
+                self.stats.received += 1
+                for message in self._parse(data, sender):
+                    key = message.address if _is_value_update(message) else object()
+                    if key in pending:
+                        self.stats.coalesced += 1
+                    pending[key] = (message, sender)
+            for message, sender in pending.values():
+                self._apply(message, sender)
+
+    def _drain(self, first, limit: int = 10_000):
+        """The datagram just received and whatever else is already queued (bounded)."""
+        yield first
+        self.sock.setblocking(False)
+        try:
+            for _ in range(limit):
+                yield self.sock.recvfrom(MAX_DATAGRAM)
+        except (BlockingIOError, OSError):
+            pass
+        finally:
+            self.sock.settimeout(0.1)
+
+    def _parse(self, data: bytes, sender) -> list[OscMessage]:
+        try:
+            return [m.message for m in OscPacket(data).messages if isinstance(m.message, OscMessage)]
+        except (ParseError, ValueError, IndexError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+            self._reject(sender, f"unreadable OSC datagram ({type(exc).__name__})")
+            return []
+
+    # ---- dispatch -----------------------------------------------------------------------------
+    def _apply(self, message: OscMessage, sender) -> None:
+        address, args = message.address, list(message.params)
+        try:
+            self._route(address, args, sender)
+            self.stats.applied += 1
+        except MgsteerError as exc:
+            self._reject(sender, f"{address}: {exc}")
+
+    def _route(self, address: str, args: list, sender) -> None:
+        if not address.startswith(PREFIX + "/"):
+            raise MgsteerError("unknown address")
+        path = address[len(PREFIX) :]
+        if m := re.fullmatch(r"/knob/(\d+)", path):
+            _arity(args, 1, 1)
+            value = _number(args, 0)
+            applied = self.bus.set_knob(int(m[1]), value)
+            if applied != value:
+                self._reject(sender, f"{address}: {value} is outside 0..1, clamped to {applied}")
+        elif m := re.fullmatch(r"/knob/(\d+)/assign", path):
+            _arity(args, 1, 2)
+            feature = _integer(args, 0)
+            weight = _number(args, 1) if len(args) > 1 else 1.0
+            index = int(m[1])
+            knobs = self.bus.snapshot().knobs
+            if index >= len(knobs):
+                raise MgsteerError(f"unknown knob {index}")
+            features = [(f, w) for f, w in knobs[index].features if f != feature] + [(feature, weight)]
+            self.bus.configure_knob(index, features=features)
+        elif m := re.fullmatch(r"/knob/(\d+)/label", path):
+            self.bus.configure_knob(int(m[1]), label=_string(args, 0))
+        elif m := re.fullmatch(r"/feature/(\d+)", path):
+            _arity(args, 1, 1)
+            self.bus.set_feature(int(m[1]), _number(args, 0))
+        elif path == "/prompt":
+            self.bus.set_prompt(_string(args, 0))
+        elif path in ("/transport/play", "/transport/stop", "/transport/reset"):
+            _arity(args, 0, 1)
+            {"play": self.bus.play, "stop": self.bus.stop, "reset": self.bus.reset}[path.rsplit("/", 1)[1]]()
+        elif path in ("/preset/load", "/preset/save"):
+            if self.presets is None:
+                raise MgsteerError("presets are not available in this host")
+            done = self.presets(path.rsplit("/", 1)[1], _string(args, 0))
+            self.send(sender, f"{PREFIX}{path}", done)
+        elif path == "/status":
+            _arity(args, 0, 0)
+            self.send(sender, f"{PREFIX}/status", *self._status_values())
+        elif path == "/subscribe":
+            _arity(args, 0, 2)
+            target = (_string(args, 0), _integer(args, 1)) if args else sender
+            self.subscribers.add(target)
+            self.send(target, f"{PREFIX}/subscribed", 1)
+        else:
+            raise MgsteerError("unknown address")
+
+    def _status_values(self) -> list:
+        status = self.status_fn() if self.status_fn else {}
+        return [f"{k}={v}" for k, v in status.items()] + [f"osc_rejected={self.stats.rejected}"]
+
+    # ---- send ---------------------------------------------------------------------------------
+    def send(self, target, address: str, *args) -> None:
+        builder = OscMessageBuilder(address=address)
+        for arg in args:
+            builder.add_arg(arg)
+        with contextlib.suppress(OSError):  # a vanished client must not stop the server
+            self._out.sendto(builder.build().dgram, target)
+
+    def _reject(self, sender, why: str) -> None:
+        self.stats.rejected += 1
+        self.send(sender, f"{PREFIX}/error", why[:MAX_STRING])
+
+    def _feedback(self, feedback: Feedback) -> None:
+        """Bus feedback (≤ 30 Hz) → every subscriber."""
+        for target in list(self.subscribers):
+            if feedback.knobs:
+                for i, knob in enumerate(feedback.knobs):
+                    self.send(target, f"{PREFIX}/knob/{i}", knob.value)
+                    self.send(target, f"{PREFIX}/knob/{i}/label", knob.label)
+            if feedback.meters:
+                for feature, value in feedback.meters.items():
+                    self.send(target, f"{PREFIX}/meter/{feature}", float(value))
+            if feedback.prompt:
+                self.send(target, f"{PREFIX}/prompt", feedback.prompt)
+
+
+VALUE_ADDRESS = re.compile(PREFIX + r"/(knob|feature)/\d+")
+
+
+def _is_value_update(message: OscMessage) -> bool:
+    """A knob or feature value with exactly one finite number: safe to keep only the latest."""
+    params = message.params
+    return (
+        len(params) == 1
+        and isinstance(params[0], (int, float))
+        and not isinstance(params[0], bool)
+        and math.isfinite(params[0])
+        and (0.0 <= params[0] <= 1.0 or "/feature/" in message.address)
+        and VALUE_ADDRESS.fullmatch(message.address) is not None
+    )
+
+
+def _arity(args: list, low: int, high: int) -> None:
+    if not low <= len(args) <= high:
+        want = str(low) if low == high else f"{low}..{high}"
+        raise MgsteerError(f"takes {want} argument(s), got {len(args)}")
+
+
+def _number(args: list, i: int) -> float:
+    value = args[i] if i < len(args) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MgsteerError(f"argument {i + 1} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise MgsteerError(f"argument {i + 1} must be finite, got {value}")
+    return float(value)
+
+
+def _integer(args: list, i: int) -> int:
+    value = args[i] if i < len(args) else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MgsteerError(f"argument {i + 1} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _string(args: list, i: int) -> str:
+    if len(args) != i + 1 or not isinstance(args[i], str):
+        raise MgsteerError(f"takes one string argument, got {args!r}"[:200])
+    if len(args[i]) > MAX_STRING:
+        raise MgsteerError(f"string longer than {MAX_STRING} characters")
+    return args[i]
+
+
+def preset_handler(bus: ParameterBus, model: str, sae: str | None, feature_count: int | None):
+    """`/mgsteer/preset/load|save PATH` for a host: load applies to the bus, save captures it."""
+    from engine.presets import apply_preset, capture_preset, load_preset, save_preset
+
+    def handle(action: str, path: str) -> str:
+        if action == "load":
+            preset = load_preset(path, feature_count)
+            apply_preset(preset, bus)
+            return preset.name
+        return str(save_preset(capture_preset(bus, Path(path).stem, model, sae), path))
+
+    return handle

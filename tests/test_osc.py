@@ -1,0 +1,240 @@
+"""OSC over real UDP on 127.0.0.1: round trip, feedback, every kind of bad input, floods."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import alive_features
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from engine.audio import NullSink
+from engine.host import Host, HostConfig
+from engine.params import ParameterBus
+from osc.server import OscServer, preset_handler
+
+
+def wait_for(predicate, timeout=3.0):
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def dgram(address, *args):
+    builder = OscMessageBuilder(address=address)
+    for arg in args:
+        builder.add_arg(arg)
+    return builder.build().dgram
+
+
+class Client:
+    def __init__(self, server_address):
+        self.server = server_address
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+
+    def send(self, address, *args):
+        self.sock.sendto(dgram(address, *args), self.server)
+
+    def raw(self, data: bytes):
+        self.sock.sendto(data, self.server)
+
+    def messages(self, wait=0.5):
+        out, end = [], time.perf_counter() + wait
+        while time.perf_counter() < end:
+            try:
+                data, _ = self.sock.recvfrom(8192)
+                out.append(OscMessage(data))
+            except TimeoutError:
+                pass
+        return out
+
+
+@pytest.fixture()
+def served():
+    bus = ParameterBus(knob_count=4, feature_count=100)
+    server = OscServer(bus, port=0, status=lambda: {"underruns": 0})
+    server.start()
+    client = Client(server.address)
+    yield bus, server, client
+    server.stop()
+    bus.close()
+
+
+def test_round_trip_sets_the_bus_and_feeds_back(served):
+    bus, server, client = served
+    client.send("/mgsteer/subscribe")
+    assert any(m.address == "/mgsteer/subscribed" for m in client.messages(0.3))
+    client.send("/mgsteer/knob/2/assign", 7, 0.5)
+    client.send("/mgsteer/knob/2/label", "brass")
+    client.send("/mgsteer/knob/2", 0.75)
+    assert wait_for(lambda: bus.snapshot().knobs[2].value == 0.75)
+    knob = bus.snapshot().knobs[2]
+    assert knob.label == "brass" and knob.features == ((7, 0.5),)
+    got = client.messages(0.5)
+    assert any(m.address == "/mgsteer/knob/2" and m.params == [0.75] for m in got)
+    assert any(m.address == "/mgsteer/knob/2/label" and m.params == ["brass"] for m in got)
+    client.send("/mgsteer/feature/12", -0.5)
+    client.send("/mgsteer/prompt", "techno groove")
+    client.send("/mgsteer/transport/stop")
+    assert wait_for(lambda: not bus.snapshot().playing and bus.snapshot().prompt == "techno groove")
+    assert bus.snapshot().features[12] == -0.5
+    client.send("/mgsteer/status")
+    status = next(m for m in client.messages(0.3) if m.address == "/mgsteer/status")
+    assert "underruns=0" in status.params
+    assert server.stats.rejected == 0
+
+
+BAD = [
+    (lambda c: c.send("/mgsteer/knob/0", "loud"), "must be a number"),
+    (lambda c: c.send("/mgsteer/knob/0"), "takes 1 argument"),
+    (lambda c: c.send("/mgsteer/knob/0", 0.1, 0.2), "takes 1 argument"),
+    (lambda c: c.send("/mgsteer/knob/0", float("nan")), "must be finite"),
+    (lambda c: c.send("/mgsteer/feature/3", float("inf")), "must be finite"),
+    (lambda c: c.send("/mgsteer/knob/1", 3.0), "clamped to 1.0"),
+    (lambda c: c.send("/mgsteer/knob/9", 0.5), "unknown knob 9"),
+    (lambda c: c.send("/mgsteer/feature/100000", 1.0), "unknown feature id 100000"),
+    (lambda c: c.send("/mgsteer/knob/0/assign", "x"), "must be an integer"),
+    (lambda c: c.send("/mgsteer/nope", 1), "unknown address"),
+    (lambda c: c.send("/other/thing", 1), "unknown address"),
+    (lambda c: c.send("/mgsteer/prompt", "x" * 5000), "longer than 1000"),
+    (lambda c: c.send("/mgsteer/prompt", 3), "one string argument"),
+    (lambda c: c.raw(b"\x00\xffgarbage!"), "unreadable OSC datagram"),
+    (lambda c: c.raw(b"#bundle\x00\x00\x00"), "unreadable OSC datagram"),  # truncated bundle
+    (lambda c: c.raw(b"/x\x00\x00,s\x00\x00abc"), "unreadable OSC datagram"),  # unterminated string
+    (lambda c: c.send("/mgsteer/preset/load", "x.json"), "presets are not available"),
+]
+
+
+@pytest.mark.parametrize(("send", "needle"), BAD)
+def test_every_bad_message_is_answered_and_counted(served, send, needle):
+    bus, server, client = served
+    before = bus.snapshot().version
+    send(client)
+    errors = [m for m in client.messages(0.3) if m.address == "/mgsteer/error"]
+    assert len(errors) == 1 and needle in errors[0].params[0], errors
+    assert server.stats.rejected == 1
+    if "clamped" not in needle:
+        assert bus.snapshot().version == before  # nothing applied
+
+
+def test_a_flood_coalesces_to_the_latest_value(served):
+    bus, server, client = served
+    for i in range(20_000):
+        client.send("/mgsteer/knob/0", (i % 100) / 100)
+    client.send("/mgsteer/knob/0", 0.123)
+    assert wait_for(lambda: abs(bus.snapshot().knobs[0].value - 0.123) < 1e-6, timeout=10)  # OSC floats are 32-bit
+    assert server.stats.coalesced > 0 and server.stats.rejected == 0
+    assert bus.snapshot().version < 20_000  # the bus saw far fewer writes than messages
+
+
+def test_presets_over_osc(tmp_path):
+    from engine.presets import load_preset
+
+    bus = ParameterBus(knob_count=8, feature_count=256)
+    server = OscServer(bus, port=0, presets=preset_handler(bus, "tiny", None, 256))
+    server.start()
+    client = Client(server.address)
+    try:
+        bus.configure_knob(0, label="air", features=[(5, 1.0)])
+        client.send("/mgsteer/preset/save", str(tmp_path / "mine.json"))
+        assert wait_for(lambda: (tmp_path / "mine.json").exists())
+        assert load_preset(tmp_path / "mine.json").knobs[0].label == "air"
+        bus.configure_knob(0, label="changed")
+        client.send("/mgsteer/preset/load", str(tmp_path / "mine.json"))
+        assert wait_for(lambda: bus.snapshot().knobs[0].label == "air")
+        client.send("/mgsteer/preset/load", str(tmp_path / "absent.json"))
+        errors = [m for m in client.messages(0.3) if m.address == "/mgsteer/error"]
+        assert errors and "cannot read preset" in errors[0].params[0]
+    finally:
+        server.stop()
+        bus.close()
+
+
+FLOOD = """
+import socket, sys, time
+from pythonosc.osc_message_builder import OscMessageBuilder
+port, seconds, rate = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+msgs = []
+for i in range(100):
+    b = OscMessageBuilder(address="/mgsteer/knob/%d" % (i % 4)); b.add_arg(i / 100.0); msgs.append(b.build().dgram)
+sent, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds:
+    for m in msgs:
+        sock.sendto(m, ("127.0.0.1", port))
+    sent += len(msgs)
+    ahead = sent / rate - (time.perf_counter() - start)
+    if ahead > 0:
+        time.sleep(ahead)
+print(sent / (time.perf_counter() - start))
+"""
+
+
+def test_abuse_while_playing(tiny_lm, tiny_sae):
+    bus = ParameterBus(knob_count=4, feature_count=tiny_sae.cfg.d_sae)
+    for i, f in enumerate(alive_features(tiny_sae, 4)):
+        bus.configure_knob(i, features=[(f, 0.5)])
+    host = Host(tiny_lm, bus, NullSink(tiny_lm.sample_rate), tiny_sae, HostConfig())
+    server = OscServer(bus, port=0, status=lambda: {"underruns": host.status().underruns})
+    host.start()
+    server.start()
+    client = Client(server.address)
+    try:
+        time.sleep(1.0)
+        underruns_before = host.status().underruns
+        for send, _ in BAD:
+            send(client)
+        flood = subprocess.run(
+            [sys.executable, "-c", FLOOD, str(server.address[1]), "10", "11000"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        rate = float(flood.stdout.strip())
+        errors = [m.params[0] for m in client.messages(0.5) if m.address == "/mgsteer/error"]
+        client.send("/mgsteer/status")
+        status = [m for m in client.messages(1.0) if m.address == "/mgsteer/status"]
+        alive = host.alive
+        underruns_after = host.status().underruns
+    finally:
+        server.stop()
+        host.stop()
+        bus.close()
+    assert rate >= 10_000
+    assert alive and status, "the host stopped answering"
+    assert underruns_after == underruns_before
+    missing = [needle for _, needle in BAD if not any(needle in e for e in errors)]
+    assert not missing, missing
+    assert server.stats.rejected == len(BAD)  # every bad message counted, no valid one
+
+
+def test_the_bundled_max_patch_speaks_our_address_space(served):
+    import json
+    from pathlib import Path
+
+    bus, server, client = served
+    patch = json.loads((Path(__file__).resolve().parents[1] / "docs/controllers/mgsteer.maxpat").read_text())
+    texts = [b["box"].get("text", "") for b in patch["patcher"]["boxes"]]
+    sent = 0
+    for text in texts:
+        words = text.split()
+        if text.startswith("prepend /mgsteer/knob/"):
+            client.send(words[1], 0.5)
+        elif text.startswith("prepend /mgsteer/prompt"):
+            client.send(words[1], "calm piano")
+        elif text.startswith("/mgsteer/"):
+            client.send(words[0], *[int(w) if w.isdigit() else w for w in words[1:]])
+        else:
+            continue
+        sent += 1
+    assert sent >= 10
+    assert wait_for(lambda: server.stats.applied >= sent)
+    assert server.stats.rejected == 0
