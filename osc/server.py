@@ -151,11 +151,13 @@ class OscServer:
             features = [(f, w) for f, w in knobs[index].features if f != feature] + [(feature, weight)]
             self.bus.configure_knob(index, features=features)
         elif m := re.fullmatch(r"/knob/(\d+)/label", path):
+            _arity(args, 1, 1)
             self.bus.configure_knob(int(m[1]), label=_string(args, 0))
         elif m := re.fullmatch(r"/feature/(\d+)", path):
             _arity(args, 1, 1)
             self.bus.set_feature(int(m[1]), _number(args, 0))
         elif path == "/prompt":
+            _arity(args, 1, 1)
             self.bus.set_prompt(_string(args, 0))
         elif path in ("/transport/play", "/transport/stop", "/transport/reset"):
             _arity(args, 0, 1)
@@ -163,6 +165,7 @@ class OscServer:
         elif path in ("/preset/load", "/preset/save"):
             if self.presets is None:
                 raise MgsteerError("presets are not available in this host")
+            _arity(args, 1, 1)
             done = self.presets(path.rsplit("/", 1)[1], _string(args, 0))
             self.send(sender, f"{PREFIX}{path}", done)
         elif path == "/status":
@@ -247,8 +250,8 @@ def _integer(args: list, i: int) -> int:
 
 
 def _string(args: list, i: int) -> str:
-    if len(args) != i + 1 or not isinstance(args[i], str):
-        raise MgsteerError(f"takes one string argument, got {args!r}"[:200])
+    if i >= len(args) or not isinstance(args[i], str):
+        raise MgsteerError(f"argument {i + 1} must be a string, got {args!r}"[:200])
     if len(args[i]) > MAX_STRING:
         raise MgsteerError(f"string longer than {MAX_STRING} characters")
     return args[i]

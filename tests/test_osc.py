@@ -107,7 +107,8 @@ BAD = [
     (lambda c: c.send("/mgsteer/nope", 1), "unknown address"),
     (lambda c: c.send("/other/thing", 1), "unknown address"),
     (lambda c: c.send("/mgsteer/prompt", "x" * 5000), "longer than 1000"),
-    (lambda c: c.send("/mgsteer/prompt", 3), "one string argument"),
+    (lambda c: c.send("/mgsteer/prompt", 3), "must be a string"),
+    (lambda c: c.send("/mgsteer/subscribe", "127.0.0.1"), "must be an integer"),
     (lambda c: c.raw(b"\x00\xffgarbage!"), "unreadable OSC datagram"),
     (lambda c: c.raw(b"#bundle\x00\x00\x00"), "unreadable OSC datagram"),  # truncated bundle
     (lambda c: c.raw(b"/x\x00\x00,s\x00\x00abc"), "unreadable OSC datagram"),  # unterminated string
@@ -220,7 +221,7 @@ def test_the_bundled_max_patch_speaks_our_address_space(served):
     import json
     from pathlib import Path
 
-    bus, server, client = served
+    _, server, client = served
     patch = json.loads((Path(__file__).resolve().parents[1] / "docs/controllers/mgsteer.maxpat").read_text())
     texts = [b["box"].get("text", "") for b in patch["patcher"]["boxes"]]
     sent = 0
@@ -236,5 +237,5 @@ def test_the_bundled_max_patch_speaks_our_address_space(served):
             continue
         sent += 1
     assert sent >= 10
-    assert wait_for(lambda: server.stats.applied >= sent)
+    assert wait_for(lambda: server.stats.applied >= sent), (sent, server.stats)
     assert server.stats.rejected == 0
