@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--osc", action="store_true", help="serve OSC control (docs/OSC.md)")
     p.add_argument("--osc-host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: the network")
     p.add_argument("--osc-port", type=int, default=9000)
+    p.add_argument(
+        "--midi",
+        nargs="?",
+        const="",
+        metavar="PORT",
+        help="MIDI input: a port name, or none for a virtual 'mgsteer' port",
+    )
+    p.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"))
     _sampling_args(p)
     p.set_defaults(func=cmd_play)
 
@@ -206,6 +214,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     recorder = WavRecorder(args.out, lm.sample_rate) if args.out else None
     host = Host(lm, bus, sink, sae, config, recorder)
     osc = _start_osc(args, bus, host, lm, sae) if args.osc else None
+    midi = _start_midi(args, bus, preset) if args.midi is not None else None
     latest: dict = {}
     bus.subscribe(lambda feedback: feedback.meters and latest.update(feedback.meters))
     where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
@@ -223,6 +232,8 @@ def cmd_play(args: argparse.Namespace) -> None:
     finally:
         if osc is not None:
             osc.stop()
+        if midi is not None:
+            midi.stop()
         host.stop()
         bus.close()
     if recorder is not None:
@@ -294,6 +305,26 @@ def _start_osc(args, bus, host, lm, sae):
     server.start()
     print(f"OSC on {server.address[0]}:{server.address[1]} (address space: docs/OSC.md)")
     return server
+
+
+def _start_midi(args, bus, preset):
+    """MIDI is optional: without a backend the engine plays on, after one line saying so."""
+    from midi.mapping import MidiController, parse_bindings
+    from midi.ports import MidiInput
+
+    settings = preset.midi if preset is not None else {}
+    bindings = parse_bindings(settings.get("map", []), len(bus.snapshot().knobs))
+    port = args.midi or settings.get("port") or None
+    try:
+        midi = MidiInput(MidiController(bus, bindings), port=port if port != "mgsteer" else None, api=args.midi_api)
+    except MgsteerError as exc:
+        print(f"note: {exc}")
+        return None
+    midi.start()
+    print(
+        f"MIDI {'virtual port' if midi.virtual else 'port'} '{midi.port_name}': {midi.state}, {len(bindings)} bindings"
+    )
+    return midi
 
 
 def _feature_list(text: str) -> list[int]:

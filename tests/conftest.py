@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
+
 import pytest
 import torch
 
@@ -40,3 +44,21 @@ def tiny_sae(tiny_sae_dir) -> LoadedSAE:
 def alive_features(sae: LoadedSAE, count: int = 2) -> list[int]:
     """Features with the largest β, i.e. ones that do fire on the tiny model."""
     return [int(i) for i in sae.require_stats().max_activation.argsort(descending=True)[:count]]
+
+
+@pytest.fixture()
+def jack_server():
+    """A JACK server with a dummy driver: a real audio device path without a sound card."""
+    if shutil.which("jackd") is None:
+        pytest.skip("jackd is not installed (`make system` adds it as root)")
+    proc = subprocess.Popen(
+        ["jackd", "--no-realtime", "-d", "dummy", "-r", "48000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(1.5)
+    yield proc
+    import sounddevice
+
+    sounddevice._terminate()  # PortAudio aborts the process if its JACK server vanishes under it
+    proc.terminate()
+    proc.wait(timeout=5)
+    sounddevice._initialize()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -90,24 +89,6 @@ def test_missing_portaudio_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as without PortAudio
     with pytest.raises(MgsteerError, match=r"audio output unavailable.*libportaudio2"):
         DeviceSink(32000)
-
-
-@pytest.fixture()
-def jack_server():
-    """A JACK server with a dummy driver: a real audio device path without a sound card."""
-    if shutil.which("jackd") is None:
-        pytest.skip("jackd is not installed (`make system` adds it as root)")
-    proc = subprocess.Popen(
-        ["jackd", "--no-realtime", "-d", "dummy", "-r", "48000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    time.sleep(1.5)
-    yield proc
-    import sounddevice
-
-    sounddevice._terminate()  # PortAudio aborts the process if its JACK server vanishes under it
-    proc.terminate()
-    proc.wait(timeout=5)
-    sounddevice._initialize()
 
 
 def test_device_sink_plays_through_jack(jack_server):
