@@ -62,3 +62,13 @@ def jack_server():
     proc.terminate()
     proc.wait(timeout=5)
     sounddevice._initialize()
+
+
+def wait_for(predicate, timeout: float = 3.0) -> bool:
+    """Poll until `predicate()` holds (for threads and sockets under test)."""
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 import mido
 import pytest
+from conftest import wait_for
 
 from engine.cli import main
 from engine.errors import MgsteerError
@@ -146,7 +146,7 @@ def test_virtual_port_over_jack(jack_server):
         name = next(n for n in backend.get_output_names() if "mgsteer" in n)
         with backend.open_output(name) as out:
             out.send(cc(1, 127))
-            assert _wait(lambda: knob(bus, 0) == 1.0)
+            assert wait_for(lambda: knob(bus, 0) == 1.0)
     finally:
         port.stop()
 
@@ -161,18 +161,9 @@ def test_a_named_port_that_disappears_is_reopened(jack_server):
     try:
         assert port.state == "open"
         device.close()  # unplugged
-        assert _wait(lambda: port.state == "waiting")
+        assert wait_for(lambda: port.state == "waiting")
         device = backend.open_output("ctl", virtual=True)  # plugged back in
-        assert _wait(lambda: port.state == "open") and port.opened == 2
+        assert wait_for(lambda: port.state == "open") and port.opened == 2
     finally:
         port.stop()
         device.close()
-
-
-def _wait(predicate, timeout=3.0):
-    end = time.perf_counter() + timeout
-    while time.perf_counter() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()

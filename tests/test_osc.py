@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import alive_features
+from conftest import alive_features, wait_for
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
@@ -16,15 +16,6 @@ from engine.audio import NullSink
 from engine.host import Host, HostConfig
 from engine.params import ParameterBus
 from osc.server import OscServer, preset_handler
-
-
-def wait_for(predicate, timeout=3.0):
-    end = time.perf_counter() + timeout
-    while time.perf_counter() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def dgram(address, *args):
