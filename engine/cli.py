@@ -243,7 +243,7 @@ def cmd_play(args: argparse.Namespace) -> None:
 def cmd_harvest(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
     from engine.tokenloop import SamplingConfig
-    from sae.harvest import audio_clips, harvest_to_store, parse_shard, prompt_clips, read_captions
+    from sae.harvest import assigned, audio_clips, harvest_to_store, parse_shard, prompt_clips, read_captions
 
     layers = _feature_list(args.layers)
     worker, workers = parse_shard(args.shard)
@@ -257,7 +257,7 @@ def cmd_harvest(args: argparse.Namespace) -> None:
         lm, clips, layers, args.out, source, worker, workers, args.store_dtype, args.shard_rows,
         SamplingConfig(seed=args.seed), progress=_progress(),
     )  # fmt: skip
-    mine = sum(1 for i in range(len(clips)) if i % workers == worker)
+    mine = len(assigned(clips, worker, workers))
     print(f"harvested {len(writer.done)}/{mine} clips (worker {worker}/{workers}) at layers {layers} into {args.out}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sae.files import FeatureStats
+from sae.files import FeatureStats, StatsAccumulator
 from sae.topk import SAEConfig, TopKSAE
 
 
@@ -34,5 +34,7 @@ def init_from_activations(acts: torch.Tensor, cfg: SAEConfig, seed: int = 0) -> 
 def measure(sae: TopKSAE, acts: torch.Tensor, batch: int = 4096) -> FeatureStats:
     """Feature statistics of `sae` over activations `[rows, d_in]`."""
     acts = acts.reshape(-1, sae.cfg.d_in).float()
-    codes = torch.cat([sae.encode(acts[i : i + batch]) for i in range(0, acts.shape[0], batch)])
-    return FeatureStats.from_codes(codes)
+    acc = StatsAccumulator(sae.cfg.d_sae, sae.W_enc.device)
+    for i in range(0, acts.shape[0], batch):
+        acc.add(sae.encode(acts[i : i + batch]))
+    return acc.result()

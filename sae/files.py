@@ -44,18 +44,48 @@ class FeatureStats:
     @classmethod
     def from_codes(cls, codes: torch.Tensor) -> FeatureStats:
         """Statistics of SAE codes `[rows, d_sae]`."""
-        codes = codes.float()
-        fires = codes > 0
-        count = fires.sum(0)
-        return cls(
-            firing_rate=count.float() / max(codes.shape[0], 1),
-            mean_activation=codes.sum(0) / count.clamp(min=1),
-            max_activation=codes.max(0).values.clamp(min=0),
-        )
+        acc = StatsAccumulator(codes.shape[-1], codes.device)
+        acc.add(codes)
+        return acc.result()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         names = (*STAT_NAMES, "firing_rate_clip") if self.firing_rate_clip is not None else STAT_NAMES
         return {name: getattr(self, name).detach().float().cpu().contiguous() for name in names}
+
+
+class StatsAccumulator:
+    """Feature statistics gathered a batch of codes at a time, so no run of codes need fit in
+    memory at once; clips are counted when the caller reports which features fired in each."""
+
+    def __init__(self, d_sae: int, device: torch.device | str = "cpu") -> None:
+        self.fires = torch.zeros(d_sae, device=device)
+        self.total = torch.zeros(d_sae, device=device)
+        self.peak = torch.zeros(d_sae, device=device)
+        self.clip_fires = torch.zeros(d_sae, device=device)
+        self.rows = self.clips = 0
+
+    def add(self, codes: torch.Tensor) -> torch.Tensor:
+        """Account for codes `[rows, d_sae]`; returns which of them are active."""
+        codes = codes.float()
+        active = codes > 0
+        self.fires += active.sum(0)
+        self.total += codes.sum(0)
+        self.peak = torch.maximum(self.peak, codes.max(0).values)
+        self.rows += codes.shape[0]
+        return active
+
+    def add_clip(self, fired: torch.Tensor) -> None:
+        """One clip, given the features that fired anywhere in it."""
+        self.clip_fires += fired
+        self.clips += 1
+
+    def result(self) -> FeatureStats:
+        return FeatureStats(
+            firing_rate=(self.fires / max(self.rows, 1)).cpu(),
+            mean_activation=(self.total / self.fires.clamp(min=1)).cpu(),
+            max_activation=self.peak.cpu(),
+            firing_rate_clip=(self.clip_fires / self.clips).cpu() if self.clips else None,
+        )
 
 
 @dataclass

@@ -151,7 +151,8 @@ def harvest_generation(
         return {layer: tap.take()[:, 1 : frames + 1].float().cpu() for layer, tap in taps.items()}
 
 
-def _mine(clips: list[Clip], worker: int, workers: int) -> list[Clip]:
+def assigned(clips: list[Clip], worker: int, workers: int) -> list[Clip]:
+    """The clips worker `worker` of `workers` harvests (every workers-th, from its index)."""
     return [c for i, c in enumerate(clips) if i % workers == worker]
 
 
@@ -175,7 +176,7 @@ def harvest_to_store(
         lm.check_layer(layer)
     meta = StoreMeta(lm.name, tuple(layers), lm.hidden_size, dtype, source, lm.num_codebooks)
     writer = StoreWriter(out, meta, worker, workers, shard_rows)
-    todo = [c for c in _mine(clips, worker, workers) if c.id not in writer.done]
+    todo = [c for c in assigned(clips, worker, workers) if c.id not in writer.done]
     bar = tqdm(total=len(todo) + len(writer.done), initial=len(writer.done), unit="clip", disable=not progress)
     for clip, acts, codes in _harvest(lm, todo, layers, source, sampling or SamplingConfig()):
         writer.add_clip(clip.id, acts, codes)

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from engine.errors import MgsteerError
-from sae.files import FeatureStats, cfg_json, save_sae
+from sae.files import FeatureStats, StatsAccumulator, cfg_json, save_sae
 from sae.store import ActivationStore
 from sae.topk import SAEConfig, TopKSAE
 
@@ -381,37 +381,21 @@ def _dist_info() -> tuple[int, int]:
 def feature_stats(sae: TopKSAE, store: ActivationStore, layer: int, batch: int = 4096) -> FeatureStats:
     """Per-frame and per-clip firing rates, mean and max activation over the whole store,
     a batch at a time (dense codes of a whole shard would not fit: 65k rows × 32k features)."""
-    d_sae = sae.cfg.d_sae
     device = sae.W_enc.device
-    fires = torch.zeros(d_sae, device=device)
-    total = torch.zeros(d_sae, device=device)
-    peak = torch.zeros(d_sae, device=device)
-    clip_fires = torch.zeros(d_sae, device=device)
-    rows = clips = 0
+    acc = StatsAccumulator(sae.cfg.d_sae, device)
     for path in store.shard_files(layer):
         shard = store.load_shard(path)
         acts, clip_ids = shard["acts"], shard["clip"]
         seen: dict[int, torch.Tensor] = {}  # clip → features that fired in it (a clip lies in one shard)
         for i in range(0, len(acts), batch):
-            codes = sae.encode(acts[i : i + batch].to(device).float())
-            active = codes > 0
-            fires += active.sum(0)
-            total += codes.sum(0)
-            peak = torch.maximum(peak, codes.max(0).values)
+            active = acc.add(sae.encode(acts[i : i + batch].to(device).float()))
             ids = clip_ids[i : i + batch].to(device)
             for clip in ids.unique().tolist():
                 hit = active[ids == clip].any(0)
                 seen[clip] = seen[clip] | hit if clip in seen else hit
-        rows += len(acts)
-        clips += len(seen)
         for hit in seen.values():
-            clip_fires += hit
-    return FeatureStats(
-        firing_rate=(fires / max(rows, 1)).cpu(),
-        mean_activation=(total / fires.clamp(min=1)).cpu(),
-        max_activation=peak.cpu(),
-        firing_rate_clip=(clip_fires / max(clips, 1)).cpu(),
-    )
+            acc.add_clip(hit)
+    return acc.result()
 
 
 def filter_report(stats: FeatureStats, lo: float = 0.01, hi: float = 0.25) -> dict:
