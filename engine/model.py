@@ -6,9 +6,7 @@ the model (depth, hidden size, codebooks, frame rate) and fail the same clear wa
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,6 +14,7 @@ from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTra
 
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import MgsteerError
+from engine.hub import fetch_pretrained, first_line, not_cached_or_error
 from engine.tiny import PRESETS, build_random_musicgen
 
 HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
@@ -104,24 +103,8 @@ def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: in
 
 
 def _load_pretrained(spec: str, dtype: torch.dtype):
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise MgsteerError(f"model folder '{spec}' has no config.json; it is not a saved MusicGen checkpoint")
-        return _from_pretrained(str(path), dtype, local_only=True)
-    if _looks_like_path(spec):
-        raise MgsteerError(f"model folder '{spec}' does not exist; {ALTERNATIVES}")
-    if spec.count("/") != 1:
-        raise MgsteerError(f"model '{spec}' is neither tiny, a folder nor a hub id like {HUB_IDS[0]}")
-    try:
-        return _from_pretrained(spec, dtype, local_only=True)
-    except _NotCached:
-        _probe_hub(spec)
-        return _from_pretrained(spec, dtype, local_only=False)
-
-
-class _NotCached(Exception):
-    pass
+    hint = f"{ALTERNATIVES} (known hub ids: {', '.join(HUB_IDS)})"
+    return fetch_pretrained(spec, lambda source, local_only: _from_pretrained(source, dtype, local_only), "model", hint)
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
@@ -129,34 +112,9 @@ def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
         model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except OSError as exc:
-        if local_only and not Path(source).is_dir():
-            raise _NotCached(source) from exc
-        raise MgsteerError(f"cannot load model '{source}': {_first_line(exc)}") from exc
+        raise not_cached_or_error(source, local_only, exc, "model") from exc
     except ValueError as exc:  # a config of another model type
-        raise MgsteerError(f"'{source}' is not a MusicGen checkpoint: {_first_line(exc)}") from exc
+        raise MgsteerError(f"'{source}' is not a MusicGen checkpoint: {first_line(exc)}") from exc
     if model.config.model_type != "musicgen":
         raise MgsteerError(f"'{source}' is a {model.config.model_type} model, not MusicGen")
     return model, tokenizer
-
-
-def _probe_hub(spec: str) -> None:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        HfApi().model_info(spec, timeout=10)
-    except RepositoryNotFoundError as exc:
-        raise MgsteerError(f"model '{spec}' is not on the hub (known: {', '.join(HUB_IDS)}); {ALTERNATIVES}") from exc
-    except Exception as exc:  # offline mode, DNS, refused, timeout, proxy: all mean "cannot fetch"
-        raise MgsteerError(
-            f"model '{spec}' is not in the local cache and the hub is unreachable ({_first_line(exc)}); {ALTERNATIVES}"
-        ) from exc
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

@@ -1,0 +1,72 @@
+"""Fetch a pretrained checkpoint by hub id or local folder, failing in one clear line.
+
+Why shared: MusicGen, CLAP and the audio classifier all load the same way — a local folder
+as is, a hub id from the cache first, and only then the network, after a 10 s probe so an
+unreachable hub costs one line instead of half a minute of retries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from engine.errors import MgsteerError
+
+T = TypeVar("T")
+
+
+class NotCached(Exception):
+    """Raised by a loader called with local_only=True when the hub id is not in the cache."""
+
+
+def fetch_pretrained(spec: str, load: Callable[[str, bool], T], what: str, hint: str) -> T:
+    """`load(source, local_only)` on a folder, or on a hub id cache-first then online.
+
+    `what` names the checkpoint kind in errors ("model", "CLAP model"); `hint` says what to use
+    instead. `load` raises NotCached (local_only) or MgsteerError (anything else)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MgsteerError(f"{what} folder '{spec}' has no config.json; it is not a saved checkpoint")
+        return load(str(path), True)
+    if looks_like_path(spec):
+        raise MgsteerError(f"{what} folder '{spec}' does not exist; {hint}")
+    if spec.count("/") != 1:
+        raise MgsteerError(f"{what} '{spec}' is neither a folder nor a hub id like owner/name; {hint}")
+    try:
+        return load(spec, True)
+    except NotCached:
+        probe_hub(spec, what, hint)
+        return load(spec, False)
+
+
+def not_cached_or_error(source: str, local_only: bool, exc: OSError, what: str) -> Exception:
+    """The exception a loader should raise for an OSError from `from_pretrained`."""
+    if local_only and not Path(source).is_dir():
+        return NotCached(source)
+    return MgsteerError(f"cannot load {what} '{source}': {first_line(exc)}")
+
+
+def probe_hub(spec: str, what: str, hint: str) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(spec, timeout=10)
+    except RepositoryNotFoundError as exc:
+        raise MgsteerError(f"{what} '{spec}' is not on the hub; {hint}") from exc
+    except Exception as exc:  # offline mode, DNS, refused, timeout, proxy: all mean "cannot fetch"
+        raise MgsteerError(
+            f"{what} '{spec}' is not in the local cache and the hub is unreachable ({first_line(exc)}); {hint}"
+        ) from exc
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
