@@ -143,12 +143,13 @@ def harvest_generation(
     layers: list[int],
     frames: int,
     sampling: SamplingConfig | None = None,
-) -> dict[int, torch.Tensor]:
-    """Activations `{layer: [prompts, frames, hidden]}` recorded while generating `frames` frames."""
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Activations `{layer: [prompts, frames, hidden]}` recorded while generating `frames` frames,
+    and the generated codes `[prompts, K, frames]`."""
     sampling = sampling or SamplingConfig()
     with recording(lm, layers, cfg_doubled=sampling.cfg) as taps:
-        TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks).frames(frames)
-        return {layer: tap.take()[:, 1 : frames + 1].float().cpu() for layer, tap in taps.items()}
+        codes = TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks).frames(frames)
+        return {layer: tap.take()[:, 1 : frames + 1].float().cpu() for layer, tap in taps.items()}, codes.cpu()
 
 
 def assigned(clips: list[Clip], worker: int, workers: int) -> list[Clip]:
@@ -178,27 +179,29 @@ def harvest_to_store(
     writer = StoreWriter(out, meta, worker, workers, shard_rows)
     todo = [c for c in assigned(clips, worker, workers) if c.id not in writer.done]
     bar = tqdm(total=len(todo) + len(writer.done), initial=len(writer.done), unit="clip", disable=not progress)
-    for clip, acts, codes in _harvest(lm, todo, layers, source, sampling or SamplingConfig()):
-        writer.add_clip(clip.id, acts, codes)
+    for clip, acts, codes, origin in _harvest(lm, todo, layers, source, sampling or SamplingConfig()):
+        writer.add_clip(clip.id, acts, codes, origin)
         bar.update(1)
     writer.flush()
     bar.close()
     return writer
 
 
-def _harvest(lm, clips: list[Clip], layers, source, sampling) -> Iterator[tuple[Clip, dict, torch.Tensor | None]]:
+def _harvest(lm, clips: list[Clip], layers, source, sampling) -> Iterator[tuple[Clip, dict, torch.Tensor, dict]]:
     max_frames = lm.max_positions - 1
     for clip in clips:
         if source == "audio":
             codes = encode_audio(lm, load_audio(clip, lm.sample_rate))[:, :max_frames]
-            yield clip, teacher_forced_activations(lm, codes, layers, clip.text), codes.cpu()
+            origin = {"path": str(clip.path.resolve()), "start_s": clip.start_s, "seconds": clip.seconds}
+            yield clip, teacher_forced_activations(lm, codes, layers, clip.text), codes.cpu(), origin
         else:
             frames = min(max_frames - lm.num_codebooks, round(clip.seconds * lm.frame_rate))
             seeded = SamplingConfig(
                 sampling.guidance, sampling.top_k, sampling.temperature, sampling.seed + hash_id(clip)
             )
-            acts = harvest_generation(lm, [clip.text], layers, frames, seeded)
-            yield clip, {layer: a[0] for layer, a in acts.items()}, None
+            acts, codes = harvest_generation(lm, [clip.text], layers, frames, seeded)
+            origin = {"prompt": clip.text, "seed": seeded.seed}
+            yield clip, {layer: a[0] for layer, a in acts.items()}, codes[0], origin
 
 
 def hash_id(clip: Clip) -> int:

@@ -4,7 +4,10 @@ Layout of a store folder:
   index.json                     model, layers, width, dtype (written once, checked on reuse)
   part-{i}-of-{n}.json           worker i's committed shards and finished clips
   L{layer}-w{i}-{k:05d}.safetensors   acts [rows, d] (fp16/bf16), clip [rows], frame [rows];
-                                 and, for teacher-forced audio, codes [clips·K, frames] per clip
+                                 and the clips' token codes [K, Σ frames] + code_lengths
+
+Each part file also lists every clip's source ({"path", "start_s", "seconds"} for audio,
+{"prompt", "seed"} for generation), so labeling can cut or re-decode the audio of any window.
 
 Why per-worker parts: `--shard i/n` processes and torchrun ranks write side by side without
 locks. A clip counts as done only once its rows are in a shard that was renamed into place
@@ -60,10 +63,12 @@ class StoreWriter:
         self._check_or_write_index()
         self.part_path = self.folder / f"part-{worker}-of-{workers}.json"
         self.part = json.loads(self.part_path.read_text()) if self.part_path.exists() else {"shards": [], "clips": []}
+        self.part.setdefault("sources", [None] * len(self.part["clips"]))
         self.done = set(self.part["clips"])
         self._buffer: dict[int, list[tuple[torch.Tensor, int]]] = {layer: [] for layer in meta.layers}
         self._codes: list[torch.Tensor] = []
         self._pending: list[str] = []
+        self._sources: list[dict | None] = []
         self._rows = 0
 
     def _check_or_write_index(self) -> None:
@@ -79,14 +84,17 @@ class StoreWriter:
         else:
             _write_json_atomic(path, wanted)
 
-    def add_clip(self, clip_id: str, acts: dict[int, torch.Tensor], codes: torch.Tensor | None = None) -> None:
-        """acts: {layer: [frames, d]} for one clip; codes: [K, frames] (teacher-forced audio)."""
+    def add_clip(
+        self, clip_id: str, acts: dict[int, torch.Tensor], codes: torch.Tensor | None = None, source: dict | None = None
+    ) -> None:
+        """acts: {layer: [frames, d]} for one clip; codes: its tokens [K, frames]; source: where it came from."""
         clip_index = len(self.done) + len(self._pending)
         for layer in self.meta.layers:
             self._buffer[layer].append((acts[layer].to(STORE_DTYPES[self.meta.dtype]).cpu(), clip_index))
         if codes is not None:
             self._codes.append(codes.to(torch.int16).cpu())
         self._pending.append(clip_id)
+        self._sources.append(source)
         self._rows += acts[self.meta.layers[0]].shape[0]
         if self._rows >= self.shard_rows:
             self.flush()
@@ -114,10 +122,11 @@ class StoreWriter:
         first = len(self.done)
         self.part["shards"].append({"files": names, "rows": self._rows, "clips": [first, first + len(self._pending)]})
         self.part["clips"].extend(self._pending)
+        self.part["sources"].extend(self._sources)
         _write_json_atomic(self.part_path, self.part)
         self.done.update(self._pending)
         self._buffer = {layer: [] for layer in self.meta.layers}
-        self._codes, self._pending, self._rows = [], [], 0
+        self._codes, self._pending, self._sources, self._rows = [], [], [], 0
 
 
 class ActivationStore:
@@ -141,10 +150,17 @@ class ActivationStore:
         )
         self.shards: list[dict] = []
         self.clips: list[str] = []
+        self.sources: list[dict | None] = []
+        self._clip_at: list[tuple[int, int]] = []  # store clip index → (shard number, index in shard)
         for part in sorted(self.folder.glob("part-*-of-*.json")):
             data = json.loads(part.read_text())
-            self.shards.extend(data["shards"])
+            for shard in data["shards"]:
+                first, stop = shard["clips"]
+                self._clip_at.extend((len(self.shards), i) for i in range(stop - first))
+                self.shards.append(shard | {"part_offset": len(self.clips)})
             self.clips.extend(data["clips"])
+            self.sources.extend(data.get("sources", [None] * len(data["clips"])))
+        self._codes_cache: tuple[int, list[torch.Tensor]] | None = None
 
     def rows(self) -> int:
         return sum(s["rows"] for s in self.shards)
@@ -172,14 +188,34 @@ class ActivationStore:
         """All rows of one layer in memory (float32): for small stores and tests."""
         return torch.cat([a.float() for a in self.iter_acts(layer)]) if self.shards else torch.empty(0, self.meta.d_in)
 
-    def iter_codes(self) -> Iterator[torch.Tensor]:
-        """Token codes `[K, frames]` of each teacher-forced clip, in store order."""
-        layer = self.meta.layers[0]
-        for path in self.shard_files(layer):
+    def iter_shards(self, layer: int) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+        """Each shard's tensors with the offset that turns its `clip` column into store clip indices."""
+        for shard, path in zip(self.shards, self.shard_files(layer), strict=True):
+            yield self.load_shard(path), shard["part_offset"]
+
+    def _shard_codes(self, number: int) -> list[torch.Tensor]:
+        if self._codes_cache is None or self._codes_cache[0] != number:
+            path = self.folder / self.shards[number]["files"][str(self.meta.layers[0])]
             shard = self.load_shard(path)
-            if "codes" not in shard:
+            codes = []
+            if "codes" in shard:
+                start = 0
+                for length in shard["code_lengths"].tolist():
+                    codes.append(shard["codes"][:, start : start + length].long())
+                    start += length
+            self._codes_cache = (number, codes)
+        return self._codes_cache[1]
+
+    def clip_codes(self, clip: int) -> torch.Tensor | None:
+        """Token codes `[K, frames]` of store clip `clip`, if the store kept them."""
+        number, index = self._clip_at[clip]
+        codes = self._shard_codes(number)
+        return codes[index] if codes else None
+
+    def iter_codes(self) -> Iterator[torch.Tensor]:
+        """Token codes `[K, frames]` of each clip that has them, in store order."""
+        for number in range(len(self.shards)):
+            codes = self._shard_codes(number)
+            if not codes:
                 return
-            start = 0
-            for length in shard["code_lengths"].tolist():
-                yield shard["codes"][:, start : start + length].long()
-                start += length
+            yield from codes

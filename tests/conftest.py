@@ -25,7 +25,7 @@ def tiny_lm() -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def tiny_acts(tiny_lm) -> torch.Tensor:
-    acts = harvest_generation(tiny_lm, ["simple melody", "techno groove", "sad cello"], [SAE_LAYER], frames=40)
+    acts, _ = harvest_generation(tiny_lm, ["simple melody", "techno groove", "sad cello"], [SAE_LAYER], frames=40)
     return acts[SAE_LAYER].reshape(-1, tiny_lm.hidden_size)
 
 

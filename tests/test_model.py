@@ -50,7 +50,11 @@ def test_saved_folder_loads_through_pretrained_path(tiny_lm, tmp_path):
 
 @pytest.mark.parametrize(
     ("spec", "needle"),
-    [("./no/such/folder", "does not exist"), ("not-a-hub-id", "neither a folder nor a hub id"), ("a/b/c", "does not exist")],
+    [
+        ("./no/such/folder", "does not exist"),
+        ("not-a-hub-id", "neither a folder nor a hub id"),
+        ("a/b/c", "does not exist"),
+    ],
 )
 def test_bad_specs_are_one_line_errors(spec, needle):
     with pytest.raises(MgsteerError) as err:
