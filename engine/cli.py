@@ -16,8 +16,10 @@ from engine.errors import MgsteerError
 DEFAULT_MODEL = "facebook/musicgen-small"
 
 
-def _model_args(p: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:
-    p.add_argument("--model", default=default, help=f"tiny, a hub id or a local folder (default {default})")
+def _model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, default_text: str = "") -> None:
+    p.add_argument(
+        "--model", default=default, help=f"tiny, a hub id or a local folder (default {default_text or default})"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--dtype", default="auto", help="auto (float32), float32, float16, bfloat16")
 
@@ -121,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=5.0)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    from sae.cli import add_commands
+
+    add_commands(sub, _model_args, _sampling_args)
     return parser
 
 
@@ -137,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _progress() -> bool:
+def progress_bars() -> bool:
+    """Progress bars only on a terminal: logs and pipes stay one line per event."""
     return sys.stderr.isatty()
 
 
@@ -156,7 +163,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     sae = load_sae(args.sae, lm.device) if args.sae else None
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
     started = time.perf_counter()
-    out = render(lm, args.prompt, args.seconds, sampling, sae, spec, progress=_progress())
+    out = render(lm, args.prompt, args.seconds, sampling, sae, spec, progress=progress_bars())
     took = time.perf_counter() - started
     path = write_wav(args.out, out.audio, out.sample_rate)
     print(
@@ -255,7 +262,7 @@ def cmd_harvest(args: argparse.Namespace) -> None:
     source = "audio" if args.audio else "generation"
     writer = harvest_to_store(
         lm, clips, layers, args.out, source, worker, workers, args.store_dtype, args.shard_rows,
-        SamplingConfig(seed=args.seed), progress=_progress(),
+        SamplingConfig(seed=args.seed), progress=progress_bars(),
     )  # fmt: skip
     mine = len(assigned(clips, worker, workers))
     print(f"harvested {len(writer.done)}/{mine} clips (worker {worker}/{workers}) at layers {layers} into {args.out}")
@@ -275,7 +282,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         seed=args.seed, device=args.device,
     )  # fmt: skip
     trainer = Trainer(ActivationStore(args.acts), args.out, cfg)
-    last = trainer.run(resume=args.resume, progress=_progress())
+    last = trainer.run(resume=args.resume, progress=progress_bars())
     if trainer.rank != 0:
         return
     from sae.files import load_sae
@@ -370,7 +377,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from engine.demo import run_demo
 
-    run_demo(Path(args.out), layer=args.layer, seconds=args.seconds, seed=args.seed, progress=_progress())
+    run_demo(Path(args.out), layer=args.layer, seconds=args.seconds, seed=args.seed, progress=progress_bars())
 
 
 if __name__ == "__main__":

@@ -47,15 +47,19 @@ def render(
     sae: LoadedSAE | None = None,
     spec: SteeringSpec | None = None,
     progress: bool = False,
+    vector: torch.Tensor | None = None,
 ) -> Rendered:
-    """Generate `seconds` of audio for `prompt`, steered by `spec` through `sae` if given."""
+    """Generate `seconds` of audio for `prompt`, steered by `spec` through `sae` if given, or
+    by adding a raw residual `vector` at the SAE's layer (a baseline direction)."""
     sampling = sampling or SamplingConfig()
     if spec is not None and spec.steers and sae is None:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
     frames = frames_for(lm, seconds)
     steerer = Steerer(lm, sae, cfg_doubled=sampling.cfg) if sae is not None else None
     try:
-        if steerer is not None:
+        if steerer is not None and vector is not None:
+            steerer.set_vector(vector.to(lm.device, lm.dtype))
+        elif steerer is not None:
             steerer.set(spec)
         loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks)
         codes = loop.frames(frames, progress=progress)

@@ -1,0 +1,111 @@
+"""The feature catalog: `features.json` beside the SAE, built from resumable per-worker parts.
+
+Each labeling worker appends one JSON line per finished feature to its own
+`features.part-{i}-of-{n}.jsonl` (flushed and fsynced), so a killed run loses at most the
+feature in hand and a rerun skips every feature already written; workers never share a file.
+`merge` folds all parts (the last record of a feature wins) into `features.json`, written
+atomically, with the catalog-wide CLAP shuffled-label baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import MgsteerError
+
+CATALOG_FILE = "features.json"
+FORMAT = "mgsteer-features/1"
+RUN_FILE = "examples/run.json"  # settings and random windows of the labeling run
+
+
+def part_path(folder: Path, worker: int, workers: int) -> Path:
+    return folder / f"features.part-{worker}-of-{workers}.jsonl"
+
+
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(folder: Path) -> dict[int, dict]:
+    """The latest record of every feature over all parts (a torn last line is ignored)."""
+    records: dict[int, dict] = {}
+    for path in sorted(folder.glob("features.part-*-of-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records[int(record["id"])] = record
+    return records
+
+
+def is_done(record: dict, labelers: tuple[str, ...]) -> bool:
+    """Labeled by every wanted labeler, with no failure worth retrying."""
+    errors = record.get("errors", {})
+    return all(name in record.get("labelers", []) and not errors.get(name, {}).get("retry") for name in labelers)
+
+
+def merge(folder: Path, clap=None) -> Path:
+    """Write `features.json` from all parts; `clap` (a ClapLabeler) adds the shuffled-label baseline."""
+    records = read_records(folder)
+    run_path = folder / RUN_FILE
+    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    features = [records[i] for i in sorted(records)]
+    baseline = _clap_baseline(features, clap) if clap is not None else {}
+    for record in features:
+        record.pop("clap_embedding", None)
+    catalog = {"format": FORMAT, **run, "clap_baseline": baseline, "features": features}
+    out = folder / CATALOG_FILE
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(catalog, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+def _clap_baseline(features: list[dict], clap) -> dict:
+    """Per non-CLAP labeler: CLAP cosine of each feature's own top label vs other features' labels."""
+    from sae.validate import shuffled_baseline
+
+    summary = {}
+    labelers = sorted({name for r in features for name in r.get("labels", {}) if name != "clap"})
+    for name in labelers:
+        rows = [r for r in features if r.get("labels", {}).get(name) and r.get("clap_embedding")]
+        if len(rows) < 2:
+            continue
+        audio = np.array([r["clap_embedding"] for r in rows], dtype=np.float32)
+        audio /= np.linalg.norm(audio, axis=1, keepdims=True).clip(min=1e-12)
+        texts = [r["labels"][name][0]["label"] for r in rows]
+        match, shuffled, p = shuffled_baseline(audio, clap.embed_text(texts).numpy())
+        for r, m, s in zip(rows, match, shuffled, strict=True):
+            own = {"label": r["labels"][name][0]["label"], "own": round(float(m), 4), "shuffled": round(float(s), 4)}
+            r.setdefault("clap_match", {})[name] = own
+        summary[name] = {
+            "features": len(rows),
+            "own_label": round(float(match.mean()), 4),
+            "shuffled_labels": round(float(shuffled.mean()), 4),
+            "gain": round(float(match.mean() - shuffled.mean()), 4),
+            "p_permutation": round(p, 4),
+        }
+    return summary
+
+
+def load_catalog(folder: str | Path) -> dict:
+    path = Path(folder) / CATALOG_FILE
+    if not path.is_file():
+        raise MgsteerError(
+            f"SAE '{folder}' has no {CATALOG_FILE}; make it with mgsteer label --sae {folder} --acts ACTS"
+        )
+    try:
+        catalog = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MgsteerError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(catalog, dict) or catalog.get("format") != FORMAT:
+        raise MgsteerError(f"{path}: not a {FORMAT} catalog")
+    return catalog
