@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
-# PortAudio for sound output; JACK to test a real audio path without a sound card.
-SYSTEM_PACKAGES := libportaudio2 jackd2
+# PortAudio for sound output; JACK to test a real audio path without a sound card;
+# Chromium to check the feature browser page headless.
+SYSTEM_PACKAGES := libportaudio2 jackd2 chromium
 
 .PHONY: install system demo test lint clean
 
@@ -24,7 +25,7 @@ system:
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
 	else \
-		echo "note: sound output needs:$$missing (sudo apt-get install$$missing); --no-audio works without"; \
+		echo "note: missing$$missing (sudo apt-get install$$missing): sound output needs PortAudio, --no-audio works without"; \
 	fi
 
 $(STAMP): pyproject.toml Makefile | system

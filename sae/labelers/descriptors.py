@@ -15,13 +15,14 @@ from sae.labelers.base import Label, Labeler, WindowSet
 CATEGORIES = {"key": "{} key", "chord": "{} chord", "note": "{}", "register": "{} register"}
 # a window counts towards a category only when its estimate is confident (one note is no chord)
 CONFIDENCE = {"key": ("key_strength", 0.5), "chord": ("chord_strength", 0.8)}
-# continuous descriptor → (label when higher than random, label when lower)
+# continuous descriptor → (label when higher than random, label when lower, least audible difference)
 CONTRASTS = {
-    "centroid_hz": ("bright", "dark"),
-    "loudness_db": ("loud", "quiet"),
-    "onset_rate": ("dense onsets", "sparse onsets"),
-    "percussive": ("percussive", "harmonic"),
+    "centroid_hz": ("bright", "dark", 0.0),
+    "loudness_db": ("loud", "quiet", 3.0),
+    "onset_rate": ("dense onsets", "sparse onsets", 1.0),
+    "percussive": ("percussive", "harmonic", 0.1),
 }
+MIN_CENTROID_RATIO = 1.25  # brightness differences are heard as ratios
 MIN_SHARE = 0.5  # a categorical label needs at least half the top windows
 MIN_EFFECT = 0.8  # a contrast label needs a standardised difference of at least this
 
@@ -56,14 +57,19 @@ class DescriptorLabeler(Labeler):
 
     def _contrasts(self, top: list[Descriptors], rand: list[Descriptors]) -> list[Label]:
         out = []
-        for attr, (higher, lower) in CONTRASTS.items():
+        for attr, (higher, lower, least) in CONTRASTS.items():
             t = np.array([getattr(d, attr) for d in top])
             r = np.array([getattr(d, attr) for d in rand])
             if len(r) < 2:
                 continue
             spread = np.sqrt((t.var() + r.var()) / 2) or 1e-9
             effect = float((t.mean() - r.mean()) / spread)
-            if abs(effect) >= MIN_EFFECT:
+            if attr == "centroid_hz":
+                ratio = max(t.mean(), 1.0) / max(r.mean(), 1.0)
+                audible = max(ratio, 1 / ratio) >= MIN_CENTROID_RATIO
+            else:
+                audible = abs(t.mean() - r.mean()) >= least
+            if abs(effect) >= MIN_EFFECT and audible:
                 label = higher if effect > 0 else lower
                 evidence = {"mean_top": round(float(t.mean()), 3), "mean_random": round(float(r.mean()), 3)}
                 out.append(Label(label, min(abs(effect) / 4, 1.0), evidence | {"effect_size": round(effect, 3)}))
@@ -102,7 +108,7 @@ def _scorer_for(label: str):
         if match and (attr != "note" or re.fullmatch(r"[A-G]#?-?\d", text)):
             value = match.group(1)
             return lambda d, a=attr, v=value: float(getattr(d, a) == v)
-    for attr, (higher, lower) in CONTRASTS.items():
+    for attr, (higher, lower, _) in CONTRASTS.items():
         if text == higher:
             return lambda d, a=attr: float(getattr(d, a))
         if text == lower:

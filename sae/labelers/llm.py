@@ -73,7 +73,7 @@ def parse_reply(content: str) -> dict:
     except json.JSONDecodeError:
         match = re.search(r"\{.*\}", text, re.DOTALL)
         if match is None:
-            raise ValueError("no JSON object in the reply") from None
+            raise ValueError("malformed JSON" if "{" in text else "no JSON object in the reply") from None
         try:
             data = json.loads(match.group(0))
         except json.JSONDecodeError as exc:
