@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from llm_server import GOOD, FakeLLM
 
 from engine.errors import MgsteerError
 from sae.labelers import LabelerError, parse_names
 from sae.labelers.base import WindowSet
-from sae.labelers.classifier import TINY_CLASSES, ClassifierLabeler, load_classifier
 from sae.labelers.clap import ClapLabeler, build_tiny_clap
+from sae.labelers.classifier import TINY_CLASSES, ClassifierLabeler, load_classifier
 from sae.labelers.llm import LLMConfig, LLMLabeler, confidence_of, parse_reply
-from llm_server import GOOD, FakeLLM
 
 SR = 32000
 
@@ -126,35 +126,42 @@ def test_llm_malformed_reply_is_asked_again_then_given_up():
     with FakeLLM([("content", "label: piano, confidence: high"), ("content", GOOD)]) as server:
         assert llm(server.url).label(windows())[0].label == "bright piano"
         assert len(server.requests) == 2
-    with FakeLLM([("content", '{"label": "piano", "confidence": ')]) as server:
-        with pytest.raises(LabelerError, match="malformed JSON") as err:
-            llm(server.url).label(windows())
+    with (
+        FakeLLM([("content", '{"label": "piano", "confidence": ')]) as server,
+        pytest.raises(LabelerError, match="malformed JSON") as err,
+    ):
+        llm(server.url).label(windows())
     assert err.value.retry
 
 
 def test_llm_slow_reply_times_out_and_is_retried():
-    with FakeLLM([("slow", 1.5)]) as server:
-        with pytest.raises(LabelerError, match="no reply within 0.3 s after 2 tries") as err:
-            llm(server.url, timeout_s=0.3, retries=1).label(windows())
+    with (
+        FakeLLM([("slow", 1.5)]) as server,
+        pytest.raises(LabelerError, match=r"no reply within 0\.3 s after 2 tries") as err,
+    ):
+        llm(server.url, timeout_s=0.3, retries=1).label(windows())
     assert err.value.retry and len(server.requests) == 2
     with FakeLLM([("slow", 1.0), ("content", GOOD)]) as server:
         assert llm(server.url, timeout_s=0.5, retries=1).label(windows())[0].label == "bright piano"
 
 
 def test_llm_refusals_are_final_and_server_errors_are_retried():
-    with FakeLLM([("refusal", "I can't help with that.")]) as server:
-        with pytest.raises(LabelerError, match="refused") as err:
-            llm(server.url).label(windows())
+    with (
+        FakeLLM([("refusal", "I can't help with that.")]) as server,
+        pytest.raises(LabelerError, match="refused") as err,
+    ):
+        llm(server.url).label(windows())
     assert not err.value.retry
-    with FakeLLM([("content", "Sorry, I cannot listen to audio.")]) as server:
-        with pytest.raises(LabelerError, match="refused"):
-            llm(server.url).label(windows())
+    with (
+        FakeLLM([("content", "Sorry, I cannot listen to audio.")]) as server,
+        pytest.raises(LabelerError, match="refused"),
+    ):
+        llm(server.url).label(windows())
     with FakeLLM([("status", 503), ("garbage", "<html>oops</html>"), ("content", GOOD)]) as server:
         assert llm(server.url, retries=2).label(windows())[0].label == "bright piano"
         assert len(server.requests) == 3
-    with FakeLLM([("status", 401)]) as server:
-        with pytest.raises(MgsteerError, match="answered 401"):
-            llm(server.url).label(windows())
+    with FakeLLM([("status", 401)]) as server, pytest.raises(MgsteerError, match="answered 401"):
+        llm(server.url).label(windows())
 
 
 def test_llm_configuration_errors_are_one_line(monkeypatch):
