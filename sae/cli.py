@@ -14,7 +14,10 @@ def add_commands(sub, model_args: Callable, sampling_args: Callable) -> None:
     lab.add_argument("--acts", required=True, help="the activation store the SAE was trained on (or another)")
     model_args(lab, default=None, default_text="the store's model")
     lab.add_argument("--labelers", default="descriptors", help="comma-separated: descriptors,clap,classifier,llm")
-    lab.add_argument("--features", help="comma-separated feature ids (default: the ones filter.json kept)")
+    lab.add_argument(
+        "--features",
+        help="comma-separated ids, or 'all' for every feature that fired (default: those filter.json kept)",
+    )
     lab.add_argument("--limit", type=int, help="label at most this many features (most frequent first)")
     lab.add_argument("--top-n", type=int, default=10, help="top windows per feature")
     lab.add_argument("--window-s", type=float, default=3.0, help="seconds of audio around each peak")
@@ -83,7 +86,8 @@ def cmd_label(args: argparse.Namespace) -> None:
     names = parse_names(args.labelers)
     cfg = LabelConfig(
         labelers=names,
-        features=_ids(args.features) if args.features else None,
+        features=_ids(args.features) if args.features and args.features != "all" else None,
+        every_live=args.features == "all",
         limit=args.limit,
         examples=ExampleConfig(top_n=args.top_n, window_s=args.window_s, negatives=args.negatives),
         shard=parse_shard(args.shard) if args.shard else (0, 1),

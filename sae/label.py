@@ -32,6 +32,7 @@ SNIPPET_DIR = "examples"
 class LabelConfig:
     labelers: tuple[str, ...] = ("descriptors",)
     features: tuple[int, ...] | None = None  # default: the paper's filter survivors, else every live feature
+    every_live: bool = False  # every feature that fired, ignoring filter.json
     limit: int | None = None  # at most this many features (the most frequent first)
     examples: ExampleConfig = field(default_factory=ExampleConfig)
     shard: tuple[int, int] = (0, 1)
@@ -46,7 +47,7 @@ def choose_features(loaded: LoadedSAE, cfg: LabelConfig) -> list[int]:
     else:
         kept = []
         filter_path = loaded.path / "filter.json"
-        if filter_path.is_file():
+        if filter_path.is_file() and not cfg.every_live:
             kept = json.loads(filter_path.read_text()).get("kept", [])
         ids = kept or (stats.firing_rate > 0).nonzero().flatten().tolist()
         ids = sorted(ids, key=lambda f: -float(stats.firing_rate[f]))
