@@ -16,7 +16,7 @@ def add_commands(sub, model_args: Callable, sampling_args: Callable) -> None:
     lab.add_argument("--labelers", default="descriptors", help="comma-separated: descriptors,clap,classifier,llm")
     lab.add_argument(
         "--features",
-        help="comma-separated ids, or 'all' for every feature that fired (default: those filter.json kept)",
+        help="comma-separated ids, or 'all': every feature that fired (default: those filter.json kept)",
     )
     lab.add_argument("--limit", type=int, help="label at most this many features (most frequent first)")
     lab.add_argument("--top-n", type=int, default=10, help="top windows per feature")

@@ -142,7 +142,8 @@ def test_label_catalog_browse_eval_steer_end_to_end(tiny_lm, tmp_path, capsys):
                   ("content", GOOD)]) as llm:  # fmt: skip
         code = main(["label", "--sae", str(sae), "--acts", str(acts), "--labelers", "descriptors,clap,classifier,llm",
                      "--clap-model", "tiny", "--classifier-model", "tiny", "--llm-url", llm.url, "--llm-model", "m",
-                     "--features", "all", "--limit", "4", "--top-n", "6", "--window-s", "1", "--device", "cpu"])  # fmt: skip
+                     "--features", "all", "--limit", "4", "--top-n", "6", "--window-s", "1",
+                     "--device", "cpu"])  # fmt: skip
     assert code == 0
     assert "labeled 4 features with descriptors, clap, classifier, llm (0 already done, 1 labeler errors)" in (
         capsys.readouterr().out
