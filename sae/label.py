@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from sae.catalog import RUN_FILE, append_record, is_done, merge, part_path, read_records
+from sae.catalog import CATALOG_FILE, RUN_FILE, append_record, is_done, merge, part_path, read_records
 from sae.examples import ExampleConfig, FeatureExamples, Window, find_examples
 from sae.files import LoadedSAE, load_sae
 from sae.labelers import Labeler, LabelerError, LabelerSettings, WindowSet, build_labelers
@@ -92,10 +92,12 @@ def label_features(
     records = read_records(folder)
     todo = [f for f in mine if f not in records or not is_done(records[f], names)]
     summary = {"assigned": len(mine), "skipped": len(mine) - len(todo), "labeled": 0, "errors": 0}
-    if not todo:
-        merge(folder, _clap_of(labelers or []))
+    if not todo and (folder / CATALOG_FILE).is_file():
         return summary
     labelers = labelers if labelers is not None else build_labelers(cfg.labelers, cfg.settings)
+    if not todo:  # everything was labeled but the catalog was never merged (a crash in between)
+        merge(folder, _clap_of(labelers))
+        return summary
     examples = find_examples(store, loaded, todo, lm.frame_rate, cfg.examples, progress)
     audio = WindowAudio(store, lm)
     sr = audio.sample_rate

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import soundfile as sf
 from conftest import alive_features
 
@@ -80,3 +82,6 @@ def test_demo_renders_plain_and_steered(tmp_path, capsys):
         assert sf.info(str(result[key])).frames == 32000
         assert str(result[key].resolve()) in printed
     assert (result["sae"] / "cfg.json").is_file()
+    catalog = json.loads((result["sae"] / "features.json").read_text())
+    assert set(result["features"]) <= {f["id"] for f in catalog["features"]}
+    assert str(result["browser"].resolve()) in printed and "__DATA__" not in result["browser"].read_text()

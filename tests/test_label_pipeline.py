@@ -77,6 +77,9 @@ def test_interrupted_labeling_resumes_without_redoing_features(tiny_lm, tiny_sto
     third = Counting()
     assert label_features(fresh_sae, tiny_store.folder, tiny_lm, CFG, labelers=[third])["skipped"] == 5
     assert third.calls == 0
+    (fresh_sae / CATALOG_FILE).unlink()  # killed between the last feature and the merge
+    label_features(fresh_sae, tiny_store.folder, tiny_lm, CFG, labelers=[third])
+    assert third.calls == 0 and len(load_catalog(fresh_sae)["features"]) == 5
     # every example is a playable snippet of window_s seconds; the random windows too
     record = catalog["features"][0]
     assert record["examples"] and record["histogram"]["counts"]
