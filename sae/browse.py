@@ -43,8 +43,12 @@ def spectrogram_thumbnail(audio: np.ndarray, sr: int) -> np.ndarray:
         return np.zeros((THUMB_H, THUMB_W), np.uint8)
     freqs, _, spec = stft(audio, sr, nperseg=1024, noverlap=768)
     mag = np.log10(np.abs(spec) + 1e-6)
-    edges = np.geomspace(40, sr / 2, THUMB_H + 1)
-    rows = np.stack([mag[(freqs >= lo) & (freqs < hi)].max(0, initial=-6) for lo, hi in itertools.pairwise(edges)])
+    edges = np.geomspace(60, sr / 2, THUMB_H + 1)
+    rows = []
+    for lo, hi in itertools.pairwise(edges):  # low bands narrower than a bin take the nearest bin
+        band = (freqs >= lo) & (freqs < hi)
+        rows.append(mag[band].max(0) if band.any() else mag[np.abs(freqs - np.sqrt(lo * hi)).argmin()])
+    rows = np.stack(rows)
     cols = np.linspace(0, rows.shape[1] - 1, THUMB_W).round().astype(int)
     img = rows[::-1][:, cols]
     lo, hi = np.percentile(img, 5), img.max()
@@ -143,7 +147,7 @@ function card(f) {
     const row = el("div"); row.appendChild(el("b", {}, name));
     if (!items.length) row.appendChild(el("span", {class: "val"}, "(nothing stands out)"));
     for (const l of items) row.appendChild(el("span", {class: "tag", title: JSON.stringify(l.evidence)},
-      l.label + " " + l.score.toFixed(2)));
+      l.label + " " + Number(l.score.toPrecision(2))));
     const v = (f.validation || {})[name];
     if (v && v.auroc != null) row.appendChild(el("span", {class: "val"},
       " AUROC " + v.auroc.toFixed(2) + " by " + v.scorer + (v.independent ? "" : " (held-out only)")));
@@ -173,8 +177,10 @@ function filter() {
     c.style.display = hit ? "" : "none"; shown += hit;
   }
   count.textContent = shown + " / " + cards.length + " features";
+  document.body.dataset.shown = String(shown);
 }
-q.addEventListener("input", filter);
+q.addEventListener("input", () => { history.replaceState(null, "", "#q=" + encodeURIComponent(q.value)); filter(); });
+if (location.hash.startsWith("#q=")) q.value = decodeURIComponent(location.hash.slice(3));  // shareable searches
 filter();
 document.body.dataset.rendered = String(cards.length);
 </script></body></html>

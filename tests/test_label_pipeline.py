@@ -170,6 +170,10 @@ def test_label_catalog_browse_eval_steer_end_to_end(tiny_lm, tmp_path, capsys):
     files = page.parent / "features_files"
     assert len(list(files.glob("*.ogg"))) == len(list(files.glob("*.png"))) > 4
     check_in_chromium(page, expected_cards=4)
+    word = features[0]["labels"]["classifier"][0]["label"].split()[0].lower()
+    expected = sum(any(word in lab["label"].lower() for labs in f["labels"].values() for lab in labs) for f in features)
+    assert expected >= 1 and check_in_chromium(page, expected_cards=4, query=word) == expected
+    assert check_in_chromium(page, expected_cards=4, query="no-such-label-anywhere") == 0
 
     with_llm = [f for f in features if f["labels"].get("llm")][:2]
     ids = ",".join(str(f["id"]) for f in with_llm)
@@ -185,17 +189,46 @@ def test_label_catalog_browse_eval_steer_end_to_end(tiny_lm, tmp_path, capsys):
     assert "Steering evaluation" in (out / "eval_steer.html").read_text()
 
 
-def check_in_chromium(page, expected_cards: int) -> None:
-    """Open the page headless: it renders every card and logs nothing to the console."""
+def check_in_chromium(page, expected_cards: int, query: str = "") -> int:
+    """Open the page headless (with a search in the address): it renders every card and logs
+    nothing to the console; returns how many cards the search shows."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         pytest.skip("chromium is not installed (`make system` adds it as root)")
     run = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         "--dump-dom", page.resolve().as_uri()],
+         "--dump-dom", page.resolve().as_uri() + (f"#q={query}" if query else "")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert f'data-rendered="{expected_cards}"' in run.stdout
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console
     assert len(re.findall(r'class="card"', run.stdout)) == expected_cards
+    return int(re.search(r'data-shown="(\d+)"', run.stdout).group(1))
+
+
+def test_thumbnails_are_valid_pngs():
+    import struct
+    import zlib
+
+    from sae.browse import THUMB_H, THUMB_W, png_bytes, spectrogram_thumbnail
+
+    sr = 32000
+    t = np.arange(sr) / sr
+    img = spectrogram_thumbnail(np.sin(2 * np.pi * 1000 * t), sr)
+    assert img.shape == (THUMB_H, THUMB_W) and img.dtype == np.uint8
+    row = int(img.mean(1).argmax())  # a 1 kHz tone is one bright band, in the upper half of a log axis
+    assert img[row].min() > 200 and row < THUMB_H // 2 and img.mean() < 128
+    data = png_bytes(img)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks[kind] = body
+        pos += 12 + length
+    assert struct.unpack(">II", chunks[b"IHDR"][:8]) == (THUMB_W, THUMB_H)
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(THUMB_H, THUMB_W + 1)
+    assert (raw[:, 0] == 0).all() and np.array_equal(raw[:, 1:], img)
