@@ -59,11 +59,11 @@ def write_browser(sae_dir: str | Path, out: str | Path) -> Path:
     """Write the page and its `_files` folder; returns the page's path."""
     import soundfile as sf
 
-    sae_dir = Path(sae_dir)
-    catalog = load_catalog(sae_dir)
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise MgsteerError(f"--out '{out}' should be an .html file")
+    sae_dir = Path(sae_dir)
+    catalog = load_catalog(sae_dir)
     assets = out.parent / f"{out.stem}_files"
     assets.mkdir(parents=True, exist_ok=True)
 

@@ -116,7 +116,7 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
     from engine.tokenloop import SamplingConfig
     from sae.catalog import CATALOG_FILE, load_catalog
-    from sae.eval_steer import DEFAULT_PROMPTS, EvalConfig, evaluate_steering, write_report
+    from sae.eval_steer import DEFAULT_PROMPTS, EvalConfig, concept_for, evaluate_steering, write_report
     from sae.files import load_sae
     from sae.harvest import prompt_clips
     from sae.labelers import build_labelers
@@ -139,6 +139,8 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
         sampling=SamplingConfig(args.guidance, args.top_k, args.temperature, args.seed),
     )
     catalog = load_catalog(args.sae) if (Path(args.sae) / CATALOG_FILE).is_file() else None
+    for feature in cfg.features:  # every feature needs a concept: say so before loading models
+        concept_for(feature, catalog, cfg)
     lm = load_musicgen(args.model, args.device, args.dtype)
     loaded = load_sae(args.sae, device=lm.device)
     scorer = build_labelers((args.scorer,), _settings(args))[0]

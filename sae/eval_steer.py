@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class EvalConfig:
             raise MgsteerError("eval-steer needs at least one feature (--features)")
         if not self.prompts or not self.seeds:
             raise MgsteerError("eval-steer needs at least one prompt and one seed")
+        if not math.isfinite(self.alpha):
+            raise MgsteerError(f"--alpha must be a finite number, got {self.alpha}")
 
 
 def concept_for(feature: int, catalog: dict | None, cfg: EvalConfig) -> str:

@@ -24,7 +24,7 @@ class ExampleConfig:
     window_s: float = 3.0
     negatives: int = 20
     hist_bins: int = 20
-    batch_rows: int = 8192
+    batch_rows: int = 2048  # the dense pre-activations of a batch: 256 MB at d_sae 32768
     oversample: int = 8  # candidates kept per wanted window, so overlapping peaks can be skipped
     seed: int = 0
 

@@ -232,3 +232,32 @@ def test_thumbnails_are_valid_pngs():
     assert struct.unpack(">II", chunks[b"IHDR"][:8]) == (THUMB_W, THUMB_H)
     raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(THUMB_H, THUMB_W + 1)
     assert (raw[:, 0] == 0).all() and np.array_equal(raw[:, 1:], img)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["label", "--labelers", "descriptors,gpt"], "unknown labeler(s) gpt"),
+        (["label", "--features", "1,x"], "bad feature list '1,x'"),
+        (["label", "--features", "9999"], "unknown feature id 9999"),
+        (["label", "--window-s", "0"], "--window-s must be positive"),
+        (["label", "--labelers", "llm"], "the llm labeler needs an endpoint"),
+        (["label", "--acts", "{sae}"], "is not an activation store"),
+        (["browse", "--out", "page.txt"], "should be an .html file"),
+        (["browse"], "has no features.json"),
+        (["eval-steer", "--model", "tiny", "--features", "0"], "feature 0 has no label"),
+        (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0"], "bad --concept '0'"),
+        (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--alpha", "nan"], "--alpha"),
+        (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--seeds", "0"], "one seed"),
+    ],
+)
+def test_bad_label_browse_and_eval_inputs_are_one_line_errors(args, needle, tiny_store, fresh_sae, capsys, monkeypatch):
+    monkeypatch.delenv("MGSTEER_LLM_URL", raising=False)
+    argv = [a.replace("{sae}", str(fresh_sae)) for a in args] + ["--sae", str(fresh_sae)]
+    if args[0] == "label" and "--acts" not in args:
+        argv += ["--acts", str(tiny_store.folder)]
+    if args[0] != "browse":
+        argv += ["--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mgsteer: error: ") and needle in err[0], err
