@@ -11,9 +11,11 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from llm_server import GOOD, FakeLLM
 
 from engine.cli import main
+from engine.errors import MgsteerError
 from sae.bootstrap import init_from_activations
 from sae.catalog import CATALOG_FILE, load_catalog, read_records
 from sae.examples import ExampleConfig, Window
@@ -261,3 +263,14 @@ def test_bad_label_browse_and_eval_inputs_are_one_line_errors(args, needle, tiny
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mgsteer: error: ") and needle in err[0], err
+
+
+def test_a_store_without_tokens_or_sources_says_what_to_do(tiny_lm, tmp_path):
+    from sae.store import StoreMeta, StoreWriter
+
+    writer = StoreWriter(tmp_path / "old", StoreMeta("tiny", (LAYER,), tiny_lm.hidden_size, "float32", "generation"))
+    writer.add_clip("prompt0", {LAYER: torch.zeros(40, tiny_lm.hidden_size)})
+    writer.flush()
+    audio = WindowAudio(ActivationStore(tmp_path / "old"), tiny_lm)
+    with pytest.raises(MgsteerError, match="re-harvest it"):
+        audio(Window(0, 0, 20, 10, 1.0))
