@@ -370,6 +370,15 @@ def cmd_info(args: argparse.Namespace) -> None:
         rate = sae.stats.firing_rate
         alive = int((rate > 0).sum())
         print(f"stats      {alive}/{cfg.d_sae} features fire; mean firing rate {rate.mean().item():.4f}")
+    catalog_path = sae.path / "features.json"
+    if catalog_path.is_file():
+        from sae.catalog import load_catalog
+
+        catalog = load_catalog(sae.path)
+        labelers = ", ".join(catalog.get("labelers", []))
+        print(f"labels     {len(catalog['features'])} features labeled ({labelers}); mgsteer browse --sae {sae.path}")
+    else:
+        print(f"labels     none yet (mgsteer label --sae {sae.path} --acts DIR)")
     check_sae_fits(sae, lm)
     print("fits       yes")
 

@@ -72,6 +72,7 @@ def test_info_reports_model_and_sae(tiny_sae_dir, capsys):
     out = capsys.readouterr().out
     assert "decoder    4 layers, hidden 64, 4 codebooks × 128" in out
     assert "d_in 64, d_sae 128, k 8" in out and "fits       yes" in out
+    assert "labels     none yet (mgsteer label" in out
 
 
 def test_demo_renders_plain_and_steered(tmp_path, capsys):

@@ -167,6 +167,9 @@ def test_label_catalog_browse_eval_steer_end_to_end(tiny_lm, tmp_path, capsys):
                 assert v["independent"] is (v["scorer"] != "clap")
     assert set(catalog["clap_baseline"]) >= {"classifier", "llm"}
 
+    assert main(["info", "--model", "tiny", "--sae", str(sae), "--device", "cpu"]) == 0
+    assert "labels     4 features labeled (descriptors, clap, classifier, llm)" in capsys.readouterr().out
+
     page = tmp_path / "site" / "features.html"
     assert main(["browse", "--sae", str(sae), "--out", str(page)]) == 0
     files = page.parent / "features_files"
