@@ -53,6 +53,7 @@ class Counting(DescriptorLabeler):
     """Descriptors, counting features; can be told to stop the run or fail on some features."""
 
     def __init__(self, interrupt_after: int | None = None, fail: int | None = None) -> None:
+        super().__init__()
         self.calls, self.interrupt_after, self.fail = 0, interrupt_after, fail
 
     def label(self, windows):

@@ -54,6 +54,20 @@ def test_clap_picks_terms_by_contrast_with_random_windows(clap):
     assert cos[0] == pytest.approx(float(direct), abs=1e-5)
 
 
+def test_windows_are_embedded_once_per_run(clap, monkeypatch):
+    ws = windows(seed=5)
+    fresh = 0.9 * ws.top[0]  # the sines of `windows` are the same in every test
+    seen = []
+    embed = clap._embed
+    monkeypatch.setattr(clap, "_embed", lambda audio, sr: seen.append(len(audio)) or embed(audio, sr))
+    first = clap.embed_audio(ws.random, SR)
+    again = clap.embed_audio([fresh, *ws.random, fresh], SR)
+    assert seen == [4, 1]  # the random windows come from the cache; a repeated window is embedded once
+    torch.testing.assert_close(again[1:5], first)
+    torch.testing.assert_close(again[0], again[5])
+    assert clap.embed_audio(ws.random, 16000).shape == first.shape and seen == [4, 1, 4]  # the rate is in the key
+
+
 def test_clap_loads_from_a_saved_folder_through_from_pretrained(tmp_path, clap):
     model, extractor, tokenizer = build_tiny_clap()
     for part in (model, extractor, tokenizer):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 import numpy as np
 
@@ -61,3 +64,31 @@ def resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
 
     g = math.gcd(sr, target)
     return resample_poly(audio, target // g, sr // g).astype(np.float32)
+
+
+class WindowCache:
+    """Per-window results keyed by the audio itself (and its rate), so the random windows every
+    feature is contrasted with, and windows scored again for validation, are computed once."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._rows: OrderedDict[bytes, object] = OrderedDict()
+        self.size = size
+
+    def get(self, audio: list[np.ndarray], sample_rate: int, compute: Callable[[list[np.ndarray]], Sequence]) -> list:
+        keys = [_key(a, sample_rate) for a in audio]
+        missing = list({k: i for i, k in enumerate(keys) if k not in self._rows}.values())
+        if missing:
+            for i, row in zip(missing, compute([audio[i] for i in missing]), strict=True):
+                self._rows[keys[i]] = row
+        out = [self._rows[k] for k in keys]
+        for k in keys:
+            self._rows.move_to_end(k)
+        while len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+        return out
+
+
+def _key(audio: np.ndarray, sample_rate: int) -> bytes:
+    digest = blake2b(np.ascontiguousarray(audio, dtype=np.float32).tobytes(), digest_size=16)
+    digest.update(sample_rate.to_bytes(8, "little"))
+    return digest.digest()

@@ -13,7 +13,7 @@ import torch
 from engine.device import resolve_device
 from engine.errors import MgsteerError
 from engine.hub import fetch_pretrained, first_line, not_cached_or_error
-from sae.labelers.base import Label, Labeler, WindowSet, resample
+from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, resample
 from sae.vocabulary import VOCABULARY
 
 DEFAULT_CLAP = "laion/larger_clap_music"  # LabelerSettings repeats it
@@ -86,10 +86,14 @@ class ClapLabeler(Labeler):
         self.model.to(self.device).requires_grad_(False)
         self.vocabulary, self.top = vocabulary, top
         self._text: dict[str, torch.Tensor] = {}
+        self._audio = WindowCache()
+
+    def embed_audio(self, audio: list[np.ndarray], sample_rate: int) -> torch.Tensor:
+        """Unit-norm audio embeddings `[n, dim]` (cached per window)."""
+        return torch.stack(self._audio.get(audio, sample_rate, lambda clips: self._embed(clips, sample_rate)))
 
     @torch.no_grad()
-    def embed_audio(self, audio: list[np.ndarray], sample_rate: int, batch: int = 8) -> torch.Tensor:
-        """Unit-norm audio embeddings `[n, dim]`."""
+    def _embed(self, audio: list[np.ndarray], sample_rate: int, batch: int = 8) -> torch.Tensor:
         rate = self.extractor.sampling_rate
         out = []
         for i in range(0, len(audio), batch):

@@ -15,7 +15,7 @@ import torch
 from engine.device import resolve_device
 from engine.errors import MgsteerError
 from engine.hub import fetch_pretrained, first_line, not_cached_or_error
-from sae.labelers.base import Label, Labeler, WindowSet, resample
+from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, resample
 
 DEFAULT_CLASSIFIER = "MIT/ast-finetuned-audioset-10-10-0.4593"
 HINT = "use --classifier-model tiny (offline test model) or a local folder saved with save_pretrained"
@@ -81,10 +81,14 @@ class ClassifierLabeler(Labeler):
         # AudioSet is multi-label: independent sigmoids; a single-label head: softmax
         self.multi_label = self.model.config.problem_type != "single_label_classification"
         self.top = top
+        self._cache = WindowCache()
+
+    def probabilities(self, audio: list[np.ndarray], sample_rate: int) -> torch.Tensor:
+        """Class probabilities `[n, classes]` (cached per window)."""
+        return torch.stack(self._cache.get(audio, sample_rate, lambda clips: self._classify(clips, sample_rate)))
 
     @torch.no_grad()
-    def probabilities(self, audio: list[np.ndarray], sample_rate: int, batch: int = 8) -> torch.Tensor:
-        """Class probabilities `[n, classes]`."""
+    def _classify(self, audio: list[np.ndarray], sample_rate: int, batch: int = 8) -> torch.Tensor:
         rate = self.extractor.sampling_rate
         out = []
         for i in range(0, len(audio), batch):

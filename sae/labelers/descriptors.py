@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 
 from sae.descriptors import Descriptors, describe
-from sae.labelers.base import Label, Labeler, WindowSet
+from sae.labelers.base import Label, Labeler, WindowCache, WindowSet
 
 # categorical descriptor → label template
 CATEGORIES = {"key": "{} key", "chord": "{} chord", "note": "{}", "register": "{} register"}
@@ -30,9 +30,16 @@ MIN_EFFECT = 0.8  # a contrast label needs a standardised difference of at least
 class DescriptorLabeler(Labeler):
     name = "descriptors"
 
+    def __init__(self) -> None:
+        self._cache = WindowCache()
+
+    def describe(self, audio: list[np.ndarray], sample_rate: int) -> list[Descriptors]:
+        """Descriptors of each window (cached per window)."""
+        return self._cache.get(audio, sample_rate, lambda clips: [describe(a, sample_rate) for a in clips])
+
     def label(self, windows: WindowSet) -> list[Label]:
-        top = [describe(a, windows.sample_rate) for a in windows.top]
-        rand = [describe(a, windows.sample_rate) for a in windows.random]
+        top = self.describe(windows.top, windows.sample_rate)
+        rand = self.describe(windows.random, windows.sample_rate)
         if not top:
             return []
         labels = [*self._categorical(top, rand), *self._contrasts(top, rand)]
@@ -90,7 +97,7 @@ class DescriptorLabeler(Labeler):
         getter = _scorer_for(label)
         if getter is None:
             return None
-        return np.array([getter(describe(a, sample_rate)) for a in audio], dtype=np.float64)
+        return np.array([getter(d) for d in self.describe(audio, sample_rate)], dtype=np.float64)
 
 
 def _counts(d: Descriptors, attr: str) -> bool:
