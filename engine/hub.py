@@ -25,7 +25,8 @@ def fetch_pretrained(spec: str, load: Callable[[str, bool], T], what: str, hint:
     """`load(source, local_only)` on a folder, or on a hub id cache-first then online.
 
     `what` names the checkpoint kind in errors ("model", "CLAP model"); `hint` says what to use
-    instead. `load` raises NotCached (local_only) or MgsteerError (anything else)."""
+    instead. `load` raises NotCached (local_only) or MgsteerError (anything else); `load_parts`
+    does both for plain `from_pretrained` calls."""
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -42,11 +43,21 @@ def fetch_pretrained(spec: str, load: Callable[[str, bool], T], what: str, hint:
         return load(spec, False)
 
 
-def not_cached_or_error(source: str, local_only: bool, exc: OSError, what: str) -> Exception:
-    """The exception a loader should raise for an OSError from `from_pretrained`."""
-    if local_only and not Path(source).is_dir():
-        return NotCached(source)
-    return MgsteerError(f"cannot load {what} '{source}': {first_line(exc)}")
+def load_parts(source: str, local_only: bool, what: str, kind: str, *classes, **model_kwargs) -> list:
+    """`from_pretrained` of each class (model first; `model_kwargs` go to it) on one checkpoint,
+    as the `load` of `fetch_pretrained`: NotCached when a cache-only load misses, otherwise one
+    line — "cannot load" for I/O, "is not <kind>" for a checkpoint of another model type."""
+    try:
+        return [
+            cls.from_pretrained(source, local_files_only=local_only, **(model_kwargs if i == 0 else {}))
+            for i, cls in enumerate(classes)
+        ]
+    except OSError as exc:
+        if local_only and not Path(source).is_dir():
+            raise NotCached(source) from exc
+        raise MgsteerError(f"cannot load {what} '{source}': {first_line(exc)}") from exc
+    except ValueError as exc:  # a config of another model type
+        raise MgsteerError(f"'{source}' is not {kind}: {first_line(exc)}") from exc
 
 
 def probe_hub(spec: str, what: str, hint: str) -> None:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTra
 
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import MgsteerError
-from engine.hub import fetch_pretrained, first_line, not_cached_or_error
+from engine.hub import fetch_pretrained, load_parts
 from engine.tiny import PRESETS, build_random_musicgen
 
 HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
@@ -108,13 +108,15 @@ def _load_pretrained(spec: str, dtype: torch.dtype):
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
-    try:
-        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except OSError as exc:
-        raise not_cached_or_error(source, local_only, exc, "model") from exc
-    except ValueError as exc:  # a config of another model type
-        raise MgsteerError(f"'{source}' is not a MusicGen checkpoint: {first_line(exc)}") from exc
+    model, tokenizer = load_parts(
+        source,
+        local_only,
+        "model",
+        "a MusicGen checkpoint",
+        MusicgenForConditionalGeneration,
+        AutoTokenizer,
+        dtype=dtype,
+    )
     if model.config.model_type != "musicgen":
         raise MgsteerError(f"'{source}' is a {model.config.model_type} model, not MusicGen")
     return model, tokenizer

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from engine.device import resolve_device
-from engine.errors import MgsteerError
-from engine.hub import fetch_pretrained, first_line, not_cached_or_error
+from engine.hub import fetch_pretrained, load_parts
 from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, resample
 from sae.vocabulary import VOCABULARY
 
@@ -57,14 +56,8 @@ def load_clap(spec: str):
     def load(source: str, local_only: bool):
         from transformers import AutoFeatureExtractor, AutoTokenizer, ClapModel
 
-        try:
-            model = ClapModel.from_pretrained(source, local_files_only=local_only)
-            extractor = AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        except OSError as exc:
-            raise not_cached_or_error(source, local_only, exc, "CLAP model") from exc
-        except ValueError as exc:
-            raise MgsteerError(f"'{source}' is not a CLAP checkpoint: {first_line(exc)}") from exc
+        classes = (ClapModel, AutoFeatureExtractor, AutoTokenizer)
+        model, extractor, tokenizer = load_parts(source, local_only, "CLAP model", "a CLAP checkpoint", *classes)
         return model.eval(), extractor, tokenizer
 
     return fetch_pretrained(spec, load, "CLAP model", HINT)

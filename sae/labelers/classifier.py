@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from engine.device import resolve_device
-from engine.errors import MgsteerError
-from engine.hub import fetch_pretrained, first_line, not_cached_or_error
+from engine.hub import fetch_pretrained, load_parts
 from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, resample
 
 DEFAULT_CLASSIFIER = "MIT/ast-finetuned-audioset-10-10-0.4593"
@@ -57,13 +56,9 @@ def _load_classifier(spec: str):
     def load(source: str, local_only: bool):
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-        try:
-            model = AutoModelForAudioClassification.from_pretrained(source, local_files_only=local_only)
-            extractor = AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
-        except OSError as exc:
-            raise not_cached_or_error(source, local_only, exc, "audio classifier") from exc
-        except ValueError as exc:
-            raise MgsteerError(f"'{source}' is not an audio-classification checkpoint: {first_line(exc)}") from exc
+        kind = "an audio-classification checkpoint"
+        classes = (AutoModelForAudioClassification, AutoFeatureExtractor)
+        model, extractor = load_parts(source, local_only, "audio classifier", kind, *classes)
         return model.eval(), extractor
 
     return fetch_pretrained(spec, load, "audio classifier", HINT)
