@@ -74,7 +74,7 @@ def examples_pass(args, device) -> dict:
 def window_costs(device, repeats: int) -> dict:
     from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification, ClapConfig, ClapModel
 
-    from sae.labelers.base import resample
+    from sae.labelers.base import extracted
 
     rng = np.random.default_rng(0)
     windows = [(0.1 * rng.standard_normal(3 * SR)).astype(np.float32) for _ in range(8)]
@@ -87,9 +87,8 @@ def window_costs(device, repeats: int) -> dict:
 
     @torch.no_grad()
     def clap_batch():
-        clips = [resample(w, SR, clap_fe.sampling_rate) for w in windows]
-        inputs = clap_fe(clips, sampling_rate=clap_fe.sampling_rate, return_tensors="pt").to(device)
-        clap.get_audio_features(**inputs)
+        for inputs in extracted(clap_fe, windows, SR, device, batch=len(windows)):
+            clap.get_audio_features(**inputs)
 
     out["clap_ms_per_window"] = round(1000 * timed(clap_batch, repeats) / len(windows), 1)
     ast = ASTForAudioClassification(ASTConfig(num_labels=527)).to(device).eval()
@@ -97,8 +96,8 @@ def window_costs(device, repeats: int) -> dict:
 
     @torch.no_grad()
     def ast_batch():
-        clips = [resample(w, SR, ast_fe.sampling_rate) for w in windows]
-        ast(**ast_fe(clips, sampling_rate=ast_fe.sampling_rate, return_tensors="pt").to(device))
+        for inputs in extracted(ast_fe, windows, SR, device, batch=len(windows)):
+            ast(**inputs)
 
     out["classifier_ms_per_window"] = round(1000 * timed(ast_batch, repeats) / len(windows), 1)
     return out

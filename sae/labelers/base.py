@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
@@ -64,6 +64,15 @@ def resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
 
     g = math.gcd(sr, target)
     return resample_poly(audio, target // g, sr // g).astype(np.float32)
+
+
+def extracted(extractor, audio: list[np.ndarray], sample_rate: int, device, batch: int = 8) -> Iterator:
+    """A transformers feature extractor's model inputs for `audio`, `batch` windows at a time,
+    each window resampled to the extractor's rate first."""
+    rate = extractor.sampling_rate
+    for i in range(0, len(audio), batch):
+        clips = [resample(a, sample_rate, rate) for a in audio[i : i + batch]]
+        yield extractor(clips, sampling_rate=rate, return_tensors="pt").to(device)
 
 
 class WindowCache:

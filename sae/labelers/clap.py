@@ -12,7 +12,7 @@ import torch
 
 from engine.device import resolve_device
 from engine.hub import fetch_pretrained, load_parts
-from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, resample
+from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, extracted
 from sae.vocabulary import VOCABULARY
 
 DEFAULT_CLAP = "laion/larger_clap_music"  # LabelerSettings repeats it
@@ -86,13 +86,11 @@ class ClapLabeler(Labeler):
         return torch.stack(self._audio.get(audio, sample_rate, lambda clips: self._embed(clips, sample_rate)))
 
     @torch.no_grad()
-    def _embed(self, audio: list[np.ndarray], sample_rate: int, batch: int = 8) -> torch.Tensor:
-        rate = self.extractor.sampling_rate
-        out = []
-        for i in range(0, len(audio), batch):
-            clips = [resample(a, sample_rate, rate) for a in audio[i : i + batch]]
-            inputs = self.extractor(clips, sampling_rate=rate, return_tensors="pt").to(self.device)
-            out.append(_pooled(self.model.get_audio_features(**inputs)).float().cpu())
+    def _embed(self, audio: list[np.ndarray], sample_rate: int) -> torch.Tensor:
+        out = [
+            _pooled(self.model.get_audio_features(**inputs)).float().cpu()
+            for inputs in extracted(self.extractor, audio, sample_rate, self.device)
+        ]
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 
 from engine.device import resolve_device
 from engine.hub import fetch_pretrained, load_parts
-from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, resample
+from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, extracted
 
 DEFAULT_CLASSIFIER = "MIT/ast-finetuned-audioset-10-10-0.4593"
 HINT = "use --classifier-model tiny (offline test model) or a local folder saved with save_pretrained"
@@ -83,15 +83,12 @@ class ClassifierLabeler(Labeler):
         return torch.stack(self._cache.get(audio, sample_rate, lambda clips: self._classify(clips, sample_rate)))
 
     @torch.no_grad()
-    def _classify(self, audio: list[np.ndarray], sample_rate: int, batch: int = 8) -> torch.Tensor:
-        rate = self.extractor.sampling_rate
-        out = []
-        for i in range(0, len(audio), batch):
-            clips = [resample(a, sample_rate, rate) for a in audio[i : i + batch]]
-            inputs = self.extractor(clips, sampling_rate=rate, return_tensors="pt").to(self.device)
-            logits = self.model(**inputs).logits.float().cpu()
-            out.append(logits.sigmoid() if self.multi_label else logits.softmax(-1))
-        return torch.cat(out)
+    def _classify(self, audio: list[np.ndarray], sample_rate: int) -> torch.Tensor:
+        logits = torch.cat([
+            self.model(**inputs).logits.float().cpu()
+            for inputs in extracted(self.extractor, audio, sample_rate, self.device)
+        ])  # fmt: skip
+        return logits.sigmoid() if self.multi_label else logits.softmax(-1)
 
     def label(self, windows: WindowSet) -> list[Label]:
         if not windows.top:
