@@ -31,6 +31,13 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
 
 
+def sampling_config(args: argparse.Namespace):
+    """The SamplingConfig of the options `_sampling_args` added."""
+    from engine.tokenloop import SamplingConfig
+
+    return SamplingConfig(guidance=args.guidance, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgsteer", description="Steer MusicGen with sparse-autoencoder features.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,13 +159,12 @@ def cmd_render(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
     from engine.render import render, write_wav
     from engine.steering import SteeringSpec, parse_steer
-    from engine.tokenloop import SamplingConfig
     from sae.files import load_sae
 
     steers = tuple(parse_steer(s) for s in args.steer)
     if steers and not args.sae:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
-    sampling = SamplingConfig(guidance=args.guidance, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
+    sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = load_sae(args.sae, lm.device) if args.sae else None
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
@@ -191,7 +197,6 @@ def cmd_play(args: argparse.Namespace) -> None:
     from engine.params import ParameterBus
     from engine.presets import apply_preset, load_preset
     from engine.steering import parse_steer
-    from engine.tokenloop import SamplingConfig
     from sae.files import load_sae
 
     preset = load_preset(args.preset) if args.preset else None
@@ -203,8 +208,8 @@ def cmd_play(args: argparse.Namespace) -> None:
         raise MgsteerError("--steer and --meters need --sae DIR: the features are that SAE's")
     if args.seconds is not None and not args.seconds > 0:
         raise MgsteerError(f"--seconds must be a positive number, got {args.seconds}")
-    meters = _feature_list(args.meters) if args.meters else None
-    sampling = SamplingConfig(guidance=args.guidance, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
+    meters = feature_list(args.meters) if args.meters else None
+    sampling = sampling_config(args)
     config = HostConfig(
         lookahead_ms=args.lookahead_ms, chunk=ChunkConfig(chunk=args.chunk), sampling=sampling, meters=meters
     )
@@ -252,7 +257,7 @@ def cmd_harvest(args: argparse.Namespace) -> None:
     from engine.tokenloop import SamplingConfig
     from sae.harvest import assigned, audio_clips, harvest_to_store, parse_shard, prompt_clips, read_captions
 
-    layers = _feature_list(args.layers)
+    layers = feature_list(args.layers)
     worker, workers = parse_shard(args.shard)
     if args.audio:
         clips = audio_clips(args.audio, args.clip_seconds, read_captions(args.captions) if args.captions else None)
@@ -334,7 +339,7 @@ def _start_midi(args, bus, preset):
     return midi
 
 
-def _feature_list(text: str) -> list[int]:
+def feature_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:

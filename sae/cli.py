@@ -68,10 +68,9 @@ def _settings(args: argparse.Namespace):
 
 
 def _ids(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise MgsteerError(f"bad feature list '{text}': use comma-separated ids, e.g. 3,17") from exc
+    from engine.cli import feature_list
+
+    return tuple(feature_list(text))
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -112,9 +111,8 @@ def cmd_browse(args: argparse.Namespace) -> None:
 def cmd_eval_steer(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from engine.cli import progress_bars
+    from engine.cli import progress_bars, sampling_config
     from engine.model import load_musicgen
-    from engine.tokenloop import SamplingConfig
     from sae.catalog import CATALOG_FILE, load_catalog
     from sae.eval_steer import DEFAULT_PROMPTS, EvalConfig, concept_for, evaluate_steering, write_report
     from sae.files import load_sae
@@ -136,7 +134,7 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
         seconds=args.seconds,
         alpha=args.alpha,
         prompt_baseline=not args.no_prompt_baseline,
-        sampling=SamplingConfig(args.guidance, args.top_k, args.temperature, args.seed),
+        sampling=sampling_config(args),
     )
     catalog = load_catalog(args.sae) if (Path(args.sae) / CATALOG_FILE).is_file() else None
     for feature in cfg.features:  # every feature needs a concept: say so before loading models

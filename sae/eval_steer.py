@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def evaluate_steering(
     bar = tqdm(total=len(pairs) * (1 + per_feature * len(concepts)), unit="clip", disable=not progress)
 
     def clip(prompt: str, seed: int, **steer) -> np.ndarray:
-        sampling = SamplingConfig(cfg.sampling.guidance, cfg.sampling.top_k, cfg.sampling.temperature, seed)
+        sampling = replace(cfg.sampling, seed=seed)
         out = render(lm, prompt, cfg.seconds, sampling, sae=loaded if steer else None, **steer).audio
         bar.update(1)
         return out

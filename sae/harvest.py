@@ -16,7 +16,7 @@ import csv
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -196,9 +196,7 @@ def _harvest(lm, clips: list[Clip], layers, source, sampling) -> Iterator[tuple[
             yield clip, teacher_forced_activations(lm, codes, layers, clip.text), codes.cpu(), origin
         else:
             frames = min(max_frames - lm.num_codebooks, round(clip.seconds * lm.frame_rate))
-            seeded = SamplingConfig(
-                sampling.guidance, sampling.top_k, sampling.temperature, sampling.seed + hash_id(clip)
-            )
+            seeded = replace(sampling, seed=sampling.seed + hash_id(clip))
             acts, codes = harvest_generation(lm, [clip.text], layers, frames, seeded)
             origin = {"prompt": clip.text, "seed": seeded.seed}
             yield clip, {layer: a[0] for layer, a in acts.items()}, codes[0], origin
