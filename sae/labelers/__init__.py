@@ -9,14 +9,17 @@ from sae.labelers.base import Label, Labeler, LabelerError, WindowSet
 from sae.labelers.llm import LLMConfig
 
 NAMES = ("descriptors", "clap", "classifier", "llm")
+# defined here, not in their modules, so the CLI's help reads them without importing torch
+DEFAULT_CLAP = "laion/larger_clap_music"
+DEFAULT_CLASSIFIER = "MIT/ast-finetuned-audioset-10-10-0.4593"
 
 __all__ = ["NAMES", "Label", "Labeler", "LabelerError", "LabelerSettings", "WindowSet", "build_labelers", "parse_names"]
 
 
 @dataclass(frozen=True)
 class LabelerSettings:
-    clap_model: str = "laion/larger_clap_music"
-    classifier_model: str = "MIT/ast-finetuned-audioset-10-10-0.4593"
+    clap_model: str = DEFAULT_CLAP
+    classifier_model: str = DEFAULT_CLASSIFIER
     llm: LLMConfig = field(default_factory=LLMConfig)
     device: str = "auto"
 

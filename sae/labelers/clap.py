@@ -12,10 +12,10 @@ import torch
 
 from engine.device import resolve_device
 from engine.hub import fetch_pretrained, load_parts
+from sae.labelers import DEFAULT_CLAP
 from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, extracted
 from sae.vocabulary import VOCABULARY
 
-DEFAULT_CLAP = "laion/larger_clap_music"  # LabelerSettings repeats it
 HINT = "use --clap-model tiny (offline test model) or a local folder saved with save_pretrained"
 
 

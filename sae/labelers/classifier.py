@@ -14,9 +14,9 @@ import torch
 
 from engine.device import resolve_device
 from engine.hub import fetch_pretrained, load_parts
+from sae.labelers import DEFAULT_CLASSIFIER
 from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, extracted
 
-DEFAULT_CLASSIFIER = "MIT/ast-finetuned-audioset-10-10-0.4593"
 HINT = "use --classifier-model tiny (offline test model) or a local folder saved with save_pretrained"
 TINY_CLASSES = (
     "Music", "Piano", "Guitar", "Drum", "Bass guitar", "Violin, fiddle", "Singing", "Synthesizer",
