@@ -215,9 +215,12 @@ def import_sounddevice():
 class WavRecorder:
     """Records the played stream (model rate) to a 16-bit WAV as blocks arrive."""
 
-    def __init__(self, path: str | Path, sample_rate: int) -> None:
+    def __init__(self, path: str | Path, sample_rate: int, max_seconds: float | None = None) -> None:
+        """`max_seconds`: record exactly this much and drop the rest (generation runs ahead of
+        playback, so a timed session would otherwise record its lookahead too)."""
         import soundfile as sf
 
+        self.limit = None if max_seconds is None else round(max_seconds * sample_rate)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -227,6 +230,8 @@ class WavRecorder:
         self.samples = 0
 
     def write(self, block: np.ndarray) -> None:
+        if self.limit is not None:
+            block = block[: max(0, self.limit - self.samples)]
         self._file.write(np.clip(block, -1.0, 1.0))
         self.samples += len(block)
 

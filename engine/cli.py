@@ -9,26 +9,33 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
+from engine import argtypes as types
+from engine import limits
 from engine.errors import MgsteerError
+from engine.outputs import output_dir, output_file
 
 DEFAULT_MODEL = "facebook/musicgen-small"
+PRESETS_HINT = "not given: $XDG_CONFIG_HOME/mgsteer/presets, else ~/.config/mgsteer/presets"
 
 
 def _model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, default_text: str = "") -> None:
-    p.add_argument(
-        "--model", default=default, help=f"tiny, a hub id or a local folder (default {default_text or default})"
-    )
+    given = f"; not given: {default_text}" if default_text else ""
+    help_text = f"tiny, random-small, a hub id or a local folder{given}"
+    p.add_argument("--model", default=default, help=help_text)
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     p.add_argument("--dtype", default="auto", help="auto (float32), float32, float16, bfloat16")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--top-k", type=int, default=250)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=types.SEED, default=0, help="sampling seed: the same seed gives the same music")
+    p.add_argument(
+        "--guidance", type=types.number(1.0, limits.MAX_GUIDANCE), default=3.0, help="classifier-free guidance; 1 = off"
+    )
+    p.add_argument("--top-k", type=types.whole(0, limits.MAX_TOP_K), default=250, help="sample among the k likeliest")
+    p.add_argument(
+        "--temperature", type=types.number(0.0, limits.MAX_TEMPERATURE, above=True), default=1.0, help="sampling heat"
+    )
 
 
 def sampling_config(args: argparse.Namespace):
@@ -39,38 +46,44 @@ def sampling_config(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mgsteer", description="Steer MusicGen with sparse-autoencoder features.")
+    parser = types.OneLineParser(prog="mgsteer", description="Steer MusicGen with sparse-autoencoder features.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("render", help="render one steered clip to a WAV file")
     _model_args(r)
     r.add_argument("--sae", help="SAE folder (cfg.json + sae_weights.safetensors + feature_stats.safetensors)")
-    r.add_argument("--prompt", default="simple melody")
-    r.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable")
-    r.add_argument("--mode", default="add", choices=("add", "clamp"))
+    r.add_argument("--prompt", default="simple melody", help="what to play, in words")
+    r.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
+    r.add_argument("--mode", default="add", choices=("add", "clamp"), help="add a direction or clamp an activation")
     r.add_argument("--halves", default="both", choices=("both", "cond"), help="CFG halves to steer")
-    r.add_argument("--seconds", type=float, default=5.0)
-    r.add_argument("--out", default="out.wav")
+    r.add_argument("--seconds", type=types.SECONDS, default=5.0, help="audio to render")
+    r.add_argument("--out", default="out.wav", help="WAV file to write")
     _sampling_args(r)
     r.set_defaults(func=cmd_render)
 
     p = sub.add_parser("play", help="play endlessly, steerable live (the resident host)")
     _model_args(p)
     p.add_argument("--sae", help="SAE folder; needed for --steer and for knobs")
-    p.add_argument("--prompt", default="simple melody")
-    p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable")
-    p.add_argument("--seconds", type=float, help="stop after this much audio has played (default: until Ctrl-C)")
+    p.add_argument("--prompt", default="simple melody", help="what to play, in words")
+    p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
+    p.add_argument("--seconds", type=types.SECONDS, help="stop after this much audio has played (not given: Ctrl-C)")
     p.add_argument("--out", help="also record what plays to this WAV")
     p.add_argument("--no-audio", action="store_true", help="no sound device: play into a real-time null clock")
-    p.add_argument("--audio-device", help="output device name or index (default: the system's)")
-    p.add_argument("--lookahead-ms", type=float, default=300.0, help="audio kept queued ahead of playback")
-    p.add_argument("--chunk", type=int, default=8, help="frames per EnCodec decode (8 = 160 ms)")
-    p.add_argument("--smoothing-ms", type=float, default=50.0, help="glide time of steering changes")
+    p.add_argument("--audio-device", help="output device name or index (not given: the system's)")
+    p.add_argument(
+        "--lookahead-ms", type=types.number(1.0, 10_000.0), default=300.0, help="audio kept queued ahead of playback"
+    )
+    p.add_argument("--chunk", type=types.whole(1, 250), default=8, help="frames per EnCodec decode (8 = 160 ms)")
+    p.add_argument("--smoothing-ms", type=types.SMOOTHING_MS, default=50.0, help="glide time of steering changes")
     p.add_argument("--meters", help="comma-separated feature ids to meter each step")
     p.add_argument("--preset", help="preset JSON (model, SAE, prompt, knobs); see presets/")
     p.add_argument("--osc", action="store_true", help="serve OSC control (docs/OSC.md)")
-    p.add_argument("--osc-host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: the network")
-    p.add_argument("--osc-port", type=int, default=9000)
+    p.add_argument(
+        "--osc-host", help="127.0.0.1: this machine only; 0.0.0.0: the network (not given: the preset's, or 127.0.0.1)"
+    )
+    p.add_argument("--osc-port", type=types.PORT, help="UDP port (not given: the preset's, or 9000)")
+    p.add_argument("--presets-dir", help=f"the only folder OSC may load presets from and save them to ({PRESETS_HINT})")
     p.add_argument(
         "--midi",
         nargs="?",
@@ -78,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="MIDI input: a port name, or none for a virtual 'mgsteer' port",
     )
-    p.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"))
+    p.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"), help="MIDI backend")
     _sampling_args(p)
     p.set_defaults(func=cmd_play)
 
@@ -88,47 +101,51 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--audio", help="folder of wav/flac/mp3/ogg: teacher-forced, as in the paper")
     src.add_argument("--prompts", help="text file, one prompt per line: activations while generating")
     h.add_argument("--layers", required=True, help="comma-separated decoder layers, e.g. 2,6,12")
-    h.add_argument("--out", required=True, help="store folder (created, or resumed if it exists)")
-    h.add_argument("--captions", help="CSV file,caption for conditioned teacher forcing (default: unconditional)")
-    h.add_argument("--clip-seconds", type=float, default=10.0, help="audio is cut into clips this long")
-    h.add_argument("--seconds", type=float, default=10.0, help="generated seconds per prompt")
-    h.add_argument("--store-dtype", default="float16", choices=("float16", "bfloat16", "float32"))
-    h.add_argument("--shard", help="i/n: this worker's share of the clips (default: torchrun's rank/world)")
-    h.add_argument("--shard-rows", type=int, default=65536, help="rows per shard file")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--out", required=True, help="store folder (created, or resumed if it exists with the same inputs)")
+    h.add_argument("--captions", help="CSV file,caption for conditioned teacher forcing (not given: unconditional)")
+    h.add_argument("--clip-seconds", type=types.SECONDS, default=10.0, help="audio is cut into clips this long")
+    h.add_argument("--seconds", type=types.SECONDS, default=10.0, help="generated seconds per prompt")
+    h.add_argument("--store-dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="row dtype")
+    h.add_argument("--shard", help="i/n: this worker's share of the clips (not given: torchrun's rank/world)")
+    h.add_argument("--shard-rows", type=types.whole(1, 2**24), default=65536, help="rows per shard file")
+    h.add_argument("--seed", type=types.SEED, default=0, help="sampling seed of generation harvests")
     h.set_defaults(func=cmd_harvest)
 
     t = sub.add_parser("train", help="train a TopK SAE on a store (torchrun-able)")
     t.add_argument("--acts", required=True, help="activation store from mgsteer harvest")
     t.add_argument("--out", required=True, help="SAE folder (SAELens layout) and checkpoints")
-    t.add_argument("--layer", type=int, help="needed when the store has several layers")
-    t.add_argument("--k", type=int, default=32)
-    t.add_argument("--expansion", type=int, default=4, help="d_sae = expansion × d_in")
-    t.add_argument("--architecture", default="topk", choices=("topk", "batchtopk"))
-    t.add_argument("--steps", type=int, default=10_000)
-    t.add_argument("--batch-size", type=int, default=4096)
-    t.add_argument("--lr", type=float, help="default 2e-4 / sqrt(d_sae / 16384)")
-    t.add_argument("--warmup-steps", type=int, default=100)
-    t.add_argument("--dead-steps", type=int, default=200, help="steps without firing that make a latent dead")
-    t.add_argument("--b-dec-init", default="geometric_median", choices=("geometric_median", "mean"))
-    t.add_argument("--checkpoint-every", type=int, default=1000)
-    t.add_argument("--log-every", type=int, default=50)
-    t.add_argument("--filter", default="0.01,0.25", help="keep features firing on lo..hi of clips")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    t.add_argument("--layer", type=types.whole(0, 1000), help="needed when the store has several layers")
+    t.add_argument("--k", type=types.whole(1, 65_536), default=32, help="active features per row")
+    t.add_argument("--expansion", type=types.whole(1, 1024), default=4, help="d_sae = expansion × d_in")
+    t.add_argument("--architecture", default="topk", choices=("topk", "batchtopk"), help="sparsity rule")
+    t.add_argument("--steps", type=types.COUNT, default=10_000, help="training steps")
+    t.add_argument("--batch-size", type=types.whole(1, 2**20), default=4096, help="rows per step")
+    t.add_argument("--lr", type=types.number(0.0, 1.0, above=True), help="not given: 2e-4 / sqrt(d_sae / 16384)")
+    t.add_argument("--warmup-steps", type=types.whole(0, 10**9), default=100, help="linear learning-rate warm-up")
+    t.add_argument(
+        "--dead-steps", type=types.COUNT, default=200, help="steps without firing that make a latent dead"
+    )
+    t.add_argument("--b-dec-init", default="geometric_median", choices=("geometric_median", "mean"), help="b_dec start")
+    t.add_argument("--checkpoint-every", type=types.COUNT, default=1000, help="steps between checkpoints")
+    t.add_argument("--log-every", type=types.COUNT, default=50, help="steps between metrics lines")
+    t.add_argument("--filter", default="0.01,0.25", help="keep features firing on lo..hi of clips (0 ≤ lo ≤ hi ≤ 1)")
+    t.add_argument("--seed", type=types.SEED, default=0, help="initialisation and data-order seed")
+    t.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    run = t.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    run.add_argument("--overwrite", action="store_true", help="clear an earlier SAE or run in --out and start afresh")
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="print facts about a model and an SAE")
     _model_args(i)
-    i.add_argument("--sae")
+    i.add_argument("--sae", help="SAE folder to check against the model")
     i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("demo", help="offline demo: tiny model, a tiny SAE, a plain and a steered WAV")
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--layer", type=int, default=2)
-    d.add_argument("--seconds", type=float, default=5.0)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    d.add_argument("--layer", type=types.whole(0, 1000), default=2, help="decoder layer of the SAE")
+    d.add_argument("--seconds", type=types.number(0.0, 30.0, above=True), default=5.0, help="seconds per WAV")
+    d.add_argument("--seed", type=types.SEED, default=0, help="sampling seed")
     d.set_defaults(func=cmd_demo)
 
     from sae.cli import add_commands
@@ -137,8 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("musicgen-steer")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version, or a bad argument (one line, see OneLineParser)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.func(args)
     except MgsteerError as exc:
@@ -157,27 +186,33 @@ def progress_bars() -> bool:
 
 def cmd_render(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
-    from engine.render import render, write_wav
+    from engine.render import frames_for, render, write_wav
     from engine.steering import SteeringSpec, parse_steer
     from sae.files import load_sae
 
     steers = tuple(parse_steer(s) for s in args.steer)
     if steers and not args.sae:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
+    prompt = limits.prompt_text(args.prompt, "--prompt")
+    out_path = output_file(args.out, (".wav",))
     sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
+    limits.prompt_tokens(lm.tokenizer, prompt, "--prompt")
+    frames_for(lm, args.seconds)
     sae = load_sae(args.sae, lm.device) if args.sae else None
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
     started = time.perf_counter()
-    out = render(lm, args.prompt, args.seconds, sampling, sae, spec, progress=progress_bars())
+    out = render(lm, prompt, args.seconds, sampling, sae, spec, progress=progress_bars())
     took = time.perf_counter() - started
-    path = write_wav(args.out, out.audio, out.sample_rate)
+    path = write_wav(out_path, out.audio, out.sample_rate)
     print(
-        f"rendered {out.seconds:.2f} s ({out.codes.shape[-1]} frames) of '{args.prompt}' with {lm.spec} "
+        f"rendered {out.seconds:.2f} s ({out.codes.shape[-1]} frames) of '{prompt}' with {lm.spec} "
         f"on {lm.device.type} in {took:.1f} s (seed {args.seed})"
     )
     if sae is not None:
         print(describe_steering(sae, spec))
+    if out.nonfinite_steps:
+        print(f"note: {out.nonfinite_steps} steps were not finite under this steering and were run unsteered")
     print(f"wrote {path} ({out.sample_rate} Hz, mono, 16-bit)")
 
 
@@ -203,11 +238,15 @@ def cmd_play(args: argparse.Namespace) -> None:
     if preset is not None:
         args.model = args.model if args.model != DEFAULT_MODEL else preset.model
         args.sae = args.sae or preset.sae
+    osc_settings = preset.osc if preset is not None else {}
+    args.osc_host = args.osc_host or osc_settings.get("host", "127.0.0.1")
+    args.osc_port = args.osc_port if args.osc_port is not None else osc_settings.get("port", 9000)
     steers = [parse_steer(s) for s in args.steer]
     if (steers or args.meters) and not args.sae:
         raise MgsteerError("--steer and --meters need --sae DIR: the features are that SAE's")
-    if args.seconds is not None and not args.seconds > 0:
-        raise MgsteerError(f"--seconds must be a positive number, got {args.seconds}")
+    limits.prompt_text(args.prompt, "--prompt")
+    if args.out:
+        output_file(args.out, (".wav",))
     meters = feature_list(args.meters) if args.meters else None
     sampling = sampling_config(args)
     config = HostConfig(
@@ -223,7 +262,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     for steer in steers:
         bus.set_feature(steer.feature, steer.alpha)
     sink = NullSink(lm.sample_rate) if args.no_audio else DeviceSink(lm.sample_rate, _device_arg(args.audio_device))
-    recorder = WavRecorder(args.out, lm.sample_rate) if args.out else None
+    recorder = WavRecorder(args.out, lm.sample_rate, max_seconds=args.seconds) if args.out else None
     host = Host(lm, bus, sink, sae, config, recorder)
     osc = _start_osc(args, bus, host, lm, sae) if args.osc else None
     midi = _start_midi(args, bus, preset) if args.midi is not None else None
@@ -232,13 +271,16 @@ def cmd_play(args: argparse.Namespace) -> None:
     where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
     print(f"playing '{bus.snapshot().prompt}' with {lm.spec} on {lm.device.type} into {where}; Ctrl-C stops")
     host.start()
+    next_line = time.perf_counter() + 1.0
     try:
         while args.seconds is None or host.status().position_s < args.seconds:
-            time.sleep(1.0)
+            time.sleep(0.02)
             if host.error is not None:
                 raise MgsteerError(f"generation stopped: {host.error}")
-            meters = " ".join(f"{f}:{v:.2f}" for f, v in sorted(latest.items()))
-            print(host.status().line() + (f" | meters {meters}" if meters else ""), flush=True)
+            if time.perf_counter() >= next_line:
+                next_line += 1.0
+                meters = " ".join(f"{f}:{v:.2f}" for f, v in sorted(latest.items()))
+                print(host.status().line() + (f" | meters {meters}" if meters else ""), flush=True)
     except KeyboardInterrupt:
         print("stopping")
     finally:
@@ -255,19 +297,34 @@ def cmd_play(args: argparse.Namespace) -> None:
 def cmd_harvest(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
     from engine.tokenloop import SamplingConfig
-    from sae.harvest import assigned, audio_clips, harvest_to_store, parse_shard, prompt_clips, read_captions
+    from sae.harvest import (
+        assigned,
+        audio_clips,
+        audio_inputs,
+        check_clip_length,
+        harvest_to_store,
+        parse_shard,
+        prompt_clips,
+        prompt_inputs,
+        read_captions,
+    )  # fmt: skip
 
-    layers = feature_list(args.layers)
+    layers = layer_list(args.layers)
     worker, workers = parse_shard(args.shard)
+    output_dir(args.out)
     if args.audio:
-        clips = audio_clips(args.audio, args.clip_seconds, read_captions(args.captions) if args.captions else None)
+        captions = read_captions(args.captions) if args.captions else None
+        clips = audio_clips(args.audio, args.clip_seconds, captions)
+        inputs = audio_inputs(args.audio, args.clip_seconds, captions)
     else:
         clips = prompt_clips(args.prompts, args.seconds)
+        inputs = prompt_inputs(clips, args.seconds, args.seed)
     lm = load_musicgen(args.model, args.device, args.dtype)
+    check_clip_length(lm, args.clip_seconds if args.audio else args.seconds, generated=not args.audio)
     source = "audio" if args.audio else "generation"
     writer = harvest_to_store(
         lm, clips, layers, args.out, source, worker, workers, args.store_dtype, args.shard_rows,
-        SamplingConfig(seed=args.seed), progress=progress_bars(),
+        SamplingConfig(seed=args.seed), progress=progress_bars(), inputs=inputs,
     )  # fmt: skip
     mine = len(assigned(clips, worker, workers))
     print(f"harvested {len(writer.done)}/{mine} clips (worker {worker}/{workers}) at layers {layers} into {args.out}")
@@ -279,7 +336,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from sae.store import ActivationStore
     from sae.train import TrainConfig, Trainer, filter_report
 
-    lo, hi = (float(x) for x in args.filter.split(","))
+    lo, hi = parse_filter(args.filter)
+    output_dir(args.out)
     cfg = TrainConfig(
         layer=args.layer, k=args.k, expansion=args.expansion, architecture=args.architecture, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, dead_steps=args.dead_steps,
@@ -287,7 +345,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         seed=args.seed, device=args.device,
     )  # fmt: skip
     trainer = Trainer(ActivationStore(args.acts), args.out, cfg)
-    last = trainer.run(resume=args.resume, progress=progress_bars())
+    last = trainer.run(resume=args.resume, progress=progress_bars(), overwrite=args.overwrite)
     if trainer.rank != 0:
         return
     from sae.files import load_sae
@@ -306,16 +364,26 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _start_osc(args, bus, host, lm, sae):
+    from engine.presets import PresetFolder, user_presets_dir
     from osc.server import OscServer, preset_handler
 
     def status() -> dict:
         st = host.status()
-        return {"position_s": round(st.position_s, 2), "underruns": st.underruns, "rtf": round(st.rtf, 3)}
+        return {
+            "position_s": round(st.position_s, 2),
+            "underruns": st.underruns,
+            "rtf": round(st.rtf, 3),
+            "nonfinite_steps": st.nonfinite_steps,
+        }
 
-    presets = preset_handler(bus, lm.spec, str(sae.path) if sae else None, sae.cfg.d_sae if sae else None)
+    folder = PresetFolder(args.presets_dir or user_presets_dir())
+    presets = preset_handler(bus, lm.spec, str(sae.path) if sae else None, sae.cfg.d_sae if sae else None, folder)
     server = OscServer(bus, args.osc_host, args.osc_port, status=status, presets=presets)
     server.start()
-    print(f"OSC on {server.address[0]}:{server.address[1]} (address space: docs/OSC.md)")
+    print(
+        f"OSC on {server.address[0]}:{server.address[1]} (address space: docs/OSC.md); "
+        f"presets by name in {folder.folder}"
+    )
     return server
 
 
@@ -339,11 +407,33 @@ def _start_midi(args, bus, preset):
     return midi
 
 
-def feature_list(text: str) -> list[int]:
+def feature_list(text: str, what: str = "feature", example: str = "12,40") -> list[int]:
+    """Comma-separated non-negative ids, at least one, none twice."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        raise MgsteerError(f"bad feature list '{text}': use comma-separated ids, e.g. 12,40") from exc
+        raise MgsteerError(f"bad {what} list '{text}': use comma-separated ids, e.g. {example}") from exc
+    if not ids or any(i < 0 for i in ids):
+        raise MgsteerError(f"bad {what} list '{text}': use comma-separated non-negative ids, e.g. {example}")
+    if len(set(ids)) != len(ids):
+        raise MgsteerError(f"bad {what} list '{text}': an id is listed twice")
+    return ids
+
+
+def layer_list(text: str) -> list[int]:
+    """`--layers`: like a feature list (the model's own range is checked once it is loaded)."""
+    return feature_list(text, "--layers", "2,6,12")
+
+
+def parse_filter(text: str) -> tuple[float, float]:
+    """`--filter lo,hi`: shares of clips, 0 ≤ lo ≤ hi ≤ 1."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise MgsteerError(f"bad --filter '{text}': use lo,hi, e.g. 0.01,0.25")
+    lo, hi = (limits.within(part.strip() or "x", f"--filter '{text}'", 0.0, 1.0) for part in parts)
+    if lo > hi:
+        raise MgsteerError(f"bad --filter '{text}': lo must not exceed hi")
+    return lo, hi
 
 
 def _device_arg(text: str | None) -> str | int | None:
@@ -391,7 +481,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from engine.demo import run_demo
 
-    run_demo(Path(args.out), layer=args.layer, seconds=args.seconds, seed=args.seed, progress=progress_bars())
+    run_demo(output_dir(args.out), layer=args.layer, seconds=args.seconds, seed=args.seed, progress=progress_bars())
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def run_demo(out: Path, layer: int = 2, seconds: float = 5.0, seed: int = 0, pro
     harvest_to_store(lm, clips, [layer], out / "acts", "generation", sampling=sampling, progress=progress)
     store = ActivationStore(out / "acts")
     cfg = TrainConfig(k=8, expansion=4, steps=300, batch_size=256, lr=2e-3, log_every=100, seed=seed)
-    last = Trainer(store, out / "sae", cfg).run(progress=progress)
+    last = Trainer(store, out / "sae", cfg).run(progress=progress, overwrite=True)  # the demo's own folder
     sae_dir = out / "sae"
     loaded = load_sae(sae_dir, lm.device)
     stats = loaded.require_stats()

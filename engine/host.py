@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from engine import limits
 from engine.audio import Sink, WavRecorder
 from engine.codec_stream import ChunkConfig, ChunkedDecoder
 from engine.errors import MgsteerError
@@ -70,6 +71,7 @@ class Status:
     latency_ms_p95: float | None
     reprimes: int
     steps: int
+    nonfinite_steps: int = 0  # steps whose steered logits were not finite and were run unsteered
 
     def line(self) -> str:
         latency = (
@@ -79,6 +81,7 @@ class Status:
             f"t {self.position_s:6.1f} s | RTF {self.rtf:.2f} | step {self.step_ms_p50:.1f}/{self.step_ms_p95:.1f} ms "
             f"p50/p95 | lookahead {self.lookahead_ms:.0f} ms | underruns {self.underruns} | "
             f"knob→sound {latency} | reprimes {self.reprimes}"
+            + (f" | non-finite steps {self.nonfinite_steps} (run unsteered)" if self.nonfinite_steps else "")
         )
 
 
@@ -101,6 +104,8 @@ class Host:
         self.lm, self.bus, self.sink, self.recorder = lm, bus, sink, recorder
         self.config = config or HostConfig()
         self.config.validate(lm)
+        bus.prompt_check = lambda text: limits.prompt_tokens(lm.tokenizer, text)
+        bus.prompt_check(bus.snapshot().prompt)
         self.hop = lm.sample_rate // lm.frame_rate
         self.steerer = Steerer(lm, sae, cfg_doubled=self.config.sampling.cfg) if sae is not None else None
         if self.steerer is not None:
@@ -114,6 +119,7 @@ class Host:
         self._busy_s = 0.0
         self._generated = 0  # model-rate samples generated
         self._reprimes_before = 0
+        self._nonfinite_before = 0
         self.steps = 0
         self._loop: TokenLoop | None = None
         self._decoder: ChunkedDecoder | None = None
@@ -168,6 +174,7 @@ class Host:
             latency_ms_p95=_percentile(lat, 95),
             reprimes=self._reprimes_before + (self._loop.reprimes if self._loop is not None else 0),
             steps=self.steps,
+            nonfinite_steps=self._nonfinite_before + (self._loop.nonfinite_steps if self._loop is not None else 0),
         )
 
     # ---- generation thread ------------------------------------------------------------------------
@@ -183,8 +190,11 @@ class Host:
         if self._decoder is not None:
             self._emit(self._decoder.flush())
             self._reprimes_before += self._loop.reprimes
+            self._nonfinite_before += self._loop.nonfinite_steps
         context = self.config.context_positions(self.lm)
         self._loop = TokenLoop(self.lm, [snap.prompt], self.config.sampling, max_context=context)
+        if self.steerer is not None:
+            self.steerer.attach(self._loop)
         self._decoder = ChunkedDecoder(self.lm, self.config.chunk)
         self._loop_base = self._generated  # model-rate sample where this loop's audio starts
         self._prompt = snap.prompt

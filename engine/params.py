@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from engine import limits
 from engine.errors import MgsteerError
 
 CURVES = ("linear", "exp", "log")
@@ -58,13 +59,15 @@ class Snapshot:
     changed_at: float  # time.perf_counter() of the change that made this version
 
     def alphas(self) -> dict[int, float]:
-        """Per-feature steering strength: knob contributions plus direct strengths."""
+        """Per-feature steering strength: knob contributions plus direct strengths, each sum
+        held within ±MAX_ALPHA (several knobs on one feature cannot add up past it)."""
         out: dict[int, float] = dict(self.features)
         for knob in self.knobs:
             a = knob.alpha()
             for feature, weight in knob.features:
                 out[feature] = out.get(feature, 0.0) + a * weight
-        return out
+        top = limits.MAX_ALPHA
+        return {feature: min(top, max(-top, a)) for feature, a in out.items()}
 
 
 @dataclass
@@ -103,8 +106,11 @@ class ParameterBus:
     ) -> None:
         self.feature_count = feature_count
         self.feedback_hz = feedback_hz
+        # The model's own prompt bound (tokens): set by the host that knows the tokenizer.
+        self.prompt_check: Callable[[str], str] = limits.prompt_text
         self._lock = threading.Lock()
-        self._state = _State(knobs=[Knob() for _ in range(knob_count)], prompt=prompt, smoothing_ms=smoothing_ms)
+        knobs = [Knob() for _ in range(knob_count)]
+        self._state = _State(knobs=knobs, prompt=limits.prompt_text(prompt), smoothing_ms=_smoothing(smoothing_ms))
         self._version = 0
         self._changed_at = time.perf_counter()
         self._snapshot: Snapshot | None = None
@@ -128,7 +134,7 @@ class ParameterBus:
     def set_knob(self, index: int, value: float) -> float:
         """Set knob `index` to `value` (clamped to [0, 1]); returns the value applied."""
         self._check_knob(index)
-        value = min(1.0, max(0.0, _finite(value, f"knob {index} value")))
+        value = limits.clamped(value, f"knob {index} value", 0.0, 1.0)
         self._change(lambda s: s.knobs.__setitem__(index, replace(s.knobs[index], value=value)), knobs_changed=True)
         return value
 
@@ -146,25 +152,28 @@ class ParameterBus:
         self._check_knob(index)
         changes: dict[str, Any] = {}
         if label is not None:
-            changes["label"] = str(label)
+            changes["label"] = _label(label)
         if features is not None:
+            top = limits.MAX_WEIGHT
             changes["features"] = tuple(
-                (self._check_feature(f), _finite(w, f"weight of feature {f}")) for f, w in features
+                (self._check_feature(f), limits.within(w, f"weight of feature {f}", -top, top)) for f, w in features
             )
         if lo is not None:
-            changes["lo"] = _finite(lo, f"knob {index} range low")
+            changes["lo"] = limits.alpha(lo, f"knob {index} range low")
         if hi is not None:
-            changes["hi"] = _finite(hi, f"knob {index} range high")
+            changes["hi"] = limits.alpha(hi, f"knob {index} range high")
         if curve is not None:
             if curve not in CURVES:
                 raise MgsteerError(f"unknown knob curve '{curve}': use {', '.join(CURVES)}")
             changes["curve"] = curve
         self._change(lambda s: s.knobs.__setitem__(index, replace(s.knobs[index], **changes)), knobs_changed=True)
 
-    def set_feature(self, feature: int, alpha: float) -> None:
-        """Direct strength for one feature (0 removes it)."""
+    def set_feature(self, feature: int, alpha: float) -> float:
+        """Direct strength for one feature (0 removes it), clamped to ±MAX_ALPHA like a knob at
+        its end; returns the strength applied."""
         self._check_feature(feature)
-        alpha = _finite(alpha, f"strength of feature {feature}")
+        top = limits.MAX_ALPHA
+        alpha = limits.clamped(limits.finite(alpha, f"strength of feature {feature}"), "strength", -top, top)
 
         def mutate(s: _State) -> None:
             if alpha == 0.0:
@@ -173,22 +182,19 @@ class ParameterBus:
                 s.features[feature] = alpha
 
         self._change(mutate)
+        return alpha
 
     def clear_features(self) -> None:
         self._change(lambda s: s.features.clear())
 
     def set_prompt(self, prompt: str) -> None:
-        prompt = str(prompt).strip()
-        if not prompt:
-            raise MgsteerError("the prompt must not be empty")
+        prompt = self.prompt_check(prompt)
         self._change(lambda s: setattr(s, "prompt", prompt))
         with self._lock:
             self._pending.prompt = prompt
 
     def set_smoothing(self, ms: float) -> None:
-        ms = _finite(ms, "smoothing")
-        if ms < 0:
-            raise MgsteerError(f"smoothing must be ≥ 0 ms, got {ms}")
+        ms = _smoothing(ms)
         self._change(lambda s: setattr(s, "smoothing_ms", ms))
 
     def play(self) -> None:
@@ -286,11 +292,15 @@ class ParameterBus:
         return feature
 
 
-def _finite(value: Any, what: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as exc:
-        raise MgsteerError(f"{what} must be a number, got {value!r}") from exc
-    if not math.isfinite(number):
-        raise MgsteerError(f"{what} must be finite, got {number}")
-    return number
+def _smoothing(ms: Any) -> float:
+    return limits.within(ms, "smoothing (ms)", 0.0, limits.MAX_SMOOTHING_MS)
+
+
+MAX_LABEL = 200
+
+
+def _label(text: Any) -> str:
+    text = str(text)
+    if len(text) > MAX_LABEL:
+        raise MgsteerError(f"a knob label is at most {MAX_LABEL} characters, got {len(text)}")
+    return text

@@ -8,14 +8,18 @@ like any other controller.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import limits
 from engine.errors import MgsteerError
-from engine.params import CURVES, ParameterBus
+from engine.params import CURVES, MAX_LABEL, ParameterBus
 
 FORMAT = "mgsteer-preset/1"
 
@@ -50,34 +54,51 @@ class Preset:
         return {"format": FORMAT, **data}
 
 
-class _Fields:
-    """Reads fields of one JSON object, raising errors that name the field."""
+PRESET_FIELDS = ("format", "name", "model", "sae", "prompt", "smoothing_ms", "knobs", "features", "midi", "osc")
+KNOB_FIELDS = ("label", "features", "range", "curve", "value")
+OSC_FIELDS = ("host", "port")
+MIDI_FIELDS = ("port", "map")
 
-    def __init__(self, where: str, raw: Any) -> None:
+
+class _Fields:
+    """Reads fields of one JSON object, raising errors that name the field. An unknown field
+    is an error too (a misspelt "promt" would otherwise be dropped without a word)."""
+
+    def __init__(self, where: str, raw: Any, known: tuple[str, ...]) -> None:
         if not isinstance(raw, dict):
             raise MgsteerError(f"{where}: must be a JSON object")
         self.where, self.raw = where, raw
+        for key in raw:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+                raise MgsteerError(f"{where}: unknown field '{key}'{hint}")
 
     def fail(self, key: str, why: str) -> MgsteerError:
         return MgsteerError(f"{self.where}.{key}: {why}")
 
-    def text(self, key: str, default: str | None, optional: bool = False) -> str | None:
+    def text(self, key: str, default: str | None, optional: bool = False, longest: int = 1000) -> str | None:
         value = self.raw.get(key, default)
         if value is None and optional:
             return None
         if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {value!r}")
-        if len(value) > 1000:
-            raise self.fail(key, "longer than 1000 characters")
+            raise self.fail(key, f"must be a string, got {value!r}"[:200])
+        if len(value) > longest:
+            raise self.fail(key, f"longer than {longest} characters")
         return value
 
-    def number(self, key: str, default: float, low: float | None = None) -> float:
+    def number(self, key: str, default: float, low: float, high: float) -> float:
         value = self.raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, f"must be a finite number, got {value!r}")
-        if low is not None and value < low:
-            raise self.fail(key, f"must be ≥ {low}, got {value}")
-        return float(value)
+        if not _finite(value):
+            raise self.fail(key, f"must be a finite number, got {value!r}"[:200])
+        return self.checked(key, limits.within, value, low, high)
+
+    def checked(self, key: str, check, *args):
+        """`check(value, what, *args)` with the field's name in its error."""
+        try:
+            return check(args[0], "value", *args[1:])
+        except MgsteerError as exc:
+            raise self.fail(key, str(exc).removeprefix("value ")) from None
 
     def mapping(self, key: str) -> dict:
         value = self.raw.get(key, {})
@@ -97,7 +118,7 @@ def _feature_id(where: str, value: Any, feature_count: int | None) -> int:
 
 
 def _knob(where: str, raw: Any, feature_count: int | None) -> KnobPreset:
-    f = _Fields(where, raw)
+    f = _Fields(where, raw, KNOB_FIELDS)
     features = raw.get("features", [])
     if not isinstance(features, list):
         raise f.fail("features", "must be a list of [feature, weight] pairs")
@@ -107,27 +128,51 @@ def _knob(where: str, raw: Any, feature_count: int | None) -> KnobPreset:
         if not (isinstance(pair, list) and len(pair) == 2):
             raise MgsteerError(f"{at}: must be [feature, weight]")
         weight = pair[1]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise MgsteerError(f"{at}: weight must be a finite number, got {weight!r}")
+        if not _finite(weight) or abs(weight) > limits.MAX_WEIGHT:
+            raise MgsteerError(f"{at}: weight must be a finite number within ±{limits.MAX_WEIGHT:g}, got {weight!r}")
         pairs.append((_feature_id(at, pair[0], feature_count), float(weight)))
     rng = raw.get("range", [0.0, 1.0])
-    if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(x) for x in rng)):
-        raise f.fail("range", f"must be [low, high] finite numbers, got {rng!r}")
+    if not (isinstance(rng, list) and len(rng) == 2 and all(_finite(x) and abs(x) <= limits.MAX_ALPHA for x in rng)):
+        raise f.fail("range", f"must be [low, high], numbers within ±{limits.MAX_ALPHA:g}, got {rng!r}"[:200])
     curve = f.text("curve", "linear")
     if curve not in CURVES:
         raise f.fail("curve", f"must be one of {', '.join(CURVES)}, got {curve!r}")
-    value = f.number("value", 0.0)
-    if not 0.0 <= value <= 1.0:
-        raise f.fail("value", f"must be in [0, 1], got {value}")
-    return KnobPreset(f.text("label", ""), tuple(pairs), (float(rng[0]), float(rng[1])), curve, value)
+    value = f.number("value", 0.0, 0.0, 1.0)
+    label = f.text("label", "", longest=MAX_LABEL)
+    return KnobPreset(label, tuple(pairs), (float(rng[0]), float(rng[1])), curve, value)
 
 
 def _finite(x: Any) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+    try:
+        return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _osc_settings(where: str, raw: Any) -> dict[str, Any]:
+    f = _Fields(where, raw, OSC_FIELDS)
+    out: dict[str, Any] = {}
+    if "host" in raw:
+        out["host"] = f.text("host", None)
+    if "port" in raw:
+        out["port"] = f.checked("port", limits.port, raw["port"])
+    return out
+
+
+def _midi_settings(where: str, raw: Any) -> dict[str, Any]:
+    f = _Fields(where, raw, MIDI_FIELDS)
+    out: dict[str, Any] = {}
+    if "port" in raw:
+        out["port"] = f.text("port", None, longest=200)
+    if "map" in raw:
+        if not isinstance(raw["map"], list):
+            raise f.fail("map", "must be a list of bindings")
+        out["map"] = raw["map"]  # each binding is checked by midi.mapping.parse_bindings
+    return out
 
 
 def parse_preset(raw: Any, where: str = "preset", feature_count: int | None = None, knob_count: int = 8) -> Preset:
-    f = _Fields(where, raw)
+    f = _Fields(where, raw, PRESET_FIELDS)
     if raw.get("format") != FORMAT:
         raise f.fail("format", f"must be {FORMAT!r}, got {raw.get('format')!r}")
     knobs_raw = raw.get("knobs", [])
@@ -139,22 +184,20 @@ def parse_preset(raw: Any, where: str = "preset", feature_count: int | None = No
     features = {}
     for key, alpha in f.mapping("features").items():
         at = f"{where}.features.{key}"
-        if not _finite(alpha):
-            raise MgsteerError(f"{at}: strength must be a finite number, got {alpha!r}")
+        if not _finite(alpha) or abs(alpha) > limits.MAX_ALPHA:
+            raise MgsteerError(f"{at}: strength must be a finite number within ±{limits.MAX_ALPHA:g}, got {alpha!r}")
         features[_feature_id(at, key, feature_count)] = float(alpha)
-    prompt = f.text("prompt", "simple melody")
-    if not prompt.strip():
-        raise f.fail("prompt", "must not be empty")
+    prompt = f.checked("prompt", limits.prompt_text, f.text("prompt", "simple melody"))
     return Preset(
         name=f.text("name", "untitled"),
         model=f.text("model", "tiny"),
         sae=f.text("sae", None, optional=True),
         prompt=prompt,
-        smoothing_ms=f.number("smoothing_ms", 50.0, low=0.0),
+        smoothing_ms=f.number("smoothing_ms", 50.0, 0.0, limits.MAX_SMOOTHING_MS),
         knobs=knobs,
         features=features,
-        midi=f.mapping("midi"),
-        osc=f.mapping("osc"),
+        midi=_midi_settings(f"{where}.midi", f.mapping("midi")),
+        osc=_osc_settings(f"{where}.osc", f.mapping("osc")),
     )
 
 
@@ -173,10 +216,68 @@ def load_preset(path: str | Path, feature_count: int | None = None, knob_count: 
 
 
 def save_preset(preset: Preset, path: str | Path) -> Path:
+    """Write atomically (a crash never leaves half a preset behind)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(preset.to_json(), indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(preset.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
     return path
+
+
+def user_presets_dir() -> Path:
+    """Where remote control may read and write presets unless told otherwise."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "mgsteer" / "presets"
+
+
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
+
+
+class PresetFolder:
+    """The one folder a remote controller may load presets from and save them to.
+
+    Why: an OSC server may listen on the network, and a path in a message must not become a
+    way to read or overwrite the user's files. So remote requests name a preset, never a
+    path: letters, digits, space, `_ . -`, at most 64, with or without `.json`; nothing that
+    resolves outside the folder (a symbolic link included); and a save replaces only a file
+    that is itself a preset."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+
+    def path(self, name: str) -> Path:
+        stem = name[:-5] if name.lower().endswith(".json") else name
+        if not PRESET_NAME.fullmatch(stem) or ".." in stem:
+            raise MgsteerError(
+                f"bad preset name {name!r}: use a name (letters, digits, space, _ . -; at most 64), not a path"[:300]
+            )
+        path = self.folder / f"{stem}.json"
+        if path.resolve().parent != self.folder.resolve():
+            raise MgsteerError(f"preset '{stem}' points outside the presets folder; refused")
+        return path
+
+    def load(self, name: str, feature_count: int | None = None, knob_count: int = 8) -> Preset:
+        path = self.path(name)
+        if not path.is_file():
+            raise MgsteerError(f"no preset '{path.stem}' in the presets folder")
+        return load_preset(path, feature_count, knob_count)
+
+    def save(self, preset: Preset, name: str) -> Path:
+        path = self.path(name)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise MgsteerError(f"'{path.name}' in the presets folder is not a plain file; not overwritten")
+        if path.exists() and not _is_preset_file(path):
+            raise MgsteerError(f"'{path.name}' in the presets folder is not a preset; not overwritten")
+        return save_preset(preset, path)
+
+
+def _is_preset_file(path: Path) -> bool:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and raw.get("format") == FORMAT
 
 
 def apply_preset(preset: Preset, bus: ParameterBus) -> None:

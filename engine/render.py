@@ -22,6 +22,7 @@ class Rendered:
     codes: torch.Tensor  # [K, frames]
     audio: np.ndarray  # float32 mono
     sample_rate: int
+    nonfinite_steps: int = 0  # steps whose steered logits were not finite and were run unsteered
 
     @property
     def seconds(self) -> float:
@@ -62,12 +63,14 @@ def render(
         elif steerer is not None:
             steerer.set(spec)
         loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks)
+        if steerer is not None:
+            steerer.attach(loop)
         codes = loop.frames(frames, progress=progress)
     finally:
         if steerer is not None:
             steerer.close()
     audio = decode_codes(lm, codes)[0].cpu().numpy()
-    return Rendered(codes=codes[0].cpu(), audio=audio, sample_rate=lm.sample_rate)
+    return Rendered(codes=codes[0].cpu(), audio=audio, sample_rate=lm.sample_rate, nonfinite_steps=loop.nonfinite_steps)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:

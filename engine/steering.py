@@ -12,12 +12,14 @@ per call, so a controller thread can swap plans between steps without a lock.
 
 from __future__ import annotations
 
-import math
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from engine import limits
 from engine.errors import MgsteerError
 from engine.hooks import ResidualTap
 from engine.model import LoadedModel
@@ -51,9 +53,11 @@ def parse_steer(text: str) -> FeatureSteer:
     try:
         if not sep:
             raise ValueError
-        return FeatureSteer(int(feature), float(alpha))
+        steer = FeatureSteer(int(feature), float(alpha))
     except ValueError as exc:
         raise MgsteerError(f"bad --steer '{text}': use FEATURE=ALPHA, e.g. 12=0.8") from exc
+    limits.alpha(steer.alpha, f"--steer {text}: α")
+    return steer
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,11 @@ def build_plan(spec: SteeringSpec, loaded: LoadedSAE, device: torch.device, dtyp
         raise MgsteerError(f"unknown CFG halves '{spec.halves}': use {' or '.join(HALVES)}")
     for steer in spec.steers:
         loaded.check_feature(steer.feature)
-        if not math.isfinite(steer.alpha):
-            raise MgsteerError(f"steering strength for feature {steer.feature} is {steer.alpha}; it must be finite")
-    beta = loaded.require_stats().max_activation
-    ids = torch.tensor([s.feature for s in spec.steers], dtype=torch.long, device=beta.device)
-    alphas = torch.tensor([s.alpha for s in spec.steers], dtype=torch.float32, device=beta.device)
+        limits.alpha(steer.alpha, f"steering strength for feature {steer.feature}")
     w_dec = loaded.sae.W_dec.detach()
+    beta = loaded.require_stats().max_activation.to(w_dec.device)  # stats load on the CPU, the SAE may not
+    ids = torch.tensor([s.feature for s in spec.steers], dtype=torch.long, device=w_dec.device)
+    alphas = torch.tensor([s.alpha for s in spec.steers], dtype=torch.float32, device=w_dec.device)
     if spec.mode == "add":
         vector = (alphas * beta[ids]) @ w_dec[ids] if len(ids) else torch.zeros(w_dec.shape[1])
         return SteeringPlan(halves=spec.halves, vector=vector.to(device=device, dtype=dtype))
@@ -121,6 +124,7 @@ class Steerer:
         self._plan: SteeringPlan | None = None
         self._watch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.metering = True  # off while a call is not a generation step (e.g. a re-prime prefill)
+        self.bypass = False  # on while a step is run again without the edit (see `unsteered`)
         self.meters: torch.Tensor | None = None  # watched features' activations at the last step
         self.tap = ResidualTap(lm, loaded.cfg.hook_layer, cfg_doubled=cfg_doubled)
         self.tap.edit = self._edit
@@ -156,8 +160,22 @@ class Steerer:
         sae = self.loaded.sae
         self._watch = (sae.W_enc[:, ids].contiguous(), sae.b_enc[ids].clone(), sae.b_dec.clone())
 
+    @contextlib.contextmanager
+    def unsteered(self) -> Iterator[None]:
+        """The model as if no steering were set: what a token loop falls back to when a steered
+        step's logits are not finite (`TokenLoop.unsteered`)."""
+        self.bypass = True
+        try:
+            yield
+        finally:
+            self.bypass = False
+
+    def attach(self, loop) -> None:
+        """Let `loop` fall back to an unsteered step when a steered one is not finite."""
+        loop.unsteered = self.unsteered
+
     def _edit(self, hidden: torch.Tensor, cond: slice) -> torch.Tensor:
-        plan = self._plan
+        plan = None if self.bypass else self._plan
         out = hidden if plan is None else plan.apply(hidden, cond)
         watch = self._watch
         if watch is not None and self.metering:

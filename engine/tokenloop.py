@@ -22,12 +22,15 @@ resident size stays flat (a cache that grows by concatenation fragments the heap
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
+from engine import limits
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 
@@ -57,6 +60,8 @@ class SamplingConfig:
 def encode_prompts(lm: LoadedModel, prompts: list[str], null_half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Text → the decoder's cross-attention states and mask; with `null_half`, the all-zero
     'null' condition of classifier-free guidance is appended as a second half."""
+    for prompt in prompts:
+        limits.prompt_tokens(lm.tokenizer, prompt)
     tok = lm.tokenizer(prompts, return_tensors="pt", padding=True)
     ids, mask = tok["input_ids"].to(lm.device), tok["attention_mask"].to(lm.device)
     states = lm.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -104,6 +109,10 @@ class TokenLoop:
         self.position = 0  # steps taken = absolute decoder position of the next input column
         self.cache_len = 0  # positions held in the current KV cache
         self.reprimes = 0
+        # Defence in depth: a forward whose logits are not finite (an extreme steering edit, a
+        # float16 overflow) is run again inside `unsteered()`, which the steering owner sets.
+        self.unsteered: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        self.nonfinite_steps = 0  # forwards that had to be run again
         self._cache = self._fresh_cache()
         self._spare = None  # the previous cache, reused by the next re-prime
         self._reprime: _Reprime | None = None
@@ -124,7 +133,7 @@ class TokenLoop:
         lm, k = self.lm, self.lm.num_codebooks
         if self.cache_len >= self.max_context:
             raise MgsteerError(f"the context is full ({self.max_context} positions); re-prime before continuing")
-        out = self._forward(self._next_input[..., None], self._enc, self._enc_mask, self._cache)
+        out = self._guarded_forward(self._next_input[..., None], self._enc, self._enc_mask, self._cache)
         self._cache = out.past_key_values
         self.cache_len += 1
         logits = out.logits[:, -1, :].float().reshape(-1, k, out.logits.shape[-1])
@@ -150,6 +159,21 @@ class TokenLoop:
             past_key_values=cache,
             use_cache=True,
         )
+
+    def _guarded_forward(self, columns: torch.Tensor, enc: torch.Tensor, enc_mask: torch.Tensor, cache):
+        """`_forward`, run again unsteered if its logits are not finite (the cache is rewound
+        first, so the retry overwrites the positions the bad call wrote). If even that is not
+        finite, the logits are made finite so sampling goes on: the music must not stop."""
+        out = self._forward(columns, enc, enc_mask, cache)
+        if bool(torch.isfinite(out.logits).all()):
+            return out
+        self.nonfinite_steps += 1
+        _rewind(cache, columns.shape[-1])
+        with self.unsteered():
+            out = self._forward(columns, enc, enc_mask, cache)
+        if not bool(torch.isfinite(out.logits).all()):
+            out.logits = torch.nan_to_num(out.logits.float(), nan=0.0, posinf=1e4, neginf=-1e4)
+        return out
 
     def _fresh_cache(self, reuse: EncoderDecoderCache | None = None) -> EncoderDecoderCache:
         """A preallocated self-attention cache (reset if reused) and an empty cross-attention one."""
@@ -187,7 +211,7 @@ class TokenLoop:
         if re.done < target:
             end = min(re.done + piece, target)
             columns = torch.stack([self._shifted_column(re, p) for p in range(re.done, end)], dim=-1)
-            re.cache = self._forward(columns, re.enc, re.enc_mask, re.cache).past_key_values
+            re.cache = self._guarded_forward(columns, re.enc, re.enc_mask, re.cache).past_key_values
             re.pieces.append(end - re.done)
             re.done = end
         if re.done < self.position - re.offset:
@@ -232,6 +256,16 @@ class TokenLoop:
                 bar.update(1)
         bar.close()
         return torch.stack(out, dim=-1)
+
+
+def _rewind(cache: EncoderDecoderCache, positions: int) -> None:
+    """Forget the last `positions` positions of the self-attention cache (the cross-attention
+    cache depends only on the prompt and stays)."""
+    for layer in cache.self_attention_cache.layers:
+        if hasattr(layer, "cumulative_length"):  # static layers: the next write goes here
+            layer.cumulative_length -= positions
+        else:
+            layer.crop(layer.get_seq_length() - positions)
 
 
 @torch.no_grad()

@@ -4,26 +4,31 @@ Why a socket loop of our own rather than python-osc's server classes: every data
 however malformed, must be caught, counted and answered with `/mgsteer/error`, and a flood
 must not reach the bus message by message. So the loop drains whatever is queued on the
 socket, keeps the latest message per address (coalescing), and only then applies them.
-The address space is in docs/OSC.md.
+Why it cannot die on a message: every handler's failure, expected or not, becomes one
+`/mgsteer/error` reply and a counter, and the loop itself survives anything a datagram or a
+send can raise. The address space, and what a network-exposed server can and cannot do, are
+in docs/OSC.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import re
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
 
+from engine import limits
 from engine.errors import MgsteerError
 from engine.params import Feedback, ParameterBus
+from engine.presets import PresetFolder
 
 PREFIX = "/mgsteer"
 MAX_STRING = 1000
@@ -35,7 +40,9 @@ class OscStats:
     received: int = 0
     applied: int = 0
     coalesced: int = 0
-    rejected: int = 0
+    rejected: int = 0  # every message answered with /mgsteer/error (the two below included)
+    malformed: int = 0  # datagrams that were not OSC
+    failed: int = 0  # messages whose handler failed unexpectedly (a bug, answered and survived)
 
 
 class OscServer:
@@ -87,20 +94,29 @@ class OscServer:
             except TimeoutError:
                 continue
             except OSError:
-                return
-            # Well-formed value updates coalesce per address (a flood collapses to its latest
-            # value, in the place of its first); everything else, bad input included, is applied
-            # one by one in order, so every rejection is answered and counted.
-            pending: dict[object, tuple[OscMessage, tuple[str, int]]] = {}
-            for data, sender in self._drain(first):
-                self.stats.received += 1
-                for message in self._parse(data, sender):
-                    key = message.address if _is_value_update(message) else object()
-                    if key in pending:
-                        self.stats.coalesced += 1
-                    pending[key] = (message, sender)
-            for message, sender in pending.values():
-                self._apply(message, sender)
+                if self.sock.fileno() < 0:  # closed by stop()
+                    return
+                continue  # e.g. ICMP port-unreachable from a vanished subscriber
+            try:
+                self._serve_batch(first)
+            except Exception as exc:  # the server outlives its own bugs; the count shows them
+                self.stats.failed += 1
+                print(f"mgsteer: OSC batch failed: {type(exc).__name__}: {exc}")
+
+    def _serve_batch(self, first) -> None:
+        # Well-formed value updates coalesce per address (a flood collapses to its latest
+        # value, in the place of its first); everything else, bad input included, is applied
+        # one by one in order, so every rejection is answered and counted.
+        pending: dict[object, tuple[OscMessage, tuple[str, int]]] = {}
+        for data, sender in self._drain(first):
+            self.stats.received += 1
+            for message in self._parse(data, sender):
+                key = message.address if _is_value_update(message) else object()
+                if key in pending:
+                    self.stats.coalesced += 1
+                pending[key] = (message, sender)
+        for message, sender in pending.values():
+            self._apply(message, sender)
 
     def _drain(self, first, limit: int = 10_000):
         """The datagram just received and whatever else is already queued (bounded)."""
@@ -117,8 +133,10 @@ class OscServer:
     def _parse(self, data: bytes, sender) -> list[OscMessage]:
         try:
             return [m.message for m in OscPacket(data).messages if isinstance(m.message, OscMessage)]
-        except (ParseError, ValueError, IndexError, TypeError, UnicodeDecodeError, OverflowError) as exc:
-            self._reject(sender, f"unreadable OSC datagram ({type(exc).__name__})")
+        except Exception as exc:  # python-osc raises many kinds on hostile bytes (bundles too)
+            self.stats.malformed += 1
+            kind = "ParseError" if isinstance(exc, ParseError) else type(exc).__name__
+            self._reject(sender, f"unreadable OSC datagram ({kind})")
             return []
 
     # ---- dispatch -----------------------------------------------------------------------------
@@ -129,18 +147,21 @@ class OscServer:
             self.stats.applied += 1
         except MgsteerError as exc:
             self._reject(sender, f"{address}: {exc}")
+        except Exception as exc:  # a bug must cost one message, never the server
+            self.stats.failed += 1
+            self._reject(sender, f"{address}: internal error ({type(exc).__name__}: {exc})")
 
     def _route(self, address: str, args: list, sender) -> None:
         if not address.startswith(PREFIX + "/"):
             raise MgsteerError("unknown address")
         path = address[len(PREFIX) :]
-        if m := re.fullmatch(r"/knob/(\d+)", path):
+        if m := re.fullmatch(r"/knob/(\d{1,9})", path):
             _arity(args, 1, 1)
             value = _number(args, 0)
             applied = self.bus.set_knob(int(m[1]), value)
             if applied != value:
                 self._reject(sender, f"{address}: {value} is outside 0..1, clamped to {applied}")
-        elif m := re.fullmatch(r"/knob/(\d+)/assign", path):
+        elif m := re.fullmatch(r"/knob/(\d{1,9})/assign", path):
             _arity(args, 1, 2)
             feature = _integer(args, 0)
             weight = _number(args, 1) if len(args) > 1 else 1.0
@@ -150,12 +171,15 @@ class OscServer:
                 raise MgsteerError(f"unknown knob {index}")
             features = [(f, w) for f, w in knobs[index].features if f != feature] + [(feature, weight)]
             self.bus.configure_knob(index, features=features)
-        elif m := re.fullmatch(r"/knob/(\d+)/label", path):
+        elif m := re.fullmatch(r"/knob/(\d{1,9})/label", path):
             _arity(args, 1, 1)
             self.bus.configure_knob(int(m[1]), label=_string(args, 0))
-        elif m := re.fullmatch(r"/feature/(\d+)", path):
+        elif m := re.fullmatch(r"/feature/(\d{1,9})", path):
             _arity(args, 1, 1)
-            self.bus.set_feature(int(m[1]), _number(args, 0))
+            value = _number(args, 0)
+            applied = self.bus.set_feature(int(m[1]), value)
+            if applied != value:
+                self._reject(sender, f"{address}: {value:g} is outside ±{limits.MAX_ALPHA:g}, clamped to {applied:g}")
         elif path == "/prompt":
             _arity(args, 1, 1)
             self.bus.set_prompt(_string(args, 0))
@@ -173,7 +197,9 @@ class OscServer:
             self.send(sender, f"{PREFIX}/status", *self._status_values())
         elif path == "/subscribe":
             _arity(args, 0, 2)
-            target = (_string(args, 0), _integer(args, 1)) if args else sender
+            target = _target(args) if args else sender
+            if target not in self.subscribers and len(self.subscribers) >= MAX_SUBSCRIBERS:
+                raise MgsteerError(f"at most {MAX_SUBSCRIBERS} subscribers")
             self.subscribers.add(target)
             self.send(target, f"{PREFIX}/subscribed", 1)
         else:
@@ -181,14 +207,20 @@ class OscServer:
 
     def _status_values(self) -> list:
         status = self.status_fn() if self.status_fn else {}
-        return [f"{k}={v}" for k, v in status.items()] + [f"osc_rejected={self.stats.rejected}"]
+        stats = self.stats
+        return [f"{k}={v}" for k, v in status.items()] + [
+            f"osc_rejected={stats.rejected}",
+            f"osc_malformed={stats.malformed}",
+            f"osc_failed={stats.failed}",
+        ]
 
     # ---- send ---------------------------------------------------------------------------------
     def send(self, target, address: str, *args) -> None:
         builder = OscMessageBuilder(address=address)
         for arg in args:
             builder.add_arg(arg)
-        with contextlib.suppress(OSError):  # a vanished client must not stop the server
+        # A vanished client, or an address the system refuses, must not stop the server.
+        with contextlib.suppress(OSError, OverflowError, ValueError, TypeError):
             self._out.sendto(builder.build().dgram, target)
 
     def _reject(self, sender, why: str) -> None:
@@ -225,6 +257,24 @@ def _is_value_update(message: OscMessage) -> bool:
     )
 
 
+MAX_SUBSCRIBERS = 16
+
+
+def _target(args: list) -> tuple[str, int]:
+    """A feedback target: an IP address (no host names: resolving one could block the server)
+    and a port 1..65535."""
+    host = _string(args, 0)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise MgsteerError(f"subscribe needs an IP address such as 127.0.0.1, got {host!r}"[:200]) from None
+    if ip.version != 4:
+        raise MgsteerError("subscribe takes an IPv4 address")
+    if len(args) < 2:
+        raise MgsteerError("subscribe takes an address and a port, or nothing (the sender)")
+    return str(ip), limits.integer(_integer(args, 1), "port", 1, limits.MAX_PORT)
+
+
 def _arity(args: list, low: int, high: int) -> None:
     if not low <= len(args) <= high:
         want = str(low) if low == high else f"{low}..{high}"
@@ -257,15 +307,17 @@ def _string(args: list, i: int) -> str:
     return args[i]
 
 
-def preset_handler(bus: ParameterBus, model: str, sae: str | None, feature_count: int | None):
-    """`/mgsteer/preset/load|save PATH` for a host: load applies to the bus, save captures it."""
-    from engine.presets import apply_preset, capture_preset, load_preset, save_preset
+def preset_handler(bus: ParameterBus, model: str, sae: str | None, feature_count: int | None, folder: PresetFolder):
+    """`/mgsteer/preset/load|save NAME` for a host, confined to `folder`: load applies to the
+    bus, save captures it."""
+    from engine.presets import apply_preset, capture_preset
 
-    def handle(action: str, path: str) -> str:
+    def handle(action: str, name: str) -> str:
         if action == "load":
-            preset = load_preset(path, feature_count)
+            preset = folder.load(name, feature_count, len(bus.snapshot().knobs))
             apply_preset(preset, bus)
             return preset.name
-        return str(save_preset(capture_preset(bus, Path(path).stem, model, sae), path))
+        stem = folder.path(name).stem
+        return folder.save(capture_preset(bus, stem, model, sae), name).name
 
     return handle

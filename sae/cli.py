@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
+from engine import argtypes as types
+from engine import limits
 from engine.errors import MgsteerError
+from engine.outputs import output_dir, output_file
 
 
 def add_commands(sub, model_args: Callable, sampling_args: Callable) -> None:
@@ -18,34 +22,37 @@ def add_commands(sub, model_args: Callable, sampling_args: Callable) -> None:
         "--features",
         help="comma-separated ids, or 'all': every feature that fired (default: those filter.json kept)",
     )
-    lab.add_argument("--limit", type=int, help="label at most this many features (most frequent first)")
-    lab.add_argument("--top-n", type=int, default=10, help="top windows per feature")
-    lab.add_argument("--window-s", type=float, default=3.0, help="seconds of audio around each peak")
-    lab.add_argument("--negatives", type=int, default=20, help="random windows to contrast with")
+    lab.add_argument("--limit", type=types.COUNT, help="label at most this many features (most frequent first)")
+    lab.add_argument("--top-n", type=types.whole(1, 1000), default=10, help="top windows per feature")
+    lab.add_argument("--window-s", type=types.number(0.0, 30.0, above=True), default=3.0, help="seconds around a peak")
+    lab.add_argument("--negatives", type=types.whole(0, 10_000), default=20, help="random windows to contrast with")
     lab.add_argument("--shard", help="i/n: this worker labels every n-th feature from the i-th")
     _labeler_args(lab)
     lab.set_defaults(func=cmd_label)
 
     br = sub.add_parser("browse", help="write a static HTML page to search and listen to the labeled features")
     br.add_argument("--sae", required=True, help="SAE folder with features.json")
-    br.add_argument("--out", default="features.html")
+    br.add_argument("--out", default="features.html", help="the page to write (.html)")
     br.set_defaults(func=cmd_browse)
 
     ev = sub.add_parser("eval-steer", help="measure whether steering a feature raises its concept, vs baselines")
     model_args(ev)
-    ev.add_argument("--sae", required=True)
+    ev.add_argument("--sae", required=True, help="SAE folder")
     ev.add_argument("--features", required=True, help="comma-separated feature ids")
     ev.add_argument("--concept", action="append", default=[], metavar="FEATURE=TEXT", help="override a label")
-    ev.add_argument("--prompts", help="text file, one prompt per line (default: 4 neutral prompts)")
-    ev.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
-    ev.add_argument("--seconds", type=float, default=5.0)
-    ev.add_argument("--alpha", type=float, default=1.0)
+    ev.add_argument("--prompts", help="text file, one prompt per line (not given: 4 neutral prompts)")
+    ev.add_argument("--seeds", type=types.whole(1, 1000), default=2, help="seeds per prompt")
+    ev.add_argument("--seconds", type=types.SECONDS, default=5.0, help="seconds per clip")
+    ev.add_argument("--alpha", type=types.ALPHA, default=1.0, help="steering strength, in units of β")
     ev.add_argument("--no-prompt-baseline", action="store_true", help="skip the label-in-the-prompt baseline")
     ev.add_argument("--scorer", default="clap", choices=("clap", "classifier"))
     ev.add_argument("--out", default="eval_steer", help="folder for eval_steer.json and eval_steer.html")
     _labeler_args(ev)
     sampling_args(ev)
     ev.set_defaults(func=cmd_eval_steer)
+
+
+MIN_PAIRS = 5  # the one-sided Wilcoxon signed-rank test cannot reach p < 0.05 on fewer pairs
 
 
 def _labeler_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +63,7 @@ def _labeler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-model", default=d.classifier_model, help="tiny, a hub id or a folder")
     p.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (or MGSTEER_LLM_URL)")
     p.add_argument("--llm-model", help="model name at that endpoint (or MGSTEER_LLM_MODEL)")
-    p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--llm-timeout", type=types.number(0.0, 3600.0, above=True), default=60.0, help="seconds a request")
 
 
 def _settings(args: argparse.Namespace):
@@ -83,6 +90,7 @@ def cmd_label(args: argparse.Namespace) -> None:
     from sae.store import ActivationStore
 
     names = parse_names(args.labelers)
+    output_dir(args.sae, "--sae")
     cfg = LabelConfig(
         labelers=names,
         features=_ids(args.features) if args.features and args.features != "all" else None,
@@ -104,7 +112,7 @@ def cmd_label(args: argparse.Namespace) -> None:
 def cmd_browse(args: argparse.Namespace) -> None:
     from sae.browse import write_browser
 
-    page = write_browser(args.sae, args.out)
+    page = write_browser(args.sae, output_file(args.out, (".html", ".htm")))
     print(f"wrote {page} (open it in a browser; audio in {page.stem}_files/)")
 
 
@@ -126,6 +134,14 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
             raise MgsteerError(f"bad --concept '{item}': use FEATURE=TEXT, e.g. 12=piano")
         concepts[_ids(feature)[0]] = text.strip()
     prompts = tuple(c.text for c in prompt_clips(args.prompts, 1.0)) if args.prompts else DEFAULT_PROMPTS
+    output_dir(args.out)  # checked now: the clips take long to render and score
+    pairs = len(prompts) * args.seeds
+    if pairs < MIN_PAIRS:
+        print(
+            f"note: {len(prompts)} prompts × {args.seeds} seeds give {pairs} pairs; the Wilcoxon test needs "
+            f"≥ {MIN_PAIRS} to reach p < 0.05, so no feature can count as steerable (raise --seeds)",
+            file=sys.stderr,
+        )
     cfg = EvalConfig(
         features=_ids(args.features),
         concepts=concepts,
@@ -140,6 +156,8 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
     for feature in cfg.features:  # every feature needs a concept: say so before loading models
         concept_for(feature, catalog, cfg)
     lm = load_musicgen(args.model, args.device, args.dtype)
+    for prompt in prompts:
+        limits.prompt_tokens(lm.tokenizer, prompt)
     loaded = load_sae(args.sae, device=lm.device)
     scorer = build_labelers((args.scorer,), _settings(args))[0]
     report = evaluate_steering(lm, loaded, scorer, cfg, catalog, progress=progress_bars())

@@ -13,6 +13,8 @@ workers (or torchrun ranks) and written to a resumable `ActivationStore`.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine import limits
 from engine.errors import MgsteerError
 from engine.hooks import recording
 from engine.model import LoadedModel
@@ -83,13 +86,53 @@ def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str
 def read_captions(path: str | Path) -> dict[str, str]:
     """A CSV with columns `file,caption` (file relative to the audio folder)."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except OSError as exc:
-        raise MgsteerError(f"cannot read captions '{path}': {exc}") from exc
+        raise MgsteerError(f"cannot read captions '{path}': {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MgsteerError(f"captions '{path}' are not a UTF-8 CSV file ({exc})") from exc
     if rows and not {"file", "caption"} <= set(rows[0]):
         raise MgsteerError(f"captions '{path}' need the columns file,caption")
-    return {r["file"]: r["caption"] for r in rows}
+    return {r["file"]: limits.prompt_text(r["caption"] or "", f"caption of '{r['file']}'") for r in rows}
+
+
+def audio_inputs(folder: str | Path, clip_seconds: float, captions: dict[str, str] | None) -> dict:
+    """What an audio harvest reads, as a store records it: the folder, every file's size and
+    modification time (a changed or replaced file changes them), the clip length and captions."""
+    root = Path(folder).resolve()
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    listing = [[p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return {
+        "folder": str(root),
+        "files": len(listing),
+        "files_digest": _digest(listing),
+        "clip_seconds": clip_seconds,
+        "captions_digest": _digest(sorted(captions.items())) if captions else None,
+    }
+
+
+def prompt_inputs(clips: list[Clip], seconds: float, seed: int) -> dict:
+    """What a generation harvest reads: its prompts, seconds per prompt and seed."""
+    return {"prompts": len(clips), "prompts_digest": _digest([c.text for c in clips]), "seconds": seconds, "seed": seed}
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
+
+
+def clip_frames_limit(lm: LoadedModel, generated: bool) -> int:
+    """Frames one clip may have: one decoder pass, less the delay pattern's tail when generated."""
+    return lm.max_positions - 1 - (lm.num_codebooks if generated else 0)
+
+
+def check_clip_length(lm: LoadedModel, seconds: float, generated: bool) -> None:
+    """Refuse clips longer than one pass of the model (they used to be cut short without a word)."""
+    frames = clip_frames_limit(lm, generated)
+    if round(seconds * lm.frame_rate) > frames:
+        flag = "--seconds" if generated else "--clip-seconds"
+        limit = frames / lm.frame_rate
+        raise MgsteerError(f"{flag} {seconds:g} is longer than one pass of this model allows ({limit:.1f} s)")
 
 
 def load_audio(clip: Clip, sample_rate: int) -> np.ndarray:
@@ -169,14 +212,17 @@ def harvest_to_store(
     shard_rows: int = 65536,
     sampling: SamplingConfig | None = None,
     progress: bool = False,
+    inputs: dict | None = None,
 ) -> StoreWriter:
-    """Harvest this worker's clips that the store does not hold yet; returns the writer."""
+    """Harvest this worker's clips that the store does not hold yet; returns the writer.
+    `inputs` (`audio_inputs`/`prompt_inputs`) is recorded, and a store made from other inputs
+    is refused rather than mixed."""
     from tqdm import tqdm
 
     for layer in layers:
         lm.check_layer(layer)
     meta = StoreMeta(lm.name, tuple(layers), lm.hidden_size, dtype, source, lm.num_codebooks)
-    writer = StoreWriter(out, meta, worker, workers, shard_rows)
+    writer = StoreWriter(out, meta, worker, workers, shard_rows, inputs=inputs)
     todo = [c for c in assigned(clips, worker, workers) if c.id not in writer.done]
     bar = tqdm(total=len(todo) + len(writer.done), initial=len(writer.done), unit="clip", disable=not progress)
     for clip, acts, codes, origin in _harvest(lm, todo, layers, source, sampling or SamplingConfig()):
@@ -188,14 +234,13 @@ def harvest_to_store(
 
 
 def _harvest(lm, clips: list[Clip], layers, source, sampling) -> Iterator[tuple[Clip, dict, torch.Tensor, dict]]:
-    max_frames = lm.max_positions - 1
     for clip in clips:
         if source == "audio":
-            codes = encode_audio(lm, load_audio(clip, lm.sample_rate))[:, :max_frames]
+            codes = encode_audio(lm, load_audio(clip, lm.sample_rate))[:, : clip_frames_limit(lm, generated=False)]
             origin = {"path": str(clip.path.resolve()), "start_s": clip.start_s, "seconds": clip.seconds}
             yield clip, teacher_forced_activations(lm, codes, layers, clip.text), codes.cpu(), origin
         else:
-            frames = min(max_frames - lm.num_codebooks, round(clip.seconds * lm.frame_rate))
+            frames = min(clip_frames_limit(lm, generated=True), round(clip.seconds * lm.frame_rate))
             seeded = replace(sampling, seed=sampling.seed + hash_id(clip))
             acts, codes = harvest_generation(lm, [clip.text], layers, frames, seeded)
             origin = {"prompt": clip.text, "seed": seeded.seed}
@@ -209,10 +254,14 @@ def hash_id(clip: Clip) -> int:
 
 def prompt_clips(path: str | Path, seconds: float) -> list[Clip]:
     try:
-        lines = [line.strip() for line in Path(path).read_text().splitlines()]
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
     except OSError as exc:
-        raise MgsteerError(f"cannot read prompts '{path}': {exc}") from exc
+        raise MgsteerError(f"cannot read prompts '{path}': {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise MgsteerError(f"prompts '{path}' is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise MgsteerError(f"no prompts in '{path}' (one per line)")
+    for number, prompt in enumerate(prompts, 1):
+        limits.prompt_text(prompt, f"prompt {number} of '{path}'")
     return [Clip(f"prompt{i}", seconds=seconds, text=p) for i, p in enumerate(prompts)]

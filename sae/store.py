@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from engine.errors import MgsteerError
 
 FORMAT = "mgsteer-acts/1"
+STORE_FILE = re.compile(r"index\.json|part-\d+-of-\d+\.json|L\d+-w\d+-\d+\.safetensors")  # (+ .tmp)
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -45,6 +47,34 @@ class StoreMeta:
         return {"format": FORMAT, **{k: list(v) if k == "layers" else v for k, v in self.__dict__.items()}}
 
 
+def _read_json(path: Path) -> dict:
+    """A store's JSON file, or one line saying it is damaged."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise MgsteerError(f"cannot read '{path}': {exc.strerror or exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MgsteerError(f"'{path}' is damaged (not JSON: {exc}); harvest into a new folder") from exc
+    if not isinstance(data, dict):
+        raise MgsteerError(f"'{path}' is damaged (not a JSON object); harvest into a new folder")
+    return data
+
+
+def _differences(old: dict, new: dict) -> str:
+    """What changed between two harvests' inputs, in words."""
+    out = []
+    for key in new:
+        if old.get(key) == new[key]:
+            continue
+        if key.endswith("_digest"):
+            what = key.removesuffix("_digest")
+            count = f" ({old.get(what)} then, {new.get(what)} now)" if what in new else ""
+            out.append(f"the {what} differ{count}")
+        elif f"{key}_digest" not in new:
+            out.append(f"{key} {old.get(key)!r} then, {new[key]!r} now")
+    return "; ".join(out)
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -54,15 +84,27 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 class StoreWriter:
     """Appends clips for one worker; `flush` commits a shard per layer."""
 
-    def __init__(self, folder: str | Path, meta: StoreMeta, worker: int = 0, workers: int = 1, shard_rows: int = 65536):
+    def __init__(
+        self,
+        folder: str | Path,
+        meta: StoreMeta,
+        worker: int = 0,
+        workers: int = 1,
+        shard_rows: int = 65536,
+        inputs: dict | None = None,
+    ):
+        """`inputs`: what the clips come from (see `sae.harvest.audio_inputs`); recorded in a new
+        store, and a store recorded from other inputs is refused (resuming would mix them)."""
         if meta.dtype not in STORE_DTYPES:
             raise MgsteerError(f"unknown store dtype '{meta.dtype}': use {', '.join(STORE_DTYPES)}")
+        if shard_rows < 1:
+            raise MgsteerError(f"rows per shard must be ≥ 1, got {shard_rows}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.meta, self.worker, self.workers, self.shard_rows = meta, worker, workers, shard_rows
-        self._check_or_write_index()
+        self._check_or_write_index(inputs)
         self.part_path = self.folder / f"part-{worker}-of-{workers}.json"
-        self.part = json.loads(self.part_path.read_text()) if self.part_path.exists() else {"shards": [], "clips": []}
+        self.part = _read_json(self.part_path) if self.part_path.exists() else {"shards": [], "clips": []}
         self.part.setdefault("sources", [None] * len(self.part["clips"]))
         self.done = set(self.part["clips"])
         self._buffer: dict[int, list[tuple[torch.Tensor, int]]] = {layer: [] for layer in meta.layers}
@@ -71,18 +113,27 @@ class StoreWriter:
         self._sources: list[dict | None] = []
         self._rows = 0
 
-    def _check_or_write_index(self) -> None:
+    def _check_or_write_index(self, inputs: dict | None) -> None:
         path = self.folder / "index.json"
         wanted = self.meta.to_json()
         if path.exists():
-            have = json.loads(path.read_text())
+            have = _read_json(path)
             if {k: have.get(k) for k in wanted} != wanted:
                 raise MgsteerError(
                     f"store '{self.folder}' holds {have.get('model')} layers {have.get('layers')} "
-                    f"({have.get('source')}); it cannot take {self.meta.model} layers {list(self.meta.layers)}"
+                    f"({have.get('source')}, {have.get('dtype')}); it cannot take {self.meta.model} "
+                    f"layers {list(self.meta.layers)} ({self.meta.source}, {self.meta.dtype}); use a new --out folder"
+                )
+            recorded = have.get("inputs")
+            if inputs is not None and recorded is not None and recorded != inputs:
+                raise MgsteerError(
+                    f"store '{self.folder}' was harvested from other inputs ({_differences(recorded, inputs)}); "
+                    "resuming would mix them: use a new --out folder"
                 )
         else:
-            _write_json_atomic(path, wanted)
+            if any(not STORE_FILE.match(p.name) for p in self.folder.iterdir()):  # (another worker's are fine)
+                raise MgsteerError(f"'{self.folder}' is not empty and not an activation store; use a new --out folder")
+            _write_json_atomic(path, wanted | {"inputs": inputs})
 
     def add_clip(
         self, clip_id: str, acts: dict[int, torch.Tensor], codes: torch.Tensor | None = None, source: dict | None = None
@@ -137,23 +188,27 @@ class ActivationStore:
         path = self.folder / "index.json"
         if not path.is_file():
             raise MgsteerError(f"'{folder}' is not an activation store (no index.json); make one with mgsteer harvest")
-        raw = json.loads(path.read_text())
+        raw = _read_json(path)
         if raw.get("format") != FORMAT:
             raise MgsteerError(f"{path}: unknown format {raw.get('format')!r}")
-        self.meta = StoreMeta(
-            model=raw["model"],
-            layers=tuple(raw["layers"]),
-            d_in=raw["d_in"],
-            dtype=raw["dtype"],
-            source=raw["source"],
-            num_codebooks=raw.get("num_codebooks", 4),
-        )
+        try:
+            self.meta = StoreMeta(
+                model=str(raw["model"]),
+                layers=tuple(int(layer) for layer in raw["layers"]),
+                d_in=int(raw["d_in"]),
+                dtype=str(raw["dtype"]),
+                source=str(raw["source"]),
+                num_codebooks=int(raw.get("num_codebooks", 4)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MgsteerError(f"'{path}' is damaged (missing or bad field {exc}); harvest into a new folder") from exc
+        self.inputs: dict | None = raw.get("inputs")
         self.shards: list[dict] = []
         self.clips: list[str] = []
         self.sources: list[dict | None] = []
         self._clip_at: list[tuple[int, int]] = []  # store clip index → (shard number, index in shard)
         for part in sorted(self.folder.glob("part-*-of-*.json")):
-            data = json.loads(part.read_text())
+            data = _read_json(part)
             for shard in data["shards"]:
                 first, stop = shard["clips"]
                 self._clip_at.extend((len(self.shards), i) for i in range(stop - first))

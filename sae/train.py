@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -151,6 +152,11 @@ class Trainer:
         self.layer = store.check_layer(cfg.layer if cfg.layer is not None else layers[0])
         d_in = store.meta.d_in
         self.sae_cfg = SAEConfig(d_in, cfg.expansion * d_in, cfg.k, self.layer, store.meta.model)
+        if cfg.k > self.sae_cfg.d_sae:
+            raise MgsteerError(
+                f"--k {cfg.k} exceeds the SAE's {self.sae_cfg.d_sae} features "
+                f"(expansion {cfg.expansion} × d_in {d_in}); lower --k or raise --expansion"
+            )
         self.aux_k = cfg.aux_k or min(d_in // 2, self.sae_cfg.d_sae)
         self.data = ShardBatches(store, self.layer, cfg, self.rank, self.world)
         torch.manual_seed(cfg.seed)
@@ -172,17 +178,25 @@ class Trainer:
         with torch.no_grad():
             self.sae.b_dec.copy_(centre)
 
-    def run(self, resume: bool = False, stop_after: int | None = None, progress: bool = False) -> dict:
-        """Train to `cfg.steps` (or `stop_after` steps, for tests); returns the last metrics."""
+    def run(
+        self, resume: bool = False, stop_after: int | None = None, progress: bool = False, overwrite: bool = False
+    ) -> dict:
+        """Train to `cfg.steps` (or `stop_after` steps, for tests); returns the last metrics.
+
+        A fresh run needs an empty `out` (or `overwrite`, which clears an earlier SAE or run
+        there): stale labels, examples or checkpoints of another SAE must never sit beside
+        this one."""
         from tqdm import tqdm
 
         if resume:
             self.load_checkpoint()
         else:
-            self.out.mkdir(parents=True, exist_ok=True)
             if self.rank == 0:
+                claim_folder(self.out, overwrite)
                 (self.out / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
                 self.metrics_path.write_text("")
+            if self.world > 1:
+                dist.barrier()
             self.initialise()
         last: dict = {}
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
@@ -192,6 +206,8 @@ class Trainer:
         while self.state.step < end:
             pos, batch = next(batches)
             last = self.train_step(batch.to(self.device))
+            if not math.isfinite(last["loss"]):
+                self._diverged(f"loss {last['loss']}", last["lr"])
             self.state.position = pos
             self.state.step += 1
             bar.update(1)
@@ -202,14 +218,34 @@ class Trainer:
                 )
                 self._log(last)
             if self.state.step % self.cfg.checkpoint_every == 0 and self.state.step < self.cfg.steps:
+                self._check_weights(last["lr"])
                 self.save_checkpoint()
         bar.close()
         if self.world > 1:
             dist.barrier()
             dist.destroy_process_group()
         if self.state.step >= self.cfg.steps and self.rank == 0:
+            self._check_weights(last.get("lr", self.lr))
             last = {**last, **self.save_final()}
         return last
+
+    def _check_weights(self, lr: float) -> None:
+        bad = [name for name, p in self.sae.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            self._diverged(f"non-finite {', '.join(bad)}", lr)
+
+    def _diverged(self, what: str, lr: float) -> None:
+        """Stop with one line; the last checkpoint written (if any) stays as it was."""
+        pointer = self.out / "latest.json"
+        kept = (
+            f"the last good checkpoint ({json.loads(pointer.read_text())['checkpoint']}) is kept for --resume"
+            if pointer.is_file()
+            else "no checkpoint was written yet"
+        )
+        raise MgsteerError(
+            f"training diverged at step {self.state.step + 1} ({what}) with learning rate {lr:.3g}; "
+            f"lower --lr; {kept}"
+        )
 
     # ---- one step ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -313,15 +349,56 @@ class Trainer:
         pointer = self.out / "latest.json"
         if not pointer.is_file():
             raise MgsteerError(f"nothing to resume in '{self.out}': no checkpoint yet (latest.json)")
-        name = json.loads(pointer.read_text())["checkpoint"]
+        try:
+            name = json.loads(pointer.read_text())["checkpoint"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MgsteerError(f"'{pointer}' is damaged ({exc}); start afresh with --overwrite") from exc
+        self._check_same_run()
         try:
             state = torch.load(self.out / name / "trainer_state.pt", map_location=self.device, weights_only=True)
         except Exception as exc:
             raise MgsteerError(f"checkpoint '{self.out / name}' is unreadable ({exc})") from exc
-        self.sae.load_state_dict(state["sae"])
-        self.opt.load_state_dict(state["optimizer"])
+        try:
+            self.sae.load_state_dict(state["sae"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MgsteerError(f"checkpoint '{self.out / name}' does not fit this SAE ({first})") from exc
         self.since_fired = state["since_fired"].to(self.device)
         self.state = TrainState(step=state["step"], position=Position(**state["position"]), scale=state["scale"])
+        if self.rank == 0:
+            self._truncate_metrics(self.state.step)
+
+    def _check_same_run(self) -> None:
+        """A resume must continue the same run: the settings that shape the SAE or the batches
+        must match the ones it started with."""
+        path = self.out / "train_config.json"
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MgsteerError(f"cannot resume in '{self.out}': {path.name} is missing or damaged") from exc
+        now = asdict(self.cfg)
+        changed = [
+            f"--{k.replace('_', '-')} {before.get(k)} → {now[k]}" for k in RESUME_FIXED if before.get(k) != now[k]
+        ]
+        if changed:
+            raise MgsteerError(
+                f"--resume must keep the run's settings; changed: {', '.join(changed)} "
+                "(use --overwrite to start a new run instead)"
+            )
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after the checkpoint: they are logged again as training redoes them."""
+        if not self.metrics_path.is_file():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+        self.metrics_path.write_text("".join(k + "\n" for k in kept))
 
     def folded_sae(self) -> TopKSAE:
         """The trained SAE re-expressed on raw (unscaled) activations."""
@@ -362,6 +439,32 @@ class Trainer:
             print(f"note: CE recovered skipped: {exc}")
             return {}
         return ce_recovered(lm, clips, self.layer, sae_reconstruct(sae.to(lm.device)))
+
+
+# Settings a resumed run must share with its start (the rest, e.g. --steps or --log-every, may change).
+RESUME_FIXED = (
+    "layer", "k", "expansion", "architecture", "batch_size", "aux_k", "b_dec_init", "group_shards", "seed",
+)  # fmt: skip
+SAE_FOLDER_MARKS = ("cfg.json", "sae_weights.safetensors", "train_config.json", "latest.json")
+
+
+def claim_folder(out: Path, overwrite: bool) -> None:
+    """Make `out` an empty folder for a new run: refuse a non-empty one unless `overwrite`, and
+    even then clear only a folder that holds an SAE or a training run (never arbitrary files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        hint = "--resume to continue its run, " if (out / "latest.json").is_file() else ""
+        raise MgsteerError(f"'{out}' is not empty; {hint}--overwrite to clear it and start afresh, or a new --out")
+    if not any((out / mark).exists() for mark in SAE_FOLDER_MARKS):
+        raise MgsteerError(f"'{out}' holds no SAE or training run, and --overwrite clears only those; use a new --out")
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _take(iterator, n):

@@ -129,7 +129,9 @@ def test_bad_steering_is_one_line_error(tiny_sae, steers, mode, needle):
 def test_parse_steer():
     assert parse_steer("12=0.8") == FeatureSteer(12, 0.8)
     assert parse_steer("40=-0.5") == FeatureSteer(40, -0.5)
-    assert math.isnan(parse_steer("1=nan").alpha)  # parsed here, refused by build_plan
+    for bad, needle in (("1=nan", "must be finite"), ("1=1e20", "between -50 and 50"), ("1=-51", "between -50")):
+        with pytest.raises(MgsteerError, match=needle):
+            parse_steer(bad)
     for bad in ("12", "x=1", "12=", "=3", "1.5=2"):
         with pytest.raises(MgsteerError, match="FEATURE=ALPHA"):
             parse_steer(bad)

@@ -246,15 +246,15 @@ def test_thumbnails_are_valid_pngs():
         (["label", "--labelers", "descriptors,gpt"], "unknown labeler(s) gpt"),
         (["label", "--features", "1,x"], "bad feature list '1,x'"),
         (["label", "--features", "9999"], "unknown feature id 9999"),
-        (["label", "--window-s", "0"], "--window-s must be positive"),
+        (["label", "--window-s", "0"], "argument --window-s: value must be positive"),
         (["label", "--labelers", "llm"], "the llm labeler needs an endpoint"),
         (["label", "--acts", "{sae}"], "is not an activation store"),
-        (["browse", "--out", "page.txt"], "should be an .html file"),
+        (["browse", "--out", "page.txt"], "this writes .html or .htm files"),
         (["browse"], "has no features.json"),
         (["eval-steer", "--model", "tiny", "--features", "0"], "feature 0 has no label"),
         (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0"], "bad --concept '0'"),
         (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--alpha", "nan"], "--alpha"),
-        (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--seeds", "0"], "one seed"),
+        (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--seeds", "0"], "argument --seeds: value must be between 1 and 1000"),
     ],
 )
 def test_bad_label_browse_and_eval_inputs_are_one_line_errors(args, needle, tiny_store, fresh_sae, capsys, monkeypatch):

@@ -99,7 +99,11 @@ BAD = [
     (lambda c: c.send("/other/thing", 1), "unknown address"),
     (lambda c: c.send("/mgsteer/prompt", "x" * 5000), "longer than 1000"),
     (lambda c: c.send("/mgsteer/prompt", 3), "must be a string"),
-    (lambda c: c.send("/mgsteer/subscribe", "127.0.0.1"), "must be an integer"),
+    (lambda c: c.send("/mgsteer/subscribe", "127.0.0.1"), "takes an address and a port"),
+    (lambda c: c.send("/mgsteer/subscribe", "127.0.0.1", 70000), "port must be between 1 and 65535"),
+    (lambda c: c.send("/mgsteer/subscribe", "example.org", 9001), "needs an IP address"),
+    (lambda c: c.send("/mgsteer/feature/3", 1e30), "clamped to 50"),
+    (lambda c: c.send("/mgsteer/knob/99999999999999999999", 0.5), "unknown address"),
     (lambda c: c.raw(b"\x00\xffgarbage!"), "unreadable OSC datagram"),
     (lambda c: c.raw(b"#bundle\x00\x00\x00"), "unreadable OSC datagram"),  # truncated bundle
     (lambda c: c.raw(b"/x\x00\x00,s\x00\x00abc"), "unreadable OSC datagram"),  # unterminated string
@@ -129,24 +133,39 @@ def test_a_flood_coalesces_to_the_latest_value(served):
     assert bus.snapshot().version < 20_000  # the bus saw far fewer writes than messages
 
 
-def test_presets_over_osc(tmp_path):
-    from engine.presets import load_preset
+def test_presets_over_osc_stay_in_their_folder(tmp_path):
+    from engine.presets import PresetFolder, load_preset
 
     bus = ParameterBus(knob_count=8, feature_count=256)
-    server = OscServer(bus, port=0, presets=preset_handler(bus, "tiny", None, 256))
+    folder = PresetFolder(tmp_path / "presets")
+    server = OscServer(bus, port=0, presets=preset_handler(bus, "tiny", None, 256, folder))
     server.start()
     client = Client(server.address)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
     try:
         bus.configure_knob(0, label="air", features=[(5, 1.0)])
-        client.send("/mgsteer/preset/save", str(tmp_path / "mine.json"))
-        assert wait_for(lambda: (tmp_path / "mine.json").exists())
-        assert load_preset(tmp_path / "mine.json").knobs[0].label == "air"
+        client.send("/mgsteer/preset/save", "mine")
+        assert wait_for(lambda: (tmp_path / "presets" / "mine.json").exists())
+        assert load_preset(tmp_path / "presets" / "mine.json").knobs[0].label == "air"
         bus.configure_knob(0, label="changed")
-        client.send("/mgsteer/preset/load", str(tmp_path / "mine.json"))
+        client.send("/mgsteer/preset/load", "mine.json")
         assert wait_for(lambda: bus.snapshot().knobs[0].label == "air")
-        client.send("/mgsteer/preset/load", str(tmp_path / "absent.json"))
-        errors = [m for m in client.messages(0.3) if m.address == "/mgsteer/error"]
-        assert errors and "cannot read preset" in errors[0].params[0]
+        for action, name in [
+            ("load", "absent"),
+            ("save", str(victim)),
+            ("save", "../victim.txt"),
+            ("load", "../../etc/passwd"),
+            ("save", str(tmp_path)),  # a folder
+        ]:
+            client.send(f"/mgsteer/preset/{action}", name)
+        errors = [m.params[0] for m in client.messages(0.5) if m.address == "/mgsteer/error"]
+        assert len(errors) == 5 and "no preset 'absent'" in errors[0], errors
+        assert all("bad preset name" in e for e in errors[1:]), errors
+        assert victim.read_text() == "keep me"
+        assert sorted(p.name for p in (tmp_path / "presets").iterdir()) == ["mine.json"]
+        client.send("/mgsteer/status")
+        assert any(m.address == "/mgsteer/status" for m in client.messages(0.5))  # still serving
     finally:
         server.stop()
         bus.close()

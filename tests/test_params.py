@@ -49,7 +49,7 @@ def test_values_are_validated_or_clamped():
     bus = ParameterBus(knob_count=4, feature_count=10)
     assert bus.set_knob(0, 1.7) == 1.0 and bus.set_knob(0, -3) == 0.0
     for call, needle in [
-        (lambda: bus.set_knob(0, math.nan), "must be finite"),
+        (lambda: bus.set_knob(0, math.nan), "must be a number, got nan"),
         (lambda: bus.set_knob(9, 0.5), "unknown knob 9"),
         (lambda: bus.set_knob(0, "loud"), "must be a number"),
         (lambda: bus.set_feature(10, 1.0), "unknown feature id 10: features are 0..9"),
@@ -57,10 +57,32 @@ def test_values_are_validated_or_clamped():
         (lambda: bus.configure_knob(1, curve="cubic"), "unknown knob curve"),
         (lambda: bus.configure_knob(1, features=[(99, 1.0)]), "unknown feature id 99"),
         (lambda: bus.set_prompt("   "), "must not be empty"),
-        (lambda: bus.set_smoothing(-5), "≥ 0 ms"),
+        (lambda: bus.set_smoothing(-5), "between 0 and 10000"),
+        (lambda: bus.set_smoothing(math.nan), "must be finite"),
+        (lambda: bus.set_smoothing(math.inf), "must be finite"),
+        (lambda: bus.set_prompt("x " * 5000), "the limit is 256 tokens"),
+        (lambda: bus.configure_knob(1, lo=-1e30), "between -50 and 50"),
+        (lambda: bus.configure_knob(1, features=[(2, 1e9)]), "between -10 and 10"),
+        (lambda: bus.configure_knob(1, label="x" * 500), "at most 200 characters"),
     ]:
         with pytest.raises(MgsteerError, match=needle):
             call()
+
+
+def test_strengths_clamp_like_a_knob_at_its_end():
+    """A musician's far value is the strongest value, not an end to the music."""
+    bus = ParameterBus(knob_count=2, feature_count=10)
+    assert bus.set_feature(3, 1e30) == 50.0 and bus.set_feature(4, -1e300) == -50.0
+    assert bus.set_feature(5, 2.5) == 2.5 and bus.set_knob(0, 1e30) == 1.0
+    bus.configure_knob(0, features=[(3, 10.0)], lo=0.0, hi=50.0)  # 50 + 50·10 on feature 3
+    alphas = bus.snapshot().alphas()
+    assert alphas == {3: 50.0, 4: -50.0, 5: 2.5}
+
+
+@pytest.mark.parametrize("smoothing", [math.nan, -5.0, math.inf, 1e9])
+def test_a_bad_smoothing_is_refused_at_construction_too(smoothing):
+    with pytest.raises(MgsteerError, match="smoothing"):
+        ParameterBus(smoothing_ms=smoothing)
 
 
 def test_transport_and_prompt():

@@ -49,7 +49,17 @@ GOOD = json.loads((BUNDLED / "tiny-demo.json").read_text())
         ({"format": "mgsteer-preset/9"}, ".format: must be 'mgsteer-preset/1'"),
         ({"prompt": 42}, ".prompt: must be a string"),
         ({"prompt": "  "}, ".prompt: must not be empty"),
-        ({"smoothing_ms": -1}, ".smoothing_ms: must be ≥ 0.0"),
+        ({"smoothing_ms": -1}, ".smoothing_ms: must be between 0 and 10000"),
+        ({"smoothing_ms": float("nan")}, ".smoothing_ms: must be a finite number"),
+        ({"promt": "piano"}, "unknown field 'promt' (did you mean 'prompt'?)"),
+        ({"knobs": [{"lable": "x"}]}, ".knobs[0]: unknown field 'lable' (did you mean 'label'?)"),
+        ({"osc": {"port": 70000}}, ".osc.port: must be between 0 and 65535"),
+        ({"osc": {"prot": 9000}}, ".osc: unknown field 'prot' (did you mean 'port'?)"),
+        ({"midi": {"map": {}}}, ".midi.map: must be a list"),
+        ({"features": {"3": 1e30}}, ".features.3: strength must be a finite number within ±50"),
+        ({"features": {"3": 10**400}}, ".features.3: strength must be a finite number"),
+        ({"knobs": [{"range": [0, 1e9]}]}, ".knobs[0].range: must be [low, high], numbers within ±50"),
+        ({"knobs": [{"features": [[1, 1e9]]}]}, ".knobs[0].features[0]: weight must be a finite number within ±10"),
         ({"smoothing_ms": "fast"}, ".smoothing_ms: must be a finite number"),
         ({"knobs": {"a": 1}}, ".knobs: must be a list"),
         ({"knobs": [{"features": [[1]]}]}, ".knobs[0].features[0]: must be [feature, weight]"),
@@ -58,7 +68,7 @@ GOOD = json.loads((BUNDLED / "tiny-demo.json").read_text())
         ({"knobs": [{"features": [[1, "x"]]}]}, ".knobs[0].features[0]: weight must be a finite number"),
         ({"knobs": [{"range": [0]}]}, ".knobs[0].range: must be [low, high]"),
         ({"knobs": [{"curve": "cubic"}]}, ".knobs[0].curve: must be one of linear, exp, log"),
-        ({"knobs": [{"value": 1.5}]}, ".knobs[0].value: must be in [0, 1]"),
+        ({"knobs": [{"value": 1.5}]}, ".knobs[0].value: must be between 0 and 1"),
         ({"knobs": [{}] * 9}, ".knobs: has 9 knobs; the host has 8"),
         ({"features": {"x": 1.0}}, ".features.x: feature id must be"),
         ({"features": {"3": None}}, ".features.3: strength must be a finite number"),
@@ -91,3 +101,50 @@ def test_play_with_a_bundled_preset(tiny_sae_dir, tmp_path, capsys):
     assert main(["play", "--preset", str(tmp_path / "presets" / "tiny-demo.json"), "--no-audio", "--seconds", "2"]) == 0
     out = capsys.readouterr().out
     assert "preset 'tiny demo knobs'" in out and "playing 'simple melody' with tiny" in out and "underruns 0" in out
+
+
+def test_a_presets_folder_takes_names_never_paths(tmp_path):
+    from engine.presets import PresetFolder
+
+    folder = PresetFolder(tmp_path / "presets")
+    bus = ParameterBus(knob_count=8, feature_count=256)
+    bus.configure_knob(0, label="air", features=[(5, 1.0)])
+    preset = capture_preset(bus, "mine", "tiny", None)
+    saved = folder.save(preset, "my set.json")
+    assert saved == tmp_path / "presets" / "my set.json"
+    assert folder.load("my set").knobs[0].label == "air"
+    outside = tmp_path / "victim.txt"
+    outside.write_text("keep me")
+    for name in ["../victim", "../victim.txt", str(outside), "/etc/passwd", "a/b", "..", ".hidden", "", "x" * 65]:
+        with pytest.raises(MgsteerError, match="bad preset name"):
+            folder.save(preset, name)
+        with pytest.raises(MgsteerError, match="bad preset name"):
+            folder.load(name)
+    assert outside.read_text() == "keep me"
+
+
+def test_a_presets_folder_overwrites_only_presets(tmp_path):
+    from engine.presets import PresetFolder
+
+    root = tmp_path / "presets"
+    root.mkdir()
+    (root / "notes.json").write_text('{"my": "notes"}')
+    (root / "dir.json").mkdir()
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"format": "mgsteer-preset/1"}')
+    (root / "link.json").symlink_to(victim)
+    folder = PresetFolder(root)
+    preset = capture_preset(ParameterBus(knob_count=8), "x", "tiny", None)
+    with pytest.raises(MgsteerError, match="is not a preset; not overwritten"):
+        folder.save(preset, "notes")
+    with pytest.raises(MgsteerError, match="not a plain file"):
+        folder.save(preset, "dir")
+    with pytest.raises(MgsteerError, match="outside the presets folder"):
+        folder.save(preset, "link")
+    with pytest.raises(MgsteerError, match="no preset 'absent'"):
+        folder.load("absent")
+    assert (root / "notes.json").read_text() == '{"my": "notes"}'
+    assert victim.read_text() == '{"format": "mgsteer-preset/1"}'
+    folder.save(preset, "fine")
+    folder.save(preset, "fine")  # a preset may be replaced by a preset
+    assert sorted(p.name for p in root.iterdir()) == ["dir.json", "fine.json", "link.json", "notes.json"]

@@ -1,0 +1,51 @@
+"""Output paths checked before any long work starts.
+
+Why: a render, a harvest or an evaluation can run for minutes to hours; finding out at the
+end that `--out` names a folder, an unknown format or an unwritable place loses all of it.
+Each command checks its outputs first, before loading a model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.errors import MgsteerError
+
+
+def output_file(path: str | Path, suffixes: tuple[str, ...], what: str = "--out") -> Path:
+    """A file we may create or replace: not a folder, one of `suffixes`, in a writable folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise MgsteerError(f"{what} '{path}' is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        kind = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise MgsteerError(f"{what} '{path}' has {kind}; this writes {' or '.join(suffixes)} files")
+    _writable_parent(path, what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise MgsteerError(f"{what} '{path}' exists and is not writable")
+    return path
+
+
+def output_dir(path: str | Path, what: str = "--out") -> Path:
+    """A folder we may create or write into: not an existing file, in a writable place."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise MgsteerError(f"{what} '{path}' is an existing file; give a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise MgsteerError(f"{what} folder '{path}' is not writable")
+        return path
+    _writable_parent(path, what)
+    return path
+
+
+def _writable_parent(path: Path, what: str) -> None:
+    """The nearest existing ancestor must be a writable folder (the rest is created)."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MgsteerError(f"{what} '{path}': '{parent}' is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MgsteerError(f"{what} '{path}': cannot write in '{parent}'")
