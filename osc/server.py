@@ -29,6 +29,7 @@ from engine import limits
 from engine.errors import MgsteerError
 from engine.params import Feedback, ParameterBus
 from engine.presets import PresetFolder
+from osc.wire import Malformed, check_datagram
 
 PREFIX = "/mgsteer"
 MAX_STRING = 1000
@@ -132,12 +133,15 @@ class OscServer:
 
     def _parse(self, data: bytes, sender) -> list[OscMessage]:
         try:
+            check_datagram(data)
             return [m.message for m in OscPacket(data).messages if isinstance(m.message, OscMessage)]
+        except Malformed as exc:
+            reason = str(exc)
         except Exception as exc:  # python-osc raises many kinds on hostile bytes (bundles too)
-            self.stats.malformed += 1
-            kind = "ParseError" if isinstance(exc, ParseError) else type(exc).__name__
-            self._reject(sender, f"unreadable OSC datagram ({kind})")
-            return []
+            reason = "ParseError" if isinstance(exc, ParseError) else type(exc).__name__
+        self.stats.malformed += 1
+        self._reject(sender, f"unreadable OSC datagram ({reason})")
+        return []
 
     # ---- dispatch -----------------------------------------------------------------------------
     def _apply(self, message: OscMessage, sender) -> None:

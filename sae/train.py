@@ -151,12 +151,12 @@ class Trainer:
             raise MgsteerError(f"store '{store.folder}' has layers {list(layers)}: choose one with --layer")
         self.layer = store.check_layer(cfg.layer if cfg.layer is not None else layers[0])
         d_in = store.meta.d_in
-        self.sae_cfg = SAEConfig(d_in, cfg.expansion * d_in, cfg.k, self.layer, store.meta.model)
-        if cfg.k > self.sae_cfg.d_sae:
+        if cfg.k > cfg.expansion * d_in:
             raise MgsteerError(
-                f"--k {cfg.k} exceeds the SAE's {self.sae_cfg.d_sae} features "
+                f"--k {cfg.k} exceeds the SAE's {cfg.expansion * d_in} features "
                 f"(expansion {cfg.expansion} × d_in {d_in}); lower --k or raise --expansion"
             )
+        self.sae_cfg = SAEConfig(d_in, cfg.expansion * d_in, cfg.k, self.layer, store.meta.model)
         self.aux_k = cfg.aux_k or min(d_in // 2, self.sae_cfg.d_sae)
         self.data = ShardBatches(store, self.layer, cfg, self.rank, self.world)
         torch.manual_seed(cfg.seed)
@@ -207,7 +207,7 @@ class Trainer:
             pos, batch = next(batches)
             last = self.train_step(batch.to(self.device))
             if not math.isfinite(last["loss"]):
-                self._diverged(f"loss {last['loss']}", last["lr"])
+                self._diverged(f"loss {last['loss']}")
             self.state.position = pos
             self.state.step += 1
             bar.update(1)
@@ -218,23 +218,23 @@ class Trainer:
                 )
                 self._log(last)
             if self.state.step % self.cfg.checkpoint_every == 0 and self.state.step < self.cfg.steps:
-                self._check_weights(last["lr"])
+                self._check_weights()
                 self.save_checkpoint()
         bar.close()
         if self.world > 1:
             dist.barrier()
             dist.destroy_process_group()
         if self.state.step >= self.cfg.steps and self.rank == 0:
-            self._check_weights(last.get("lr", self.lr))
+            self._check_weights()
             last = {**last, **self.save_final()}
         return last
 
-    def _check_weights(self, lr: float) -> None:
+    def _check_weights(self) -> None:
         bad = [name for name, p in self.sae.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
-            self._diverged(f"non-finite {', '.join(bad)}", lr)
+            self._diverged(f"non-finite {', '.join(bad)}")
 
-    def _diverged(self, what: str, lr: float) -> None:
+    def _diverged(self, what: str) -> None:
         """Stop with one line; the last checkpoint written (if any) stays as it was."""
         pointer = self.out / "latest.json"
         kept = (
@@ -243,7 +243,7 @@ class Trainer:
             else "no checkpoint was written yet"
         )
         raise MgsteerError(
-            f"training diverged at step {self.state.step + 1} ({what}) with learning rate {lr:.3g}; "
+            f"training diverged at step {self.state.step + 1} ({what}) with learning rate {self.lr:.3g}; "
             f"lower --lr; {kept}"
         )
 
