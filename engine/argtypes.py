@@ -77,4 +77,5 @@ SEED = whole(0, limits.MAX_SEED)
 ALPHA = number(-limits.MAX_ALPHA, limits.MAX_ALPHA)
 SMOOTHING_MS = number(0.0, limits.MAX_SMOOTHING_MS)
 SECONDS = number(0.0, 24 * 3600.0, above=True)  # the model's own limit is checked once it is loaded
+CLIP_SECONDS = number(0.1, 3600.0)  # harvest clips: a tenth of a second (5 frames) at least
 COUNT = whole(1, 10**9)

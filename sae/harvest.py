@@ -31,6 +31,7 @@ from engine.model import LoadedModel
 from engine.tokenloop import SamplingConfig, TokenLoop, encode_prompts, null_condition
 from sae.store import StoreMeta, StoreWriter
 
+MIN_CLIP_SECONDS = 0.1
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aif", ".aiff")
 
 
@@ -60,6 +61,8 @@ def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str
     """Each file cut into consecutive windows of `clip_seconds` (a last window ≥ 1 s is kept)."""
     import soundfile as sf
 
+    if not clip_seconds >= MIN_CLIP_SECONDS:
+        raise MgsteerError(f"clips must be at least {MIN_CLIP_SECONDS} s long, got {clip_seconds}")
     root = Path(folder)
     if not root.is_dir():
         raise MgsteerError(f"audio folder '{folder}' does not exist")

@@ -254,7 +254,7 @@ def test_thumbnails_are_valid_pngs():
         (["eval-steer", "--model", "tiny", "--features", "0"], "feature 0 has no label"),
         (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0"], "bad --concept '0'"),
         (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--alpha", "nan"], "--alpha"),
-        (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--seeds", "0"], "argument --seeds: value must be between 1 and 1000"),
+        (["eval-steer", "--model", "tiny", "--features", "0", "--concept", "0=x", "--seeds", "0"], "between 1 and"),
     ],
 )
 def test_bad_label_browse_and_eval_inputs_are_one_line_errors(args, needle, tiny_store, fresh_sae, capsys, monkeypatch):

@@ -130,7 +130,8 @@ def test_a_huge_prompt_is_refused_in_tokens_before_it_reaches_the_encoder(tmp_pa
     started = time.perf_counter()
     assert main(["render", "--model", "tiny", "--prompt", words, "--out", str(tmp_path / "x.wav")]) == 2
     assert "the limit is 256 tokens" in one_line(capsys)
-    assert main(["render", "--model", "tiny", "--prompt", " ".join(["a b"] * 200), "--out", str(tmp_path / "x.wav")]) == 2
+    short = " ".join(["a b"] * 200)
+    assert main(["render", "--model", "tiny", "--prompt", short, "--out", str(tmp_path / "x.wav")]) == 2
     assert "tokens long; the limit is 256" in one_line(capsys)  # short in characters, long in tokens
     assert time.perf_counter() - started < 60
 
@@ -211,7 +212,7 @@ def _status_answers(client) -> bool:
 
 
 def test_the_messages_that_killed_the_server_are_answered_and_it_serves_on(served, tmp_path):
-    bus, server, client = served
+    _, server, client = served
     client.send("/mgsteer/subscribe", "127.0.0.1", 70000)
     client.send("/mgsteer/preset/save", str(tmp_path))  # a folder
     client.send("/mgsteer/preset/save", str(tmp_path / "any.txt"))
@@ -241,7 +242,7 @@ MALFORMED = [
 
 
 def test_malformed_bundles_are_counted_and_answered(served):
-    bus, server, client = served
+    _, server, client = served
     for data in MALFORMED:
         client.raw(data)
     errors = [m.params[0] for m in client.messages(0.8) if m.address == "/mgsteer/error"]
@@ -311,7 +312,7 @@ def test_harvest_inputs_that_were_accepted_in_silence(songs, tmp_path, capsys):
     cases = [
         (["--audio", str(a), "--layers", ""], "bad --layers list ''"),
         (["--audio", str(a), "--layers", "1,1"], "an id is listed twice"),
-        (["--audio", str(a), "--layers", "1", "--clip-seconds", "0"], "argument --clip-seconds: value must be positive"),
+        (["--audio", str(a), "--layers", "1", "--clip-seconds", "0"], "--clip-seconds: value must be between 0.1"),
         (["--audio", str(a), "--layers", "1", "--shard-rows", "0"], "argument --shard-rows"),
         (["--audio", str(a), "--layers", "1", "--clip-seconds", "100"], "--clip-seconds 100 is longer than one pass"),
         (["--prompts", str(prompts), "--layers", "1", "--seconds", "100"], "--seconds 100 is longer than one pass"),
