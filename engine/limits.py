@@ -29,14 +29,19 @@ MAX_TOP_K = 65_536
 MAX_PORT = 65_535
 
 
-def finite(value: Any, what: str) -> float:
-    """`value` as a finite float, or one line saying why not."""
+def _float(value: Any, what: str) -> float:
+    """`value` as a float (booleans are not numbers here), or one line saying why not."""
     if isinstance(value, bool):
         raise MgsteerError(f"{what} must be a number, got {value!r}")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise MgsteerError(f"{what} must be a number, got {value!r}"[:200]) from exc
+
+
+def finite(value: Any, what: str) -> float:
+    """`value` as a finite float, or one line saying why not."""
+    number = _float(value, what)
     if not math.isfinite(number):
         raise MgsteerError(f"{what} must be finite, got {number}")
     return number
@@ -53,12 +58,7 @@ def within(value: Any, what: str, low: float, high: float) -> float:
 def clamped(value: Any, what: str, low: float, high: float) -> float:
     """Clamp: a finite number pulled into [low, high] (NaN and non-numbers are still refused;
     ±inf clamps like any other far value)."""
-    if isinstance(value, bool):
-        raise MgsteerError(f"{what} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MgsteerError(f"{what} must be a number, got {value!r}"[:200]) from exc
+    number = _float(value, what)
     if math.isnan(number):
         raise MgsteerError(f"{what} must be a number, got nan")
     return min(high, max(low, number))
