@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,10 +34,12 @@ import torch.distributed as dist
 
 from engine.errors import MgsteerError
 from sae.files import FeatureStats, StatsAccumulator, cfg_json, save_sae
+from sae.sparse import sparse_decode, topk_encode
 from sae.store import ActivationStore
 from sae.topk import SAEConfig, TopKSAE
 
 ARCHITECTURES = ("topk", "batchtopk")
+AUX_CHECK_EVERY = 10  # steps between host reads of "is any latent dead?" (AuxK on or off)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class TrainConfig:
     ce_clips: int = 8  # clips for codebook CE recovered at the end (0: skip; needs codes in the store)
     seed: int = 0
     device: str = "auto"
+    sparse: bool = True  # TopK through sae.sparse (False: the dense reference path)
 
     def validate(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -100,21 +104,43 @@ class ShardBatches:
         g = self.cfg.group_shards
         return [[self.files[i] for i in order[s : s + g]] for s in range(0, len(order), g)]
 
-    def iterate(self, start: Position) -> Iterator[tuple[Position, torch.Tensor]]:
-        pos = Position(start.epoch, start.group, start.batch)
+    def _group_keys(self, start: Position) -> Iterator[tuple[int, int, list[Path], int]]:
+        """(epoch, group, files, first batch) from `start` on, forever."""
+        epoch, group, batch = start.epoch, start.group, start.batch
         while True:
-            groups = self._groups(pos.epoch)
-            while pos.group < len(groups):
-                acts = torch.cat([self.store.load_shard(p)["acts"] for p in groups[pos.group]]).float()
-                gen = torch.Generator().manual_seed(hash((self.cfg.seed, pos.epoch, pos.group)) % 2**62)
-                perm = torch.randperm(len(acts), generator=gen)
-                per = self.cfg.batch_size
-                while (pos.batch + 1) * per <= len(acts):
-                    idx = perm[pos.batch * per : (pos.batch + 1) * per][self.rank :: self.world]
-                    pos = Position(pos.epoch, pos.group, pos.batch + 1)
-                    yield pos, acts[idx]
-                pos = Position(pos.epoch, pos.group + 1, 0)
-            pos = Position(pos.epoch + 1, 0, 0)
+            groups = self._groups(epoch)
+            for number in range(group, len(groups)):
+                yield epoch, number, groups[number], batch
+                batch = 0
+            epoch, group = epoch + 1, 0
+
+    def _load(self, files: list[Path], pin: bool) -> torch.Tensor:
+        """A group's rows in the store's dtype (half the bytes of float32), pinned for a GPU."""
+        acts = torch.cat([self.store.load_shard(p)["acts"] for p in files])
+        return acts.pin_memory() if pin else acts
+
+    def iterate(self, start: Position, device: torch.device | None = None) -> Iterator[tuple[Position, torch.Tensor]]:
+        """Batches from `start` on, on `device`. The next group is read on a second thread while
+        this one trains, copied to the device in one asynchronous transfer, and shuffled and cut
+        there, so the host holds at most two groups and the device never waits on indexing."""
+        device = device or torch.device("cpu")
+        pin = device.type == "cuda"
+        per = self.cfg.batch_size
+        keys = self._group_keys(start)
+        with ThreadPoolExecutor(1, thread_name_prefix="mgsteer-prefetch") as pool:
+            key = next(keys)
+            loading = pool.submit(self._load, key[2], pin)
+            while True:
+                epoch, group, _, first = key
+                acts = loading.result()
+                key = next(keys)
+                loading = pool.submit(self._load, key[2], pin)
+                acts = acts.to(device, non_blocking=True)
+                gen = torch.Generator().manual_seed(hash((self.cfg.seed, epoch, group)) % 2**62)
+                perm = torch.randperm(len(acts), generator=gen).to(device)
+                for batch in range(first, len(acts) // per):
+                    idx = perm[batch * per : (batch + 1) * per][self.rank :: self.world]
+                    yield Position(epoch, group, batch + 1), acts[idx]
 
 
 def geometric_median(x: torch.Tensor, iterations: int = 30) -> torch.Tensor:
@@ -164,6 +190,10 @@ class Trainer:
         self.lr = cfg.lr or 2e-4 / math.sqrt(self.sae_cfg.d_sae / 16384)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999))
         self.since_fired = torch.zeros(self.sae_cfg.d_sae, dtype=torch.long, device=self.device)
+        self.aux_on = False  # refreshed from since_fired every AUX_CHECK_EVERY steps
+        self._sums = torch.zeros(6, device=self.device)  # metric sums since the last read
+        self._read_at = 0
+        self._bad_step = torch.tensor(-1, device=self.device)  # first step whose loss was not finite
         self.state = TrainState()
         self.metrics_path = self.out / "metrics.jsonl"
 
@@ -171,7 +201,7 @@ class Trainer:
     def initialise(self) -> None:
         """Input scale and b_dec from the first batches (identical on every rank)."""
         sample = torch.cat([b for _, b in _take(ShardBatches(self.store, self.layer, self.cfg).iterate(Position()), 4)])
-        sample = sample[:8192].to(self.device)
+        sample = sample[:8192].to(self.device).float()
         self.state.scale = math.sqrt(self.sae_cfg.d_in / sample.pow(2).sum(1).mean().item())
         scaled = sample * self.state.scale
         centre = geometric_median(scaled) if self.cfg.b_dec_init == "geometric_median" else scaled.mean(0)
@@ -201,35 +231,36 @@ class Trainer:
         last: dict = {}
         end = self.cfg.steps if stop_after is None else min(self.cfg.steps, stop_after)
         bar = tqdm(total=self.cfg.steps, initial=self.state.step, unit="step", disable=not progress or self.rank)
-        batches = self.data.iterate(self.state.position)
-        started = time.perf_counter()
+        batches = self.data.iterate(self.state.position, self.device)
+        started, first = time.perf_counter(), self.state.step
         while self.state.step < end:
             pos, batch = next(batches)
-            last = self.train_step(batch.to(self.device))
-            if not math.isfinite(last["loss"]):
-                self._diverged(f"loss {last['loss']}")
+            self.train_step(batch)
             self.state.position = pos
             self.state.step += 1
             bar.update(1)
             if self.state.step % self.cfg.log_every == 0 or self.state.step == self.cfg.steps:
-                last.update(
-                    step=self.state.step,
-                    rows_per_s=round(self.state.step * self.cfg.batch_size / (time.perf_counter() - started), 1),
-                )
+                rows_per_s = (self.state.step - first) * self.cfg.batch_size / (time.perf_counter() - started)
+                last = {**self.read_metrics(), "step": self.state.step, "rows_per_s": round(rows_per_s, 1)}
                 self._log(last)
             if self.state.step % self.cfg.checkpoint_every == 0 and self.state.step < self.cfg.steps:
-                self._check_weights()
+                self._check_finite()
                 self.save_checkpoint()
         bar.close()
+        self._check_finite()
         if self.world > 1:
             dist.barrier()
             dist.destroy_process_group()
         if self.state.step >= self.cfg.steps and self.rank == 0:
-            self._check_weights()
             last = {**last, **self.save_final()}
         return last
 
-    def _check_weights(self) -> None:
+    def _check_finite(self) -> None:
+        """Stop if a loss since the last check, or a weight now, is not finite (one host sync)."""
+        bad_step = int(self._bad_step)
+        if bad_step >= 0:
+            self.state.step = bad_step
+            self._diverged("the loss is not finite")
         bad = [name for name, p in self.sae.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             self._diverged(f"non-finite {', '.join(bad)}")
@@ -256,6 +287,7 @@ class Trainer:
         return self.lr * warm * decay
 
     def codes(self, pre: torch.Tensor) -> torch.Tensor:
+        """Dense codes of the reference path: TopK per row, or BatchTopK over the batch."""
         k = self.cfg.k
         if self.cfg.architecture == "batchtopk":
             flat = pre.flatten()
@@ -264,34 +296,61 @@ class Trainer:
         values, indices = pre.topk(k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, indices, values)
 
-    def train_step(self, x: torch.Tensor) -> dict:
+    def forward_losses(self, x: torch.Tensor, dead: torch.Tensor, aux_on: bool):
+        """(fvu, aux, fired, l0) for a scaled batch: sparse for TopK (see sae.sparse), dense
+        for BatchTopK and as the reference (`sparse=False`). No host synchronisation."""
+        sae, cfg = self.sae, self.cfg
+        variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        aux_k = self.aux_k if aux_on else 0
+        if cfg.sparse and cfg.architecture == "topk":
+            with autocast:
+                values, indices, aux_values, aux_indices = topk_encode(
+                    x - sae.b_dec, sae.W_enc, sae.b_enc, cfg.k, dead, aux_k
+                )
+                x_hat = sparse_decode(indices, values, sae.W_dec) + sae.b_dec
+            x_hat = x_hat.float()
+            err = x - x_hat
+            positive = (values > 0).float()
+            fired = torch.zeros(sae.cfg.d_sae, device=x.device).index_add_(0, indices.flatten(), positive.flatten()) > 0
+            l0 = positive.sum(-1).mean()
+            aux = torch.zeros((), device=x.device)
+            if aux_k:
+                aux_hat = sparse_decode(aux_indices, aux_values.float(), sae.W_dec)
+                aux = (err.detach() - aux_hat).pow(2).sum(-1).mean() / variance
+        else:
+            with autocast:
+                pre = sae.pre_activations(x)
+                z = self.codes(pre)
+                x_hat = z @ sae.W_dec + sae.b_dec
+            x_hat, pre, z = x_hat.float(), pre.float(), z.float()
+            err = x - x_hat
+            fired = (z > 0).any(0)
+            l0 = (z > 0).float().sum(-1).mean()
+            aux = torch.zeros((), device=x.device)
+            if aux_k:
+                values, indices = torch.where(dead, pre, torch.zeros_like(pre)).topk(aux_k, dim=-1)
+                z_aux = torch.zeros_like(pre).scatter_(-1, indices, values)
+                aux = (err.detach() - z_aux @ sae.W_dec).pow(2).sum(-1).mean() / variance
+        fvu = err.pow(2).sum(-1).mean() / variance
+        return fvu, aux, fired, l0
+
+    def train_step(self, x: torch.Tensor) -> None:
+        """One optimizer step. Metrics accumulate on the device and are read every `log_every`
+        steps (`read_metrics`); nothing here waits for the device."""
         sae, cfg = self.sae, self.cfg
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.state.step)
-        x = x * self.state.scale
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
-            pre = sae.pre_activations(x)
-            z = self.codes(pre)
-            x_hat = z @ sae.W_dec + sae.b_dec
-        x_hat, pre, z = x_hat.float(), pre.float(), z.float()
-        err = x - x_hat
-        variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-        fvu = err.pow(2).sum(-1).mean() / variance
-        fired = (z > 0).any(0)
+        x = x.float() * self.state.scale
+        if self.state.step % AUX_CHECK_EVERY == 0:  # the one host read of dead latents, every few steps
+            self.aux_on = bool((self.since_fired >= cfg.dead_steps).any()) and cfg.aux_coef > 0
+        dead = self.since_fired >= cfg.dead_steps
+        fvu, aux, fired, l0 = self.forward_losses(x, dead, self.aux_on)
         if self.world > 1:
             fired_any = fired.int()
             dist.all_reduce(fired_any, op=dist.ReduceOp.MAX)
             fired = fired_any.bool()
         self.since_fired = torch.where(fired, 0, self.since_fired + 1)
-        dead = self.since_fired >= cfg.dead_steps
-        aux = torch.zeros((), device=x.device)
-        if dead.any():
-            dead_pre = torch.where(dead, pre, torch.zeros_like(pre))
-            n = min(self.aux_k, int(dead.sum()))
-            values, indices = dead_pre.topk(n, dim=-1)
-            z_aux = torch.zeros_like(pre).scatter_(-1, indices, values)
-            aux = (err.detach() - z_aux @ sae.W_dec).pow(2).sum(-1).mean() / variance
         loss = fvu + cfg.aux_coef * aux
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,13 +364,25 @@ class Trainer:
         self.opt.step()
         with torch.no_grad():
             sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
+            finite = torch.isfinite(loss)
+            self._bad_step = torch.where(finite | (self._bad_step >= 0), self._bad_step, self.state.step)
+            dead_frac = (self.since_fired >= cfg.dead_steps).float().mean()
+            self._sums += torch.stack([loss.detach(), fvu.detach(), aux.detach(), l0, dead_frac, finite.float()])
+
+    def read_metrics(self) -> dict:
+        """Means over the steps since the last read (one host sync), then start afresh."""
+        sums = self._sums.tolist()
+        count = max(1, self.state.step - self._read_at)
+        self._sums.zero_()
+        self._read_at = self.state.step
+        loss, fvu, aux, l0, dead_frac, _ = (v / count for v in sums)
         return {
-            "loss": round(loss.item(), 6),
-            "fvu": round(fvu.item(), 6),
-            "aux": round(aux.item(), 6),
-            "l0": round((z > 0).float().sum(-1).mean().item(), 2),
-            "dead_frac": round(dead.float().mean().item(), 4),
-            "lr": self.lr_at(self.state.step),
+            "loss": round(loss, 6),
+            "fvu": round(fvu, 6),
+            "aux": round(aux, 6),
+            "l0": round(l0, 2),
+            "dead_frac": round(dead_frac, 4),
+            "lr": self.lr_at(self.state.step - 1),
         }
 
     def _log(self, metrics: dict) -> None:
@@ -330,6 +401,7 @@ class Trainer:
                 "sae": self.sae.state_dict(),
                 "optimizer": self.opt.state_dict(),
                 "since_fired": self.since_fired.cpu(),
+                "aux_on": self.aux_on,
                 "step": self.state.step,
                 "position": asdict(self.state.position),
                 "scale": self.state.scale,
@@ -365,7 +437,9 @@ class Trainer:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MgsteerError(f"checkpoint '{self.out / name}' does not fit this SAE ({first})") from exc
         self.since_fired = state["since_fired"].to(self.device)
+        self.aux_on = bool(state.get("aux_on", False))
         self.state = TrainState(step=state["step"], position=Position(**state["position"]), scale=state["scale"])
+        self._read_at = self.state.step
         if self.rank == 0:
             self._truncate_metrics(self.state.step)
 

@@ -1,0 +1,77 @@
+"""Sparse TopK encode and decode for training: work in proportion to k, not to d_sae.
+
+Why: a TopK SAE's code has k non-zeros out of d_sae (32–100 of 32 768). The dense way —
+scatter the top-k into a `[batch, d_sae]` code, multiply by W_dec, and back-propagate through
+both dense products — spends five of its six large matrix products on zeros. Here only the
+encoder's forward product is dense (every pre-activation is needed to pick the top k):
+- decode is a gather-and-sum of k decoder rows per sample (`embedding_bag` with per-sample
+  weights), whose backward touches only those rows;
+- the encoder's backward (`TopKEncode`) sends the k gradients per sample back through the k
+  chosen encoder columns: `embedding_bag` for the input gradient and a chunked `index_add_`
+  for the weight gradient, so its memory stays bounded at any batch size.
+The dense path stays in `sae.train` as the reference (and for BatchTopK, whose per-row count
+varies); tests check that values and gradients agree.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_ROWS = 1024  # rows per index_add_ of weight-gradient contributions: k × d × 4 bytes each
+
+
+class TopKEncode(torch.autograd.Function):
+    """`values, indices = topk(relu(x_c @ W_enc + b_enc), k)` with a sparse backward.
+
+    `extra` optionally selects more latents per row (AuxK's dead latents): a mask `[d_sae]`
+    and a count; their values are returned too, and their gradients flow back the same way.
+    """
+
+    @staticmethod
+    def forward(ctx, x_c, w_enc, b_enc, k: int, extra_mask, extra_k: int):
+        pre = torch.relu(x_c @ w_enc + b_enc)
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        if extra_k:
+            masked = torch.where(extra_mask, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))
+            extra_values, extra_indices = masked.topk(extra_k, dim=-1, sorted=False)
+        else:
+            extra_values = extra_indices = pre.new_zeros((pre.shape[0], 0)).long()
+            extra_values = extra_values.to(pre.dtype)
+        ctx.save_for_backward(
+            x_c, w_enc, torch.cat([indices, extra_indices], dim=1), torch.cat([values, extra_values], dim=1) > 0
+        )
+        ctx.mark_non_differentiable(indices, extra_indices)
+        return values, indices, extra_values, extra_indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices, grad_extra, _grad_extra_indices):
+        x_c, w_enc, indices, positive = ctx.saved_tensors
+        # relu: a selected value of 0 passes no gradient (selected only because fewer were > 0)
+        grad = torch.cat([grad_values, grad_extra], dim=1) * positive
+        grad_x = grad_w = grad_b = None
+        w_rows = w_enc.t()  # [d_sae, d_in]: the chosen latents' encoder directions
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(indices, w_rows.contiguous(), mode="sum", per_sample_weights=grad.to(w_rows.dtype))
+        if ctx.needs_input_grad[1]:
+            rows = torch.zeros_like(w_rows)
+            for start in range(0, x_c.shape[0], CHUNK_ROWS):
+                g = grad[start : start + CHUNK_ROWS]
+                x = x_c[start : start + CHUNK_ROWS]
+                contributions = (g.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[1])
+                rows.index_add_(0, indices[start : start + CHUNK_ROWS].flatten(), contributions.to(rows.dtype))
+            grad_w = rows.t()
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, indices.flatten(), grad.flatten())
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def topk_encode(x_c, w_enc, b_enc, k: int, extra_mask=None, extra_k: int = 0):
+    """See `TopKEncode`; `x_c` is the input minus b_dec."""
+    return TopKEncode.apply(x_c, w_enc, b_enc, k, extra_mask, extra_k)
+
+
+def sparse_decode(indices: torch.Tensor, values: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
+    """Σ_j values[:, j] · W_dec[indices[:, j]]: `[batch, d_in]` without a dense code."""
+    return F.embedding_bag(indices, w_dec, mode="sum", per_sample_weights=values.to(w_dec.dtype))
