@@ -391,7 +391,8 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(small_stor
     wild = TrainConfig(**{**cfg.__dict__, "lr": 1e20})
     with pytest.raises(MgsteerError) as err:
         Trainer(ActivationStore(small_store), out, wild).run(resume=True)
-    assert re.search(r"training diverged at step 2[12] \(the loss is not finite\) with learning rate 1e\+20", str(err.value))
+    expected = r"training diverged at step 2[12] \(the loss is not finite\) with learning rate 1e\+20"
+    assert re.search(expected, str(err.value))
     assert "the last good checkpoint (checkpoint-20) is kept" in str(err.value)
     assert (out / "checkpoint-20" / "trainer_state.pt").read_bytes() == before
     assert not (out / "sae_weights.safetensors").exists()
