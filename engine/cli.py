@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--shard", help="i/n: this worker's share of the clips (not given: torchrun's rank/world)")
     h.add_argument("--shard-rows", type=types.whole(1, 2**24), default=65536, help="rows per shard file")
     h.add_argument("--seed", type=types.SEED, default=0, help="sampling seed of generation harvests")
+    h.add_argument("--batch-clips", type=types.whole(1, 1024), default=8, help="audio clips per teacher-forced pass")
     h.set_defaults(func=cmd_harvest)
 
     t = sub.add_parser("train", help="train a TopK SAE on a store (torchrun-able)")
@@ -324,10 +325,15 @@ def cmd_harvest(args: argparse.Namespace) -> None:
     source = "audio" if args.audio else "generation"
     writer = harvest_to_store(
         lm, clips, layers, args.out, source, worker, workers, args.store_dtype, args.shard_rows,
-        SamplingConfig(seed=args.seed), progress=progress_bars(), inputs=inputs,
+        SamplingConfig(seed=args.seed), progress=progress_bars(), inputs=inputs, batch_clips=args.batch_clips,
     )  # fmt: skip
     mine = len(assigned(clips, worker, workers))
     print(f"harvested {len(writer.done)}/{mine} clips (worker {worker}/{workers}) at layers {layers} into {args.out}")
+    if writer.frames:
+        print(
+            f"{writer.frames} frames in {writer.seconds:.1f} s: {writer.frames / writer.seconds:.0f} frames/s "
+            f"({100 * writer.write_s / writer.seconds:.0f} % of the time writing the store)"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> None:

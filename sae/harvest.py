@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,15 +173,33 @@ def delayed_inputs(codes: torch.Tensor, pad: int) -> torch.Tensor:
 
 @torch.no_grad()
 def teacher_forced_activations(
-    lm: LoadedModel, codes: torch.Tensor, layers: list[int], text: str | None = None
-) -> dict[int, torch.Tensor]:
-    """{layer: [frames, hidden]} for codes `[K, frames]`, unconditional unless `text` is given."""
-    states, mask = encode_prompts(lm, [text]) if text else null_condition(lm)
+    lm: LoadedModel, codes: list[torch.Tensor], layers: list[int], texts: list[str | None] | None = None
+) -> list[dict[int, torch.Tensor]]:
+    """For each clip's codes `[K, frames]`: {layer: [frames, hidden]}, in one decoder pass.
+
+    Clips of different lengths are right-padded: the decoder is causal, so a clip's positions
+    never see the padding after them and its rows are those of a pass on the clip alone (equal
+    up to float rounding of the batched products; tested). Unconditional unless `texts` gives
+    captions; a batch is either all captioned or all unconditional (`_batches`)."""
+    texts = texts or [None] * len(codes)
+    longest = max(c.shape[1] for c in codes)
+    shape = (len(codes), lm.num_codebooks, longest + 1)
+    inputs = torch.full(shape, lm.pad_token_id, dtype=torch.long, device=lm.device)
+    for row, clip in enumerate(codes):
+        inputs[row, :, : clip.shape[1] + 1] = delayed_inputs(clip.to(lm.device), lm.pad_token_id)
+    if texts[0] is None:
+        states, mask = null_condition(lm, batch=len(codes))
+    else:
+        states, mask = encode_prompts(lm, list(texts))
     with recording(lm, layers, record_rows="all") as taps:
         lm.model.decoder(
-            input_ids=delayed_inputs(codes, lm.pad_token_id), encoder_hidden_states=states, encoder_attention_mask=mask
+            input_ids=inputs.reshape(-1, longest + 1), encoder_hidden_states=states, encoder_attention_mask=mask
         )
-        return {layer: tap.take()[0, 1:].float().cpu() for layer, tap in taps.items()}
+        taken = {layer: tap.take() for layer, tap in taps.items()}
+    return [
+        {layer: acts[row, 1 : clip.shape[1] + 1].float().cpu() for layer, acts in taken.items()}
+        for row, clip in enumerate(codes)
+    ]
 
 
 def harvest_generation(
@@ -216,6 +235,7 @@ def harvest_to_store(
     sampling: SamplingConfig | None = None,
     progress: bool = False,
     inputs: dict | None = None,
+    batch_clips: int = 8,
 ) -> StoreWriter:
     """Harvest this worker's clips that the store does not hold yet; returns the writer.
     `inputs` (`audio_inputs`/`prompt_inputs`) is recorded, and a store made from other inputs
@@ -228,26 +248,51 @@ def harvest_to_store(
     writer = StoreWriter(out, meta, worker, workers, shard_rows, inputs=inputs)
     todo = [c for c in assigned(clips, worker, workers) if c.id not in writer.done]
     bar = tqdm(total=len(todo) + len(writer.done), initial=len(writer.done), unit="clip", disable=not progress)
-    for clip, acts, codes, origin in _harvest(lm, todo, layers, source, sampling or SamplingConfig()):
+    started, frames = time.perf_counter(), 0
+    for clip, acts, codes, origin in _harvest(lm, todo, layers, source, sampling or SamplingConfig(), batch_clips):
+        writing = time.perf_counter()
         writer.add_clip(clip.id, acts, codes, origin)
+        writer.write_s += time.perf_counter() - writing
+        frames += codes.shape[-1]
         bar.update(1)
+    writing = time.perf_counter()
     writer.flush()
+    writer.write_s += time.perf_counter() - writing
     bar.close()
+    writer.frames, writer.seconds = frames, time.perf_counter() - started
     return writer
 
 
-def _harvest(lm, clips: list[Clip], layers, source, sampling) -> Iterator[tuple[Clip, dict, torch.Tensor, dict]]:
+def _batches(clips: list[Clip], size: int) -> Iterator[list[Clip]]:
+    """Consecutive clips, `size` at a time; captioned and unconditional clips apart."""
+    batch: list[Clip] = []
     for clip in clips:
-        if source == "audio":
-            codes = encode_audio(lm, load_audio(clip, lm.sample_rate))[:, : clip_frames_limit(lm, generated=False)]
-            origin = {"path": str(clip.path.resolve()), "start_s": clip.start_s, "seconds": clip.seconds}
-            yield clip, teacher_forced_activations(lm, codes, layers, clip.text), codes.cpu(), origin
-        else:
-            frames = min(clip_frames_limit(lm, generated=True), round(clip.seconds * lm.frame_rate))
-            seeded = replace(sampling, seed=sampling.seed + hash_id(clip))
-            acts, codes = harvest_generation(lm, [clip.text], layers, frames, seeded)
-            origin = {"prompt": clip.text, "seed": seeded.seed}
-            yield clip, {layer: a[0] for layer, a in acts.items()}, codes[0], origin
+        if batch and (len(batch) == size or (batch[0].text is None) != (clip.text is None)):
+            yield batch
+            batch = []
+        batch.append(clip)
+    if batch:
+        yield batch
+
+
+def _harvest(
+    lm, clips: list[Clip], layers, source, sampling, batch_clips: int = 8
+) -> Iterator[tuple[Clip, dict, torch.Tensor, dict]]:
+    if source == "audio":
+        for batch in _batches(clips, batch_clips):
+            limit = clip_frames_limit(lm, generated=False)
+            codes = [encode_audio(lm, load_audio(clip, lm.sample_rate))[:, :limit] for clip in batch]
+            acts = teacher_forced_activations(lm, codes, layers, [clip.text for clip in batch])
+            for clip, clip_codes, clip_acts in zip(batch, codes, acts, strict=True):
+                origin = {"path": str(clip.path.resolve()), "start_s": clip.start_s, "seconds": clip.seconds}
+                yield clip, clip_acts, clip_codes.cpu(), origin
+        return
+    for clip in clips:
+        frames = min(clip_frames_limit(lm, generated=True), round(clip.seconds * lm.frame_rate))
+        seeded = replace(sampling, seed=sampling.seed + hash_id(clip))
+        acts, codes = harvest_generation(lm, [clip.text], layers, frames, seeded)
+        origin = {"prompt": clip.text, "seed": seeded.seed}
+        yield clip, {layer: a[0] for layer, a in acts.items()}, codes[0], origin
 
 
 def hash_id(clip: Clip) -> int:

@@ -7,8 +7,9 @@ encoder's forward product is dense (every pre-activation is needed to pick the t
 - decode is a gather-and-sum of k decoder rows per sample (`embedding_bag` with per-sample
   weights), whose backward touches only those rows;
 - the encoder's backward (`TopKEncode`) sends the k gradients per sample back through the k
-  chosen encoder columns: `embedding_bag` for the input gradient and a chunked `index_add_`
-  for the weight gradient, so its memory stays bounded at any batch size.
+  chosen encoder columns, with `embedding_bag` for the input gradient and its backward for
+  the weight gradient (a row-sorted accumulation; the `[batch, k, d_in]` outer products are
+  never materialised, so memory stays bounded at any batch size).
 The dense path stays in `sae.train` as the reference (and for BatchTopK, whose per-row count
 varies); tests check that values and gradients agree.
 """
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-CHUNK_ROWS = 1024  # rows per index_add_ of weight-gradient contributions: k × d × 4 bytes each
 
 
 class TopKEncode(torch.autograd.Function):
@@ -30,7 +29,7 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_c, w_enc, b_enc, k: int, extra_mask, extra_k: int):
-        pre = torch.relu(x_c @ w_enc + b_enc)
+        pre = torch.addmm(b_enc, x_c, w_enc).relu_()
         values, indices = pre.topk(k, dim=-1, sorted=False)
         if extra_k:
             masked = torch.where(extra_mask, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))
@@ -54,13 +53,13 @@ class TopKEncode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(indices, w_rows.contiguous(), mode="sum", per_sample_weights=grad.to(w_rows.dtype))
         if ctx.needs_input_grad[1]:
-            rows = torch.zeros_like(w_rows)
-            for start in range(0, x_c.shape[0], CHUNK_ROWS):
-                g = grad[start : start + CHUNK_ROWS]
-                x = x_c[start : start + CHUNK_ROWS]
-                contributions = (g.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[1])
-                rows.index_add_(0, indices[start : start + CHUNK_ROWS].flatten(), contributions.to(rows.dtype))
-            grad_w = rows.t()
+            # Row j gathers Σ g[b, i]·x_c[b] over the (b, i) that chose j: exactly the weight
+            # gradient of an embedding_bag with per-sample weights g and output gradient x_c.
+            with torch.enable_grad():
+                rows = torch.zeros_like(w_rows, requires_grad=True)
+                bags = F.embedding_bag(indices, rows, mode="sum", per_sample_weights=grad.to(rows.dtype))
+                (grad_rows,) = torch.autograd.grad(bags, rows, grad_outputs=x_c.to(rows.dtype))
+            grad_w = grad_rows.t()
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
             grad_b.index_add_(0, indices.flatten(), grad.flatten())

@@ -112,6 +112,7 @@ class StoreWriter:
         self._pending: list[str] = []
         self._sources: list[dict | None] = []
         self._rows = 0
+        self.frames, self.seconds, self.write_s = 0, 0.0, 0.0  # this run: frames harvested, wall and writing time
 
     def _check_or_write_index(self, inputs: dict | None) -> None:
         path = self.folder / "index.json"

@@ -39,6 +39,7 @@ from sae.store import ActivationStore
 from sae.topk import SAEConfig, TopKSAE
 
 ARCHITECTURES = ("topk", "batchtopk")
+DEFAULT_LR_16K = 2e-4  # at 16384 latents; see default_lr and the sweep in docs/SAE_TOOLKIT.md
 AUX_CHECK_EVERY = 10  # steps between host reads of "is any latent dead?" (AuxK on or off)
 
 
@@ -187,7 +188,7 @@ class Trainer:
         self.data = ShardBatches(store, self.layer, cfg, self.rank, self.world)
         torch.manual_seed(cfg.seed)
         self.sae = TopKSAE(self.sae_cfg).to(self.device)
-        self.lr = cfg.lr or 2e-4 / math.sqrt(self.sae_cfg.d_sae / 16384)
+        self.lr = cfg.lr or default_lr(self.sae_cfg.d_sae)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999))
         self.since_fired = torch.zeros(self.sae_cfg.d_sae, dtype=torch.long, device=self.device)
         self.aux_on = False  # refreshed from since_fired every AUX_CHECK_EVERY steps
@@ -520,6 +521,11 @@ RESUME_FIXED = (
     "layer", "k", "expansion", "architecture", "batch_size", "aux_k", "b_dec_init", "group_shards", "seed",
 )  # fmt: skip
 SAE_FOLDER_MARKS = ("cfg.json", "sae_weights.safetensors", "train_config.json", "latest.json")
+
+
+def default_lr(d_sae: int) -> float:
+    """The default learning rate: Gao et al.'s scaling with the number of latents."""
+    return DEFAULT_LR_16K / math.sqrt(d_sae / 16384)
 
 
 def claim_folder(out: Path, overwrite: bool) -> None:

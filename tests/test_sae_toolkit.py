@@ -64,7 +64,7 @@ def test_teacher_forced_rows_match_a_direct_forward(tiny_lm, audio_dir, tmp_path
     harvest_to_store(tiny_lm, [clip], [2], tmp_path / "acts", "audio")
     store = ActivationStore(tmp_path / "acts")
     codes = next(store.iter_codes())
-    direct = harvest_module.teacher_forced_activations(tiny_lm, codes, [2])[2]
+    direct = harvest_module.teacher_forced_activations(tiny_lm, [codes], [2])[0][2]
     torch.testing.assert_close(store.load_layer(2), direct, atol=2e-3, rtol=2e-3)  # float16 store
 
 
@@ -74,15 +74,15 @@ def test_interrupted_harvest_resumes_exactly(tiny_lm, audio_dir, tmp_path, monke
     real = harvest_module.teacher_forced_activations
     calls = {"n": 0}
 
-    def dies_after_seven(*args, **kwargs):
+    def dies_after_three(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 7:
+        if calls["n"] > 3:
             raise KeyboardInterrupt  # as if killed mid-harvest
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(harvest_module, "teacher_forced_activations", dies_after_seven)
-    with pytest.raises(KeyboardInterrupt):
-        harvest_to_store(tiny_lm, clips, [1], tmp_path / "resumed", "audio", shard_rows=120)
+    monkeypatch.setattr(harvest_module, "teacher_forced_activations", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):  # batches of 2 clips: killed after 6 of 11
+        harvest_to_store(tiny_lm, clips, [1], tmp_path / "resumed", "audio", shard_rows=120, batch_clips=2)
     partial = ActivationStore(tmp_path / "resumed")
     assert 0 < len(partial.clips) < len(clips)
     monkeypatch.setattr(harvest_module, "teacher_forced_activations", real)
@@ -91,6 +91,21 @@ def test_interrupted_harvest_resumes_exactly(tiny_lm, audio_dir, tmp_path, monke
     assert sorted(resumed.clips) == sorted(whole.clips) and len(set(resumed.clips)) == len(clips)
     assert resumed.rows() == whole.rows()
     torch.testing.assert_close(resumed.load_layer(1), whole.load_layer(1))
+
+
+@pytest.mark.parametrize("captions", [False, True])
+def test_batched_harvest_rows_equal_one_clip_harvests(tiny_lm, audio_dir, tmp_path, captions):
+    """Clips of different lengths (3 s, 2.5 s, 1 s, …) in one padded pass give the rows a pass
+    on each clip alone gives."""
+    texts = {"tone0.wav": "low tone", "chord.flac": "a chord", "tone2.wav": "high"} if captions else None
+    clips = audio_clips(audio_dir, clip_seconds=2.0, captions=texts)
+    one = harvest_to_store(tiny_lm, clips, [1, 3], tmp_path / "one", "audio", batch_clips=1)
+    batched = harvest_to_store(tiny_lm, clips, [1, 3], tmp_path / "batched", "audio", batch_clips=8)
+    assert one.frames == batched.frames > 0
+    a, b = ActivationStore(tmp_path / "one"), ActivationStore(tmp_path / "batched")
+    assert a.clips == b.clips and a.rows() == b.rows()
+    for layer in (1, 3):
+        torch.testing.assert_close(a.load_layer(layer), b.load_layer(layer), atol=2e-3, rtol=2e-3)  # float16 store
 
 
 def test_shards_split_the_clips(tiny_lm, audio_dir, tmp_path):
