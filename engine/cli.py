@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--architecture", default="topk", choices=("topk", "batchtopk"), help="sparsity rule")
     t.add_argument("--steps", type=types.COUNT, default=10_000, help="training steps")
     t.add_argument("--batch-size", type=types.whole(1, 2**20), default=4096, help="rows per step")
-    t.add_argument("--lr", type=types.number(0.0, 1.0, above=True), help="not given: 2e-4 / sqrt(d_sae / 16384)")
-    t.add_argument("--warmup-steps", type=types.whole(0, 10**9), default=100, help="linear learning-rate warm-up")
+    t.add_argument("--lr", type=types.number(0.0, 1.0, above=True), help="not given: 6.4e-3 / sqrt(d_sae / 16384)")
+    t.add_argument("--warmup-steps", type=types.whole(0, 10**9), default=0, help="linear learning-rate warm-up")
     t.add_argument(
         "--dead-steps", type=types.COUNT, default=200, help="steps without firing that make a latent dead"
     )

@@ -29,9 +29,11 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_c, w_enc, b_enc, k: int, extra_mask, extra_k: int):
-        pre = torch.addmm(b_enc, x_c, w_enc).relu_()
+        pre = torch.addmm(b_enc, x_c, w_enc)
         values, indices = pre.topk(k, dim=-1, sorted=False)
+        values = values.relu_()  # relu after the selection: the same values, one pass over k not d_sae
         if extra_k:
+            pre = pre.relu_()
             masked = torch.where(extra_mask, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))
             extra_values, extra_indices = masked.topk(extra_k, dim=-1, sorted=False)
         else:
@@ -56,7 +58,7 @@ class TopKEncode(torch.autograd.Function):
             # Row j gathers Σ g[b, i]·x_c[b] over the (b, i) that chose j: exactly the weight
             # gradient of an embedding_bag with per-sample weights g and output gradient x_c.
             with torch.enable_grad():
-                rows = torch.zeros_like(w_rows, requires_grad=True)
+                rows = torch.zeros(w_rows.shape, dtype=w_rows.dtype, device=w_rows.device, requires_grad=True)
                 bags = F.embedding_bag(indices, rows, mode="sum", per_sample_weights=grad.to(rows.dtype))
                 (grad_rows,) = torch.autograd.grad(bags, rows, grad_outputs=x_c.to(rows.dtype))
             grad_w = grad_rows.t()
