@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lr-scales", default="0.25,1,4,16", help="multiples of the default learning rate")
+    parser.add_argument("--lrs", default="1e-4,4e-4,1.6e-3,6.4e-3,1.28e-2,2.56e-2", help="learning rates to try")
     parser.add_argument("--warmups", default="0,100", help="warm-up steps")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -53,12 +53,13 @@ def main() -> None:
             rows.append({"recipe": "sparsify default", **_figures(theirs, true)})
         except ImportError:
             pass
-        lr0 = default_lr(args.expansion * args.d)
-        for scale in (float(x) for x in args.lr_scales.split(",")):
+        default = default_lr(args.expansion * args.d)
+        for lr in (float(x) for x in args.lrs.split(",")):
             for warmup in (int(x) for x in args.warmups.split(",")):
-                cfg = replace(base, lr=lr0 * scale, warmup_steps=warmup)
-                ours = train_ours(store, Path(tmp) / f"sae-{scale}-{warmup}", cfg, held_out)
-                rows.append({"recipe": f"ours lr {scale:g}× default, warm-up {warmup}", **_figures(ours, true)})
+                cfg = replace(base, lr=lr, warmup_steps=warmup)
+                ours = train_ours(store, Path(tmp) / f"sae-{lr}-{warmup}", cfg, held_out)
+                recipe = f"ours lr {lr:g} ({lr / default:.3g}× default), warm-up {warmup}"
+                rows.append({"recipe": recipe, **_figures(ours, true)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
     print(json.dumps(rows, indent=1))
 
