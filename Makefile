@@ -11,7 +11,7 @@ DEMO_OUT ?= demo_out
 # Chromium to check the feature browser page headless.
 SYSTEM_PACKAGES := libportaudio2 jackd2 chromium
 
-.PHONY: install system demo test lint clean
+.PHONY: install system demo test lint clean gpu-check
 
 install: $(STAMP)
 
@@ -43,6 +43,16 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# On a machine with an NVIDIA GPU: the `cuda` tests and the GPU benchmarks. GPU_PY is the Python
+# that has CUDA torch (e.g. `make gpu-check GPU_PY=python3` where the project is not installed).
+GPU_PY ?= $(BIN)/python
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) -m pytest -q -m cuda -p no:cacheprovider
+	PYTHONPATH=. $(GPU_PY) bench/stream.py --device cuda --dtype float16
+	PYTHONPATH=. $(GPU_PY) bench/stream.py --device cuda --dtype bfloat16 --model random-large
+	PYTHONPATH=. $(GPU_PY) bench/harvest.py --model random-small --device cuda --clips 64 --layers 6,12,18 --batch-clips 1,16
+	-PYTHONPATH=. $(GPU_PY) bench/sae_train.py --device cuda --d 1024 --expansion 32 --k 100 --steps 300 --against sparsify
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache *.egg-info

@@ -2,10 +2,11 @@
 
 Prints one JSON object: per-step ms of our token loop vs transformers' `generate()` measured
 in the same run, the cost of steering and of meters as a fraction of a step, the EnCodec
-chunk decode, the codec's right reach, and the real-time factor. Speed does not depend on
-weight values, so the figures hold for the real checkpoint.
+chunk decode, the codec's right reach, and the speed as `x_realtime` (audio seconds per
+second of compute; real time needs ≥ 1). Speed does not depend on weight values, so the
+figures hold for the real checkpoint.
 
-    python bench/stream.py [--model random-small] [--device auto] [--steps 30]
+    python bench/stream.py [--model random-small|random-medium|random-large] [--device auto] [--steps 30]
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def main() -> None:
         "encodec_chunk_decode_ms": round(decode_ms, 2),
         "codec_right_reach_frames": codec_right_reach(lm),
         "ms_per_audio_frame": round(per_frame_ms, 2),
-        "rtf": round(per_frame_ms / frame_ms, 3),
+        "x_realtime": round(frame_ms / per_frame_ms, 3),
         "realtime_needs_ms_per_frame": frame_ms,
     }
     print(json.dumps(result, indent=2))

@@ -378,7 +378,7 @@ def _start_osc(args, bus, host, lm, sae):
         return {
             "position_s": round(st.position_s, 2),
             "underruns": st.underruns,
-            "rtf": round(st.rtf, 3),
+            "x_realtime": round(st.x_realtime, 3),
             "nonfinite_steps": st.nonfinite_steps,
         }
 

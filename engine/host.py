@@ -62,7 +62,7 @@ class HostConfig:
 class Status:
     position_s: float  # audio played
     generated_s: float  # audio generated
-    rtf: float  # compute time / audio time (< 1: faster than real time)
+    x_realtime: float  # speed: audio seconds generated per second of compute (> 1: faster than real time)
     step_ms_p50: float
     step_ms_p95: float
     lookahead_ms: float  # audio queued in the sink now
@@ -78,7 +78,8 @@ class Status:
             "n/a" if self.latency_ms_p50 is None else f"{self.latency_ms_p50:.0f}/{self.latency_ms_p95:.0f} ms p50/p95"
         )
         return (
-            f"t {self.position_s:6.1f} s | RTF {self.rtf:.2f} | step {self.step_ms_p50:.1f}/{self.step_ms_p95:.1f} ms "
+            f"t {self.position_s:6.1f} s | speed {self.x_realtime:.2f}× real time | "
+            f"step {self.step_ms_p50:.1f}/{self.step_ms_p95:.1f} ms "
             f"p50/p95 | lookahead {self.lookahead_ms:.0f} ms | underruns {self.underruns} | "
             f"knob→sound {latency} | reprimes {self.reprimes}"
             + (f" | non-finite steps {self.nonfinite_steps} (run unsteered)" if self.nonfinite_steps else "")
@@ -165,7 +166,7 @@ class Host:
         return Status(
             position_s=self.sink.played_model_samples / self.lm.sample_rate,
             generated_s=generated_s,
-            rtf=self._busy_s / generated_s if generated_s else 0.0,
+            x_realtime=generated_s / self._busy_s if self._busy_s else 0.0,
             step_ms_p50=_percentile(steps, 50) or 0.0,
             step_ms_p95=_percentile(steps, 95) or 0.0,
             lookahead_ms=1000 * self.sink.queued_seconds,

@@ -91,15 +91,48 @@ def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: in
     otherwise the hub is probed once, quickly, so an unreachable hub is one clear error rather
     than half a minute of retries and a stack trace.
     """
+    check_transformers()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if spec in PRESETS:
         model, tokenizer = build_random_musicgen(seed=seed, spec=PRESETS[spec])
     else:
         model, tokenizer = _load_pretrained(spec, dt)
-    model = model.to(device=dev, dtype=dt).eval()
+    try:
+        model = model.to(device=dev, dtype=dt).eval()
+    except torch.cuda.OutOfMemoryError as exc:
+        raise MgsteerError(out_of_memory(spec, model, dt, dev)) from exc
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=dt)
+
+
+# Older versions build MusicGen's positional arange on the CPU while a static cache's length
+# lives on the GPU: every CUDA step fails (seen with 5.17).
+MIN_TRANSFORMERS = (5, 23)
+
+
+def check_transformers() -> None:
+    import transformers
+
+    version = transformers.__version__
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_TRANSFORMERS:
+        need = ".".join(map(str, MIN_TRANSFORMERS))
+        raise MgsteerError(f"transformers {version} is too old: this needs ≥ {need} (pip install -U transformers)")
+
+
+def out_of_memory(spec: str, model: nn.Module, dtype: torch.dtype, device: torch.device) -> str:
+    """One line naming the model's size and the memory free on the device."""
+    params = sum(p.numel() for p in model.parameters())
+    need = params * torch.empty((), dtype=dtype).element_size() / 2**30
+    free = ""
+    if device.type == "cuda":
+        available, total = torch.cuda.mem_get_info(device)
+        free = f"; {available / 2**30:.1f} GiB of {total / 2**30:.1f} GiB free on {device}"
+    return (
+        f"out of GPU memory loading {spec} ({params / 1e9:.2f} B parameters, {need:.1f} GiB in "
+        f"{str(dtype).removeprefix('torch.')}{free}): try --dtype bfloat16 or a smaller model"
+    )
 
 
 def _load_pretrained(spec: str, dtype: torch.dtype):

@@ -9,7 +9,7 @@ memory figures, which do not depend on the weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
@@ -87,7 +87,10 @@ SMALL = ArchSpec(
     codec_hidden=128,
     codec_dim=128,
 )
-PRESETS = {"tiny": TINY, "random-small": SMALL}
+# musicgen-medium and -large: the same text encoder (T5-base) and codec, a wider, deeper decoder.
+MEDIUM = replace(SMALL, decoder_layers=48, hidden_size=1536, heads=24, ffn_dim=6144)
+LARGE = replace(SMALL, decoder_layers=48, hidden_size=2048, heads=32, ffn_dim=8192)
+PRESETS = {"tiny": TINY, "random-small": SMALL, "random-medium": MEDIUM, "random-large": LARGE}
 
 
 def build_tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:

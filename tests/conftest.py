@@ -18,6 +18,16 @@ from sae.topk import SAEConfig
 SAE_LAYER = 2
 
 
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests are always collected; without a GPU they skip and say why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `make gpu-check` on a machine with one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm() -> LoadedModel:
     return load_musicgen("tiny", device="cpu")

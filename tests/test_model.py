@@ -110,3 +110,39 @@ def test_tiny_codec_audio_depends_on_codes(tiny_lm):
     assert (a - b).abs().max() > 0.05 * a.abs().max()
     # Audio well before the changed frames barely moves: the decoder is local in time.
     assert (a - b)[:, : 5 * hop].abs().max() < (a - b)[:, 10 * hop :].abs().max()
+
+
+def test_the_random_presets_have_musicgens_sizes():
+    """Built on the meta device: sizes without allocating billions of weights."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from engine.tiny import PRESETS, build_config
+
+    decoder_m = {}
+    for name in ("random-small", "random-medium", "random-large"):
+        spec = PRESETS[name]
+        with torch.device("meta"):
+            model = MusicgenForConditionalGeneration(build_config(spec, spec.text_vocab))
+        decoder_m[name] = sum(p.numel() for p in model.decoder.parameters()) / 1e6
+        assert model.config.text_encoder.d_model == 768 and model.config.decoder.vocab_size == 2048
+    assert round(decoder_m["random-small"], 1) == 419.6
+    assert 1700 < decoder_m["random-medium"] < 1900 and 3100 < decoder_m["random-large"] < 3400
+
+
+def test_an_old_transformers_is_one_line(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(MgsteerError, match=r"transformers 5.17.0 is too old: this needs ≥ 5.23"):
+        load_musicgen("tiny")
+
+
+def test_out_of_memory_at_load_names_the_size(monkeypatch):
+    from transformers import MusicgenForConditionalGeneration
+
+    def no_room(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(MusicgenForConditionalGeneration, "to", no_room)
+    with pytest.raises(MgsteerError, match=r"out of GPU memory loading tiny \(0.00 B parameters, .* GiB in float32\)"):
+        load_musicgen("tiny")
