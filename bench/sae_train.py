@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from planted import planted_dictionary, planted_rows, planted_store, recovery
 
+from engine.device import resolve_device
 from sae.store import ActivationStore
 from sae.train import Position, ShardBatches, TrainConfig, Trainer
 
@@ -152,7 +153,7 @@ def main() -> None:
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         store = ActivationStore(planted_store(Path(tmp) / "acts", true, args.rows, shard_rows=50_000))
-        trainer_device = Trainer(store, Path(tmp) / "probe", cfg).device
+        trainer_device = resolve_device(args.device)
         if trainer_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         ours = train_ours(store, Path(tmp) / "sae", cfg, held_out)

@@ -194,7 +194,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999))
         self.since_fired = torch.zeros(self.sae_cfg.d_sae, dtype=torch.long, device=self.device)
         self.aux_on = False  # refreshed from since_fired every AUX_CHECK_EVERY steps
-        self._sums = torch.zeros(6, device=self.device)  # metric sums since the last read
+        self._sums = torch.zeros(5, device=self.device)  # metric sums since the last read
         self._read_at = 0
         self._bad_step = torch.tensor(-1, device=self.device)  # first step whose loss was not finite
         self.state = TrainState()
@@ -370,7 +370,7 @@ class Trainer:
             finite = torch.isfinite(loss)
             self._bad_step = torch.where(finite | (self._bad_step >= 0), self._bad_step, self.state.step)
             dead_frac = (self.since_fired >= cfg.dead_steps).float().mean()
-            self._sums += torch.stack([loss.detach(), fvu.detach(), aux.detach(), l0, dead_frac, finite.float()])
+            self._sums += torch.stack([loss.detach(), fvu.detach(), aux.detach(), l0, dead_frac])
 
     def read_metrics(self) -> dict:
         """Means over the steps since the last read (one host sync), then start afresh."""
@@ -378,7 +378,7 @@ class Trainer:
         count = max(1, self.state.step - self._read_at)
         self._sums.zero_()
         self._read_at = self.state.step
-        loss, fvu, aux, l0, dead_frac, _ = (v / count for v in sums)
+        loss, fvu, aux, l0, dead_frac = (v / count for v in sums)
         return {
             "loss": round(loss, 6),
             "fvu": round(fvu, 6),
