@@ -63,8 +63,8 @@ class TopKEncode(torch.autograd.Function):
                 (grad_rows,) = torch.autograd.grad(bags, rows, grad_outputs=x_c.to(rows.dtype))
             grad_w = grad_rows.t()
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, indices.flatten(), grad.flatten())
+            grad_b = torch.zeros(w_enc.shape[1], dtype=w_enc.dtype, device=grad.device)  # fp32 sums under autocast
+            grad_b.index_add_(0, indices.flatten(), grad.flatten().to(w_enc.dtype))
         return grad_x, grad_w, grad_b, None, None, None
 
 

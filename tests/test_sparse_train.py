@@ -78,3 +78,22 @@ def test_sparse_and_dense_trainers_agree(store, tmp_path):
     assert abs(s_last["fvu"] - d_last["fvu"]) < 1e-3 and s_last["aux"] > 0  # AuxK ran (dead_steps 3)
     for name in s_w:
         torch.testing.assert_close(s_w[name], d_w[name], atol=2e-4, rtol=1e-3, msg=name)
+
+
+def test_the_sparse_path_runs_under_bf16_autocast():
+    """As on a GPU (bf16 autocast over fp32 weights): gradients come back in each weight's dtype.
+    CPU autocast exercises the same casts."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 16)
+    w_enc = torch.randn(16, 128, requires_grad=True)
+    b_enc = torch.zeros(128, requires_grad=True)
+    w_dec = torch.randn(128, 16, requires_grad=True)
+    dead = torch.rand(128) < 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values, indices, aux_values, aux_indices = topk_encode(x, w_enc, b_enc, 4, dead, 8)
+        x_hat = sparse_decode(indices, values, w_dec)
+    loss = (x_hat.float() - x).pow(2).mean() + sparse_decode(aux_indices, aux_values.float(), w_dec).pow(2).mean()
+    loss.backward()
+    assert values.dtype == torch.bfloat16
+    for weight in (w_enc, b_enc, w_dec):
+        assert weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()
