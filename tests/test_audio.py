@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cli.main import main
 from engine.audio import DeviceSink, NullSink, RingBuffer, StreamResampler, WavRecorder
-from engine.cli import main
 from engine.errors import MgsteerError
 
 

@@ -7,8 +7,8 @@ import json
 import soundfile as sf
 from conftest import alive_features
 
-from engine.cli import main
-from engine.demo import run_demo
+from cli.demo import run_demo
+from cli.main import main
 
 
 def test_render_writes_steered_wav(tiny_sae_dir, tiny_sae, tmp_path, capsys):

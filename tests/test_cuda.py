@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from conftest import alive_features
 
-from engine.cli import main
+from cli.main import main
 from engine.model import load_musicgen
 from engine.steering import Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from planted import planted_dictionary, planted_store
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from cli.main import main
 from engine.audio import NullSink
-from engine.cli import main
 from engine.host import Host, HostConfig
 from engine.params import ParameterBus
 from engine.presets import PresetFolder

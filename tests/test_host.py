@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import alive_features
 
+from cli.main import main
 from engine.audio import NullSink
-from engine.cli import main
 from engine.hooks import ResidualTap
 from engine.host import Host, HostConfig
 from engine.params import ParameterBus

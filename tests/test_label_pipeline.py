@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from llm_server import GOOD, FakeLLM
 
-from engine.cli import main
+from cli.main import main
 from engine.errors import MgsteerError
 from sae.bootstrap import init_from_activations
 from sae.catalog import CATALOG_FILE, load_catalog, read_records

@@ -101,7 +101,7 @@ def test_unreachable_hub_for_clap_is_one_line(tiny_sae_dir):
     args = ["--model", "tiny", "--sae", str(tiny_sae_dir), "--features", "0", "--concept", "0=piano"]
     args += ["--scorer", "clap", "--clap-model", "nobody/no-such-clap", "--seconds", "0.2", "--device", "cpu"]
     run = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "eval-steer", *args], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "cli.main", "eval-steer", *args], capture_output=True, text=True, env=env, timeout=120
     )
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()

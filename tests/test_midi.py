@@ -8,7 +8,7 @@ import mido
 import pytest
 from conftest import wait_for
 
-from engine.cli import main
+from cli.main import main
 from engine.errors import MgsteerError
 from engine.params import ParameterBus
 from midi.mapping import Binding, MidiController, parse_bindings

@@ -71,7 +71,7 @@ def test_unreachable_hub_is_one_clear_line(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
     env.pop("HF_HUB_OFFLINE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "info", "--model", "facebook/musicgen-small"],
+        [sys.executable, "-m", "cli.main", "info", "--model", "facebook/musicgen-small"],
         capture_output=True,
         text=True,
         env=env,

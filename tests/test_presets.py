@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from cli.main import main
 from engine.errors import MgsteerError
 from engine.params import ParameterBus
 from engine.presets import apply_preset, capture_preset, load_preset, save_preset

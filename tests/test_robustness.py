@@ -15,8 +15,8 @@ from conftest import alive_features, wait_for
 from planted import planted_dictionary, planted_store
 from test_osc import Client
 
+from cli.main import main
 from engine.audio import NullSink
-from engine.cli import main
 from engine.errors import MgsteerError
 from engine.host import Host, HostConfig
 from engine.params import ParameterBus

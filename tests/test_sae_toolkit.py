@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from planted import planted_dictionary, planted_store, recovery
 
-from engine.cli import main
+from cli.main import main
 from engine.errors import MgsteerError
 from engine.render import render
 from engine.steering import FeatureSteer, SteeringSpec
@@ -201,13 +201,13 @@ def test_torchrun_two_processes_match_one(planted, tmp_path):
             "--lr", "4e-3", "--dead-steps", "50", "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "train", *args, "--out", str(tmp_path / "one")],
+        [sys.executable, "-m", "cli.main", "train", *args, "--out", str(tmp_path / "one")],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr
     multi = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "engine.cli", "train", *args, "--out", str(tmp_path / "two")],
+         "-m", "cli.main", "train", *args, "--out", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     assert multi.returncode == 0, multi.stderr[-3000:]

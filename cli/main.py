@@ -10,39 +10,23 @@ import argparse
 import sys
 import time
 
-from engine import argtypes as types
+from cli import argtypes as types
+from cli.common import (
+    DEFAULT_MODEL,
+    feature_list,
+    layer_list,
+    model_args,
+    parse_filter,
+    progress_bars,
+    sampling_args,
+    sampling_config,
+)
+from cli.sae_commands import add_commands
 from engine import limits
 from engine.errors import MgsteerError
 from engine.outputs import output_dir, output_file
 
-DEFAULT_MODEL = "facebook/musicgen-small"
 PRESETS_HINT = "not given: $XDG_CONFIG_HOME/mgsteer/presets, else ~/.config/mgsteer/presets"
-
-
-def _model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, default_text: str = "") -> None:
-    given = f"; not given: {default_text}" if default_text else ""
-    help_text = f"tiny, random-small, a hub id or a local folder{given}"
-    p.add_argument("--model", default=default, help=help_text)
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    p.add_argument("--dtype", default="auto", help="auto (float32), float32, float16, bfloat16")
-
-
-def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=types.SEED, default=0, help="sampling seed: the same seed gives the same music")
-    p.add_argument(
-        "--guidance", type=types.number(1.0, limits.MAX_GUIDANCE), default=3.0, help="classifier-free guidance; 1 = off"
-    )
-    p.add_argument("--top-k", type=types.whole(0, limits.MAX_TOP_K), default=250, help="sample among the k likeliest")
-    p.add_argument(
-        "--temperature", type=types.number(0.0, limits.MAX_TEMPERATURE, above=True), default=1.0, help="sampling heat"
-    )
-
-
-def sampling_config(args: argparse.Namespace):
-    """The SamplingConfig of the options `_sampling_args` added."""
-    from engine.tokenloop import SamplingConfig
-
-    return SamplingConfig(guidance=args.guidance, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("render", help="render one steered clip to a WAV file")
-    _model_args(r)
+    model_args(r)
     r.add_argument("--sae", help="SAE folder (cfg.json + sae_weights.safetensors + feature_stats.safetensors)")
     r.add_argument("--prompt", default="simple melody", help="what to play, in words")
     r.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
@@ -59,11 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--halves", default="both", choices=("both", "cond"), help="CFG halves to steer")
     r.add_argument("--seconds", type=types.SECONDS, default=5.0, help="audio to render")
     r.add_argument("--out", default="out.wav", help="WAV file to write")
-    _sampling_args(r)
+    sampling_args(r)
     r.set_defaults(func=cmd_render)
 
     p = sub.add_parser("play", help="play endlessly, steerable live (the resident host)")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--sae", help="SAE folder; needed for --steer and for knobs")
     p.add_argument("--prompt", default="simple melody", help="what to play, in words")
     p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
@@ -92,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="MIDI input: a port name, or none for a virtual 'mgsteer' port",
     )
     p.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"), help="MIDI backend")
-    _sampling_args(p)
+    sampling_args(p)
     p.set_defaults(func=cmd_play)
 
     h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
-    _model_args(h)
+    model_args(h)
     src = h.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", help="folder of wav/flac/mp3/ogg: teacher-forced, as in the paper")
     src.add_argument("--prompts", help="text file, one prompt per line: activations while generating")
@@ -138,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="print facts about a model and an SAE")
-    _model_args(i)
+    model_args(i)
     i.add_argument("--sae", help="SAE folder to check against the model")
     i.set_defaults(func=cmd_info)
 
@@ -149,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=types.SEED, default=0, help="sampling seed")
     d.set_defaults(func=cmd_demo)
 
-    from sae.cli import add_commands
-
-    add_commands(sub, _model_args, _sampling_args)
+    add_commands(sub)
     return parser
 
 
@@ -178,11 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         print("mgsteer: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def progress_bars() -> bool:
-    """Progress bars only on a terminal: logs and pipes stay one line per event."""
-    return sys.stderr.isatty()
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -413,35 +390,6 @@ def _start_midi(args, bus, preset):
     return midi
 
 
-def feature_list(text: str, what: str = "feature", example: str = "12,40") -> list[int]:
-    """Comma-separated non-negative ids, at least one, none twice."""
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise MgsteerError(f"bad {what} list '{text}': use comma-separated ids, e.g. {example}") from exc
-    if not ids or any(i < 0 for i in ids):
-        raise MgsteerError(f"bad {what} list '{text}': use comma-separated non-negative ids, e.g. {example}")
-    if len(set(ids)) != len(ids):
-        raise MgsteerError(f"bad {what} list '{text}': an id is listed twice")
-    return ids
-
-
-def layer_list(text: str) -> list[int]:
-    """`--layers`: like a feature list (the model's own range is checked once it is loaded)."""
-    return feature_list(text, "--layers", "2,6,12")
-
-
-def parse_filter(text: str) -> tuple[float, float]:
-    """`--filter lo,hi`: shares of clips, 0 ≤ lo ≤ hi ≤ 1."""
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise MgsteerError(f"bad --filter '{text}': use lo,hi, e.g. 0.01,0.25")
-    lo, hi = (limits.within(part.strip() or "x", f"--filter '{text}'", 0.0, 1.0) for part in parts)
-    if lo > hi:
-        raise MgsteerError(f"bad --filter '{text}': lo must not exceed hi")
-    return lo, hi
-
-
 def _device_arg(text: str | None) -> str | int | None:
     return int(text) if text is not None and text.isdigit() else text
 
@@ -485,7 +433,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from engine.demo import run_demo
+    from cli.demo import run_demo
 
     run_demo(output_dir(args.out), layer=args.layer, seconds=args.seconds, seed=args.seed, progress=progress_bars())
 

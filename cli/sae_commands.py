@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
-from engine import argtypes as types
+from cli import argtypes as types
+from cli.common import feature_list, model_args, progress_bars, sampling_args, sampling_config
 from engine import limits
 from engine.errors import MgsteerError
 from engine.outputs import output_dir, output_file
 
 
-def add_commands(sub, model_args: Callable, sampling_args: Callable) -> None:
+def add_commands(sub) -> None:
     lab = sub.add_parser("label", help="label SAE features from their top windows; writes SAE/features.json")
     lab.add_argument("--sae", required=True, help="SAE folder from mgsteer train")
     lab.add_argument("--acts", required=True, help="the activation store the SAE was trained on (or another)")
@@ -75,13 +75,11 @@ def _settings(args: argparse.Namespace):
 
 
 def _ids(text: str) -> tuple[int, ...]:
-    from engine.cli import feature_list
 
     return tuple(feature_list(text))
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from engine.cli import progress_bars
     from engine.model import load_musicgen
     from sae.examples import ExampleConfig
     from sae.harvest import parse_shard
@@ -119,7 +117,6 @@ def cmd_browse(args: argparse.Namespace) -> None:
 def cmd_eval_steer(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from engine.cli import progress_bars, sampling_config
     from engine.model import load_musicgen
     from sae.catalog import CATALOG_FILE, load_catalog
     from sae.eval_steer import DEFAULT_PROMPTS, EvalConfig, concept_for, evaluate_steering, write_report

@@ -1,0 +1,76 @@
+"""What every `mgsteer` subcommand shares: model and sampling flags, id lists, progress bars.
+
+Why a module of its own: the command modules (`cli.main`, `cli.sae_commands`) both use these,
+and neither imports the other for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cli import argtypes as types
+from engine import limits
+from engine.errors import MgsteerError
+
+DEFAULT_MODEL = "facebook/musicgen-small"
+
+
+def model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, default_text: str = "") -> None:
+    given = f"; not given: {default_text}" if default_text else ""
+    help_text = f"tiny, random-small, a hub id or a local folder{given}"
+    p.add_argument("--model", default=default, help=help_text)
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--dtype", default="auto", help="auto (float32), float32, float16, bfloat16")
+
+
+def sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=types.SEED, default=0, help="sampling seed: the same seed gives the same music")
+    p.add_argument(
+        "--guidance", type=types.number(1.0, limits.MAX_GUIDANCE), default=3.0, help="classifier-free guidance; 1 = off"
+    )
+    p.add_argument("--top-k", type=types.whole(0, limits.MAX_TOP_K), default=250, help="sample among the k likeliest")
+    p.add_argument(
+        "--temperature", type=types.number(0.0, limits.MAX_TEMPERATURE, above=True), default=1.0, help="sampling heat"
+    )
+
+
+def sampling_config(args: argparse.Namespace):
+    """The SamplingConfig of the options `sampling_args` added."""
+    from engine.tokenloop import SamplingConfig
+
+    return SamplingConfig(guidance=args.guidance, top_k=args.top_k, temperature=args.temperature, seed=args.seed)
+
+
+def progress_bars() -> bool:
+    """Progress bars only on a terminal: logs and pipes stay one line per event."""
+    return sys.stderr.isatty()
+
+
+def feature_list(text: str, what: str = "feature", example: str = "12,40") -> list[int]:
+    """Comma-separated non-negative ids, at least one, none twice."""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise MgsteerError(f"bad {what} list '{text}': use comma-separated ids, e.g. {example}") from exc
+    if not ids or any(i < 0 for i in ids):
+        raise MgsteerError(f"bad {what} list '{text}': use comma-separated non-negative ids, e.g. {example}")
+    if len(set(ids)) != len(ids):
+        raise MgsteerError(f"bad {what} list '{text}': an id is listed twice")
+    return ids
+
+
+def layer_list(text: str) -> list[int]:
+    """`--layers`: like a feature list (the model's own range is checked once it is loaded)."""
+    return feature_list(text, "--layers", "2,6,12")
+
+
+def parse_filter(text: str) -> tuple[float, float]:
+    """`--filter lo,hi`: shares of clips, 0 ≤ lo ≤ hi ≤ 1."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise MgsteerError(f"bad --filter '{text}': use lo,hi, e.g. 0.01,0.25")
+    lo, hi = (limits.within(part.strip() or "x", f"--filter '{text}'", 0.0, 1.0) for part in parts)
+    if lo > hi:
+        raise MgsteerError(f"bad --filter '{text}': lo must not exceed hi")
+    return lo, hi
