@@ -175,7 +175,6 @@ def cmd_render(args: argparse.Namespace) -> None:
     out_path = output_file(args.out, (".wav",))
     sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
-    limits.prompt_tokens(lm.tokenizer, prompt, "--prompt")
     frames_for(lm, args.seconds)
     sae = load_sae(args.sae, lm.device) if args.sae else None
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None

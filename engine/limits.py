@@ -102,7 +102,11 @@ def prompt_tokens(tokenizer, text: str, what: str = "prompt") -> str:
     """Refuse a prompt longer than MAX_PROMPT_TOKENS tokens of the model's own tokenizer: the
     text encoder's memory grows with the square of its length."""
     text = prompt_text(text, what)
-    count = len(tokenizer(text)["input_ids"])
+    token_count(len(tokenizer(text)["input_ids"]), what)
+    return text
+
+
+def token_count(count: int, what: str = "prompt") -> None:
+    """Refuse a prompt of more than MAX_PROMPT_TOKENS tokens (counted by the caller's tokenizer)."""
     if count > MAX_PROMPT_TOKENS:
         raise MgsteerError(f"{what} is {count} tokens long; the limit is {MAX_PROMPT_TOKENS}")
-    return text

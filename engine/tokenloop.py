@@ -61,8 +61,10 @@ def encode_prompts(lm: LoadedModel, prompts: list[str], null_half: bool = False)
     """Text → the decoder's cross-attention states and mask; with `null_half`, the all-zero
     'null' condition of classifier-free guidance is appended as a second half."""
     for prompt in prompts:
-        limits.prompt_tokens(lm.tokenizer, prompt)
+        limits.prompt_text(prompt)  # the cheap bound first: never tokenize a huge text
     tok = lm.tokenizer(prompts, return_tensors="pt", padding=True)
+    for count in tok["attention_mask"].sum(1).tolist():
+        limits.token_count(count)
     ids, mask = tok["input_ids"].to(lm.device), tok["attention_mask"].to(lm.device)
     states = lm.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     if getattr(lm.model, "enc_to_dec_proj", None) is not None:
