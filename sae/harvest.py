@@ -58,6 +58,11 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return worker, workers
 
 
+def audio_files(root: Path) -> list[Path]:
+    """The audio files under `root`, in a stable order."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
 def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str] | None = None) -> list[Clip]:
     """Each file cut into consecutive windows of `clip_seconds` (a last window ≥ 1 s is kept)."""
     import soundfile as sf
@@ -67,7 +72,7 @@ def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str
     root = Path(folder)
     if not root.is_dir():
         raise MgsteerError(f"audio folder '{folder}' does not exist")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = audio_files(root)
     if not files:
         raise MgsteerError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under '{folder}'")
     clips = []
@@ -105,7 +110,7 @@ def audio_inputs(folder: str | Path, clip_seconds: float, captions: dict[str, st
     """What an audio harvest reads, as a store records it: the folder, every file's size and
     modification time (a changed or replaced file changes them), the clip length and captions."""
     root = Path(folder).resolve()
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = audio_files(root)
     listing = [[p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return {
         "folder": str(root),
