@@ -1,12 +1,14 @@
 """Streaming benchmark on the real musicgen-small architecture (random weights, offline).
 
 Prints one JSON object: per-step ms of our token loop vs transformers' `generate()` measured
-in the same run, the cost of steering and of meters as a fraction of a step, the EnCodec
-chunk decode, the codec's right reach, and the speed as `x_realtime` (audio seconds per
-second of compute; real time needs ≥ 1). Speed does not depend on weight values, so the
-figures hold for the real checkpoint.
+in the same run; the steered step with 4 meters, eager and (on CUDA) replayed as a graph,
+with the GPU's busy time per step; the cost of steering and of meters as a fraction of a
+step; the EnCodec chunk decode; time to first audio; and the speed as `x_realtime` (audio
+seconds per second of compute; real time needs ≥ 1). Speed does not depend on weight
+values, so the figures hold for the real checkpoint.
 
-    python bench/stream.py [--model random-small|random-medium|random-large] [--device auto] [--steps 30]
+    python bench/stream.py [--model random-small|random-medium|random-large] [--device auto]
+                           [--dtype float16] [--steps 30] [--graph/--no-graph]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from engine.codec_stream import ChunkConfig, codec_right_reach
+from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach
 from engine.model import load_musicgen
 from engine.steering import Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
@@ -72,17 +74,57 @@ def hf_generate_step_ms(lm, steps: int, warmup: int) -> float:
     return 1000 * statistics.median(gaps)
 
 
-def loop_step_ms(lm, steps: int, warmup: int, steerer: Steerer | None = None) -> float:
-    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=0), max_context=steps + warmup + 8)
-    times = []
-    for i in range(steps + warmup):
-        _sync(lm.device)
-        t = time.perf_counter()
+def loop_step_ms(lm, steps: int, warmup: int, graph: bool, steerer: Steerer | None = None) -> float:
+    """Mean wall ms per step over `steps` steps after `warmup` (which includes any capture),
+    read-backs included: what the generation thread pays per frame."""
+    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=0), max_context=steps + warmup + 8, graph=graph)
+    if steerer is not None:
+        steerer.attach(loop)
+    for _ in range(warmup):
         loop.step()
+    _sync(lm.device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        loop.step()
+    loop.flush()
+    _sync(lm.device)
+    if loop.graphs is not None and loop.graphs.error:
+        raise SystemExit(loop.graphs.error)
+    return 1000 * (time.perf_counter() - t) / steps
+
+
+def gpu_busy_ms(lm, steps: int, graph: bool, steerer: Steerer | None) -> float | None:
+    """GPU kernel time per step (profiler), the floor a launch-free step could reach."""
+    if lm.device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=0), max_context=steps + 16, graph=graph)
+    if steerer is not None:
+        steerer.attach(loop)
+    for _ in range(8):
+        loop.step()
+    _sync(lm.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            loop.step()
         _sync(lm.device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    busy_us = sum(e.device_time_total for e in prof.key_averages())
+    return busy_us / 1000 / steps
+
+
+def first_audio_ms(lm, chunk: ChunkConfig, graph: bool) -> float:
+    """Prompt in → first playable block out: text encoding, K − 1 + chunk + holdback steps
+    (graph capture included) and one chunk decode, on a loaded model."""
+    _sync(lm.device)
+    t = time.perf_counter()
+    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=1), graph=graph)
+    decoder = ChunkedDecoder(lm, chunk)
+    block = None
+    while block is None:
+        for frame in loop.step()[0].unbind(-1):
+            block = decoder.push(frame) if block is None else block
+    return 1000 * (time.perf_counter() - t)
 
 
 def edit_ms(steerer: Steerer, lm, repeats: int = 200) -> float:
@@ -133,24 +175,36 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--expansion", type=int, default=32)
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument(
+        "--graph",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the step replayed as a CUDA graph (CUDA only)",
+    )
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
     lm = load_musicgen(args.model, args.device, args.dtype)
+    graph = args.graph and lm.device.type == "cuda"
     sae = make_sae(lm, args.expansion, args.k)
     chunk = ChunkConfig()
 
     hf_ms = hf_generate_step_ms(lm, args.steps, args.warmup)
-    ours_ms = loop_step_ms(lm, args.steps, args.warmup)
+    eager_ms = loop_step_ms(lm, args.steps, args.warmup, graph=False)
     with Steerer(lm, sae, cfg_doubled=True) as steerer:
         steerer.set_vector(steerer.vector_for({0: 1.0, 1: -0.5}))
         steer_edit_ms = edit_ms(steerer, lm)
-        steered_ms = loop_step_ms(lm, args.steps, args.warmup, steerer)
         steerer.watch([0, 1, 2, 3])
         metered_edit_ms = edit_ms(steerer, lm)
+        steered = {"eager": loop_step_ms(lm, args.steps, args.warmup, False, steerer)}
+        busy = {"eager": gpu_busy_ms(lm, args.steps, False, steerer)}
+        if graph:
+            steered["graph"] = loop_step_ms(lm, args.steps, args.warmup, True, steerer)
+            busy["graph"] = gpu_busy_ms(lm, args.steps, True, steerer)
+    best = "graph" if graph else "eager"
     decode_ms = chunk_decode_ms(lm, chunk)
     frame_ms = 1000 / lm.frame_rate
-    per_frame_ms = ours_ms + decode_ms / chunk.chunk
+    per_frame_ms = steered[best] + decode_ms / chunk.chunk
     result = {
         "model": args.model,
         "device": str(lm.device),
@@ -160,17 +214,20 @@ def main() -> None:
         "parameters_m": round(lm.parameter_count() / 1e6, 1),
         "steps_timed": args.steps,
         "hf_generate_step_ms": round(hf_ms, 2),
-        "our_loop_step_ms": round(ours_ms, 2),
-        "our_vs_generate": round(ours_ms / hf_ms, 3),
-        "steered_loop_step_ms": round(steered_ms, 2),
+        "our_loop_step_ms": round(eager_ms, 2),
+        "our_vs_generate": round(eager_ms / hf_ms, 3),
         "sae": {"d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "layer": sae.cfg.hook_layer},
+        "steered_metered_step_ms": {name: round(ms, 3) for name, ms in steered.items()},
+        "gpu_busy_ms_per_step": {name: None if ms is None else round(ms, 3) for name, ms in busy.items()},
         "steering_hook_ms": round(steer_edit_ms, 4),
-        "steering_overhead_frac": round(steer_edit_ms / ours_ms, 4),
+        "steering_overhead_frac": round(steer_edit_ms / eager_ms, 4),
         "steering_plus_meters_hook_ms": round(metered_edit_ms, 4),
-        "steering_plus_meters_overhead_frac": round(metered_edit_ms / ours_ms, 4),
+        "steering_plus_meters_overhead_frac": round(metered_edit_ms / eager_ms, 4),
         "chunk_frames": {"chunk": chunk.chunk, "context": chunk.context, "holdback": chunk.holdback},
         "encodec_chunk_decode_ms": round(decode_ms, 2),
         "codec_right_reach_frames": codec_right_reach(lm),
+        "first_audio_ms": round(first_audio_ms(lm, chunk, graph), 1),
+        "step_used": best,
         "ms_per_audio_frame": round(per_frame_ms, 2),
         "x_realtime": round(frame_ms / per_frame_ms, 3),
         "realtime_needs_ms_per_frame": frame_ms,

@@ -24,6 +24,15 @@ def model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, 
     p.add_argument("--dtype", default="auto", help="auto (float32), float32, float16, bfloat16")
 
 
+def graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--graph",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on CUDA, replay the decoder step as a captured CUDA graph (elsewhere the step is always eager)",
+    )
+
+
 def sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=types.SEED, default=0, help="sampling seed: the same seed gives the same music")
     p.add_argument(

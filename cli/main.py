@@ -14,6 +14,7 @@ from cli import argtypes as types
 from cli.common import (
     DEFAULT_MODEL,
     feature_list,
+    graph_args,
     layer_list,
     model_args,
     parse_filter,
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seconds", type=types.SECONDS, default=5.0, help="audio to render")
     r.add_argument("--out", default="out.wav", help="WAV file to write")
     sampling_args(r)
+    graph_args(r)
     r.set_defaults(func=cmd_render)
 
     p = sub.add_parser("play", help="play endlessly, steerable live (the resident host)")
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"), help="MIDI backend")
     sampling_args(p)
+    graph_args(p)
     p.set_defaults(func=cmd_play)
 
     h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
@@ -107,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=types.whole(1, 2**20), default=4096, help="rows per step")
     t.add_argument("--lr", type=types.number(0.0, 1.0, above=True), help="not given: 6.4e-3 / sqrt(d_sae / 16384)")
     t.add_argument("--warmup-steps", type=types.whole(0, 10**9), default=0, help="linear learning-rate warm-up")
-    t.add_argument(
-        "--dead-steps", type=types.COUNT, default=200, help="steps without firing that make a latent dead"
-    )
+    t.add_argument("--dead-steps", type=types.COUNT, default=200, help="steps without firing that make a latent dead")
     t.add_argument("--b-dec-init", default="geometric_median", choices=("geometric_median", "mean"), help="b_dec start")
     t.add_argument("--checkpoint-every", type=types.COUNT, default=1000, help="steps between checkpoints")
     t.add_argument("--log-every", type=types.COUNT, default=50, help="steps between metrics lines")
@@ -179,7 +180,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     sae = load_sae(args.sae, lm.device) if args.sae else None
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
     started = time.perf_counter()
-    out = render(lm, prompt, args.seconds, sampling, sae, spec, progress=progress_bars())
+    out = render(lm, prompt, args.seconds, sampling, sae, spec, progress=progress_bars(), graph=args.graph)
     took = time.perf_counter() - started
     path = write_wav(out_path, out.audio, out.sample_rate)
     print(
@@ -188,6 +189,8 @@ def cmd_render(args: argparse.Namespace) -> None:
     )
     if sae is not None:
         print(describe_steering(sae, spec))
+    if out.graph_error:
+        print(f"note: {out.graph_error}")
     if out.nonfinite_steps:
         print(f"note: {out.nonfinite_steps} steps were not finite under this steering and were run unsteered")
     print(f"wrote {path} ({out.sample_rate} Hz, mono, 16-bit)")
@@ -227,7 +230,11 @@ def cmd_play(args: argparse.Namespace) -> None:
     meters = feature_list(args.meters) if args.meters else None
     sampling = sampling_config(args)
     config = HostConfig(
-        lookahead_ms=args.lookahead_ms, chunk=ChunkConfig(chunk=args.chunk), sampling=sampling, meters=meters
+        lookahead_ms=args.lookahead_ms,
+        chunk=ChunkConfig(chunk=args.chunk),
+        sampling=sampling,
+        meters=meters,
+        graph=args.graph,
     )
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = load_sae(args.sae, lm.device) if args.sae else None
@@ -249,6 +256,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     print(f"playing '{bus.snapshot().prompt}' with {lm.spec} on {lm.device.type} into {where}; Ctrl-C stops")
     host.start()
     next_line = time.perf_counter() + 1.0
+    graph_noted = False
     try:
         while args.seconds is None or host.status().position_s < args.seconds:
             time.sleep(0.02)
@@ -256,6 +264,8 @@ def cmd_play(args: argparse.Namespace) -> None:
                 raise MgsteerError(f"generation stopped: {host.error}")
             if time.perf_counter() >= next_line:
                 next_line += 1.0
+                if host.graph_error and not graph_noted:
+                    graph_noted = print(f"note: {host.graph_error}") or True
                 meters = " ".join(f"{f}:{v:.2f}" for f, v in sorted(latest.items()))
                 print(host.status().line() + (f" | meters {meters}" if meters else ""), flush=True)
     except KeyboardInterrupt:

@@ -38,6 +38,7 @@ class HostConfig:
     reprime_keep_s: float = 10.0  # …keeping this much of the most recent music
     reprime_piece: int = 32  # positions prefilled per step while re-priming
     halves: Halves = "both"
+    graph: bool = True  # on CUDA, replay the step as a CUDA graph (`TokenLoop`)
     meters: list[int] | None = None  # features to meter each step
 
     def validate(self, lm: LoadedModel) -> None:
@@ -126,7 +127,7 @@ class Host:
         self._decoder: ChunkedDecoder | None = None
         self._applied_version = -1
         self._target: torch.Tensor | None = None  # steering vector of the current snapshot
-        self._current: torch.Tensor | None = None  # vector in use (gliding toward the target)
+        self._glide_left = 0.0  # share of the way from the vector in use to the target still to go
         self._last_meter = 0.0
         self._reprime_at = int(self.config.reprime_at_s * lm.frame_rate)
         self._keep = int(self.config.reprime_keep_s * lm.frame_rate)
@@ -154,6 +155,12 @@ class Host:
 
     def reset(self) -> None:
         self.bus.reset()
+
+    @property
+    def graph_error(self) -> str | None:
+        """Why the step runs eagerly on a GPU where a graph was asked for, if it does."""
+        graphs = self._loop.graphs if self._loop is not None else None
+        return graphs.error if graphs is not None else None
 
     @property
     def alive(self) -> bool:
@@ -193,7 +200,9 @@ class Host:
             self._reprimes_before += self._loop.reprimes
             self._nonfinite_before += self._loop.nonfinite_steps
         context = self.config.context_positions(self.lm)
-        self._loop = TokenLoop(self.lm, [snap.prompt], self.config.sampling, max_context=context)
+        self._loop = TokenLoop(
+            self.lm, [snap.prompt], self.config.sampling, max_context=context, graph=self.config.graph
+        )
         if self.steerer is not None:
             self.steerer.attach(self._loop)
         self._decoder = ChunkedDecoder(self.lm, self.config.chunk)
@@ -210,7 +219,6 @@ class Host:
 
     def _tick(self) -> bool:
         """One generation step under the current snapshot; False when the transport is stopped."""
-        cfg, lm = self.config, self.lm
         snap = self.bus.snapshot()
         if self._loop is None or snap.reset_count != self._reset_seen:
             self._new_loop(snap)
@@ -222,24 +230,24 @@ class Host:
         if snap.version != self._applied_version:
             self._applied_version = snap.version
             if self.steerer is not None:
+                first = self._target is None
                 self._target = self.steerer.vector_for(snap.alphas())
-                if self._current is None:  # first snapshot: start at the target, no glide
-                    self._current = self._target
-                    self.steerer.set_vector(self._current, cfg.halves)
+                self._glide_left = 1.0
+                if first:  # first snapshot: start at the target, no glide
+                    self._glide(0.0)
             if self.applied:  # a change after start: mark where its sound begins
                 # The coarse codebook of frame `position` is sampled in this step.
                 self._markers.append((snap.changed_at, self._loop_base + loop.position * self.hop))
             self.applied.append((self.steps, snap.version))
-        if self._target is not None and self._current is not self._target:
-            self._current = self._smooth(self._current, self._target, snap.smoothing_ms, 1.0 / lm.frame_rate)
-            self.steerer.set_vector(self._current, cfg.halves)
+        if self._glide_left > 0:
+            self._glide(snap.smoothing_ms)
         if snap.prompt != self._prompt and not loop.repriming:
             loop.begin_reprime(self._keep, [snap.prompt])
             self._prompt = snap.prompt
-        frame = loop.step()
+        frames = loop.step()
         self.steps += 1
-        if frame is not None:
-            self._emit(self._decoder.push(frame[0]))
+        for frame in frames[0].unbind(-1):
+            self._emit(self._decoder.push(frame))
         if not loop.repriming and loop.cache_len >= self._reprime_at:
             loop.begin_reprime(self._keep)
         if loop.repriming:
@@ -251,10 +259,12 @@ class Host:
         return True
 
     def _publish_meters(self, now: float) -> None:
-        meters = self.steerer.meters if self.steerer is not None else None
-        if meters is not None and now - self._last_meter > 1 / 30:
+        if self.steerer is None or now - self._last_meter <= 1 / 30:
+            return
+        meters = self.steerer.read_meters()
+        if meters is not None:
             self._last_meter = now
-            self.bus.publish_meters(dict(zip(self.config.meters, meters[0].tolist(), strict=True)))
+            self.bus.publish_meters(dict(zip(self.config.meters, meters, strict=True)))
 
     def _reprime_piece(self, loop: TokenLoop) -> None:
         if self.steerer is not None:
@@ -265,16 +275,18 @@ class Host:
             if self.steerer is not None:
                 self.steerer.metering = True
 
-    @staticmethod
-    def _smooth(current: torch.Tensor, target: torch.Tensor, smoothing_ms: float, dt: float) -> torch.Tensor:
+    def _glide(self, smoothing_ms: float) -> None:
         """One-pole glide in audio time, 99 % of the way after `smoothing_ms`; snaps to the
-        target once within 0.1 % so the steady state is exact."""
-        if smoothing_ms <= 0:
-            return target
-        a = 1.0 - math.exp(-dt * 1000.0 * math.log(100.0) / smoothing_ms)
-        nxt = current + (target - current) * a
-        scale = max(float(target.abs().max()), float(current.abs().max()), 1e-6)
-        return target if float((target - nxt).abs().max()) < 1e-3 * scale else nxt
+        target once within 0.1 % of the way, so the steady state is exact. The arithmetic runs
+        on the device: a glide never waits for it."""
+        frame_ms = 1000.0 / self.lm.frame_rate
+        a = 1.0 if smoothing_ms <= 0 else 1.0 - math.exp(-frame_ms * math.log(100.0) / smoothing_ms)
+        self._glide_left *= 1.0 - a
+        if self._glide_left < 1e-3:
+            self._glide_left = 0.0
+            self.steerer.set_vector(self._target, self.config.halves)
+        else:
+            self.steerer.glide(self._target, a)
 
     def _emit(self, block: np.ndarray | None) -> None:
         if block is None or not len(block):

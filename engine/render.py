@@ -23,6 +23,7 @@ class Rendered:
     audio: np.ndarray  # float32 mono
     sample_rate: int
     nonfinite_steps: int = 0  # steps whose steered logits were not finite and were run unsteered
+    graph_error: str | None = None  # why a requested CUDA graph was not used
 
     @property
     def seconds(self) -> float:
@@ -49,6 +50,7 @@ def render(
     spec: SteeringSpec | None = None,
     progress: bool = False,
     vector: torch.Tensor | None = None,
+    graph: bool = True,
 ) -> Rendered:
     """Generate `seconds` of audio for `prompt`, steered by `spec` through `sae` if given, or
     by adding a raw residual `vector` at the SAE's layer (a baseline direction)."""
@@ -62,7 +64,7 @@ def render(
             steerer.set_vector(vector.to(lm.device, lm.dtype))
         elif steerer is not None:
             steerer.set(spec)
-        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks)
+        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks, graph=graph)
         if steerer is not None:
             steerer.attach(loop)
         codes = loop.frames(frames, progress=progress)
@@ -70,7 +72,13 @@ def render(
         if steerer is not None:
             steerer.close()
     audio = decode_codes(lm, codes)[0].cpu().numpy()
-    return Rendered(codes=codes[0].cpu(), audio=audio, sample_rate=lm.sample_rate, nonfinite_steps=loop.nonfinite_steps)
+    return Rendered(
+        codes=codes[0],
+        audio=audio,
+        sample_rate=lm.sample_rate,
+        nonfinite_steps=loop.nonfinite_steps,
+        graph_error=loop.graphs.error if loop.graphs is not None else None,
+    )
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:

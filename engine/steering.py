@@ -6,8 +6,9 @@ Two modes:
   reconstruction error — i.e. x' = x + Σ (α·β_j − z_j(x))·W_dec[j].
 
 Everything that does not depend on x (the summed vector, the target values) is computed
-once per change by `build_plan`, outside the hook; the hook only reads `Steerer._plan` once
-per call, so a controller thread can swap plans between steps without a lock.
+once per change by `build_plan`, outside the step; an add-mode vector is then copied into the
+`Steerer`'s persistent buffer, which the edit reads on the device. Only the engine's
+generation thread installs edits, between steps.
 """
 
 from __future__ import annotations
@@ -115,29 +116,58 @@ def build_plan(spec: SteeringSpec, loaded: LoadedSAE, device: torch.device, dtyp
 
 
 class Steerer:
-    """Steers one model with one SAE: owns the tap at the SAE's layer and the current plan."""
+    """Steers one model with one SAE: owns the tap at the SAE's layer and the current edit.
+
+    An add-mode edit lives in persistent device buffers (`vector`, a CFG-halves switch and an
+    on/off switch) that change in place, so a step captured as a CUDA graph keeps following
+    the knobs. A clamp plan needs the SAE inside the step and runs eagerly (`graph_safe`)."""
 
     def __init__(self, lm: LoadedModel, loaded: LoadedSAE, *, cfg_doubled: bool) -> None:
         check_sae_fits(loaded, lm)
         self.lm = lm
         self.loaded = loaded
-        self._plan: SteeringPlan | None = None
+        device = lm.device
+        self.vector = torch.zeros(lm.hidden_size, device=device, dtype=lm.dtype)
+        self._cond_only = torch.zeros((), dtype=torch.bool, device=device)
+        self._on = torch.zeros((), dtype=torch.bool, device=device)
+        self._steering = False  # host copy of "a vector is set"
+        self._clamp: SteeringPlan | None = None
         self._watch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.metering = True  # off while a call is not a generation step (e.g. a re-prime prefill)
         self.bypass = False  # on while a step is run again without the edit (see `unsteered`)
         self.meters: torch.Tensor | None = None  # watched features' activations at the last step
+        self._meter_copy: tuple[torch.Tensor, torch.cuda.Event] | None = None
+        self._meter_values: list[float] | None = None
         self.tap = ResidualTap(lm, loaded.cfg.hook_layer, cfg_doubled=cfg_doubled)
         self.tap.edit = self._edit
 
+    @property
+    def graph_safe(self) -> bool:
+        return self._clamp is None
+
     def set(self, spec: SteeringSpec | None) -> SteeringPlan | None:
-        """Build the new plan here (caller's thread), then swap it in with one assignment."""
+        """Build the plan here (caller's thread), then install it."""
         plan = None if spec is None else build_plan(spec, self.loaded, self.lm.device, self.lm.dtype)
-        self._plan = plan
+        if plan is not None and plan.vector is not None:
+            self.set_vector(plan.vector, plan.halves)
+        else:
+            self._clamp, self._steering = plan, False
+            self._switch()
         return plan
 
     def set_vector(self, vector: torch.Tensor, halves: Halves = "both") -> None:
-        """Swap in an add-mode plan for a precomputed vector (the host smooths toward targets)."""
-        self._plan = SteeringPlan(halves=halves, vector=vector)
+        """Install an add-mode vector (copied into the persistent buffer)."""
+        self.vector.copy_(vector)
+        self._cond_only.fill_(halves == "cond")
+        self._clamp, self._steering = None, True
+        self._switch()
+
+    def glide(self, target: torch.Tensor, fraction: float) -> None:
+        """Move the vector `fraction` of the way to `target`, on the device (no sync)."""
+        self.vector.lerp_(target.to(self.vector.dtype), fraction)
+
+    def _switch(self) -> None:
+        self._on.fill_(self._steering and not self.bypass)
 
     def vector_for(self, alphas: dict[int, float]) -> torch.Tensor:
         """Σ α·β·W_dec[j] for a {feature: α} map, on the model's device and dtype."""
@@ -151,6 +181,7 @@ class Steerer:
         SAE code whenever it is among the k strongest, continuous when it is not (no flicker to
         zero), and it costs O(watched × d) instead of a full encode (a ×32 SAE of musicgen-small
         reads 128 MB of encoder weights per step: 3 % of a CPU step)."""
+        self.meters = self._meter_copy = self._meter_values = None
         if not features:
             self._watch = None
             return
@@ -160,28 +191,67 @@ class Steerer:
         sae = self.loaded.sae
         self._watch = (sae.W_enc[:, ids].contiguous(), sae.b_enc[ids].clone(), sae.b_dec.clone())
 
+    def read_meters(self) -> list[float] | None:
+        """The first prompt's meters, without waiting for the device: on a GPU each call starts
+        a copy and returns the values of the latest copy that has finished."""
+        meters = self.meters
+        if meters is None:
+            return None
+        if meters.device.type != "cuda":
+            return meters[0].tolist()
+        if self._meter_copy is not None and self._meter_copy[1].query():
+            self._meter_values = self._meter_copy[0].tolist()
+            self._meter_copy = None
+        if self._meter_copy is None:
+            host = torch.empty(meters.shape[1], pin_memory=True)
+            host.copy_(meters[0], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._meter_copy = (host, done)
+        return self._meter_values
+
     @contextlib.contextmanager
     def unsteered(self) -> Iterator[None]:
         """The model as if no steering were set: what a token loop falls back to when a steered
         step's logits are not finite (`TokenLoop.unsteered`)."""
         self.bypass = True
+        self._switch()
         try:
             yield
         finally:
             self.bypass = False
+            self._switch()
 
     def attach(self, loop) -> None:
-        """Let `loop` fall back to an unsteered step when a steered one is not finite."""
+        """Let `loop` fall back to an unsteered step when a steered one is not finite, and run
+        its step eagerly while the edit cannot be captured."""
         loop.unsteered = self.unsteered
+        loop.graph_ok = lambda: self.graph_safe
 
     def _edit(self, hidden: torch.Tensor, cond: slice) -> torch.Tensor:
-        plan = None if self.bypass else self._plan
-        out = hidden if plan is None else plan.apply(hidden, cond)
+        if self._clamp is not None:
+            out = hidden if self.bypass else self._clamp.apply(hidden, cond)
+        else:
+            out = self._add(hidden)
         watch = self._watch
         if watch is not None and self.metering:
             w_enc, b_enc, b_dec = watch
-            self.meters = torch.relu((out[cond][:, -1].float() - b_dec) @ w_enc + b_enc)
+            value = torch.relu((out[cond][:, -1].float() - b_dec) @ w_enc + b_enc)
+            if self.meters is None or self.meters.shape != value.shape:
+                self.meters = value.clone()
+            else:
+                self.meters.copy_(value)  # in place: a captured graph keeps writing here
         return out
+
+    def _add(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden + vector on the rows the halves switch selects, where the on switch is set:
+        device selects, so neither switch needs a new graph."""
+        edited = hidden + self.vector
+        if self.tap.cfg_doubled:
+            half = hidden.shape[0] // 2
+            cond_only = torch.cat([edited[:half], hidden[half:]], dim=0)
+            edited = torch.where(self._cond_only, cond_only, edited)
+        return torch.where(self._on, edited, hidden)
 
     def close(self) -> None:
         self.tap.close()

@@ -28,11 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
 from engine import limits
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
+from engine.static_decoder import CacheSet, StaticDecoder
+from engine.step_graph import StepGraphs
 
 
 @dataclass(frozen=True)
@@ -82,20 +83,32 @@ def null_condition(lm: LoadedModel, batch: int = 1) -> tuple[torch.Tensor, torch
     return states, torch.zeros(batch, 1, dtype=torch.long, device=lm.device)
 
 
+RING = 64  # sampled columns kept on the device between two read-backs (> any read-back batch)
+
+
 @dataclass
 class _Reprime:
-    """A cache being rebuilt from delayed columns `offset + 1 …` (see module docstring)."""
+    """A cache set being rebuilt from delayed columns `offset + 1 …` (see module docstring)."""
 
     offset: int
+    slot: int  # which of the two cache sets is being built
     enc: torch.Tensor
     enc_mask: torch.Tensor
-    cache: EncoderDecoderCache
     done: int = 0  # positions already in the new cache
     pieces: list[int] = field(default_factory=list)
+    bad: torch.Tensor | None = None  # device flag: a prefill piece's logits were not finite
+    unsteered: bool = False  # rebuilding without the edit after a non-finite prefill
 
 
 class TokenLoop:
-    """Generates frames for a batch of prompts with a KV cache; `step()` is one decoder call."""
+    """Generates frames for a batch of prompts; `step()` is one decoder step.
+
+    The step runs on `StaticDecoder`'s fixed buffers and keeps its own state on the device
+    (next input column, cache position, step count, a ring of sampled columns, a non-finite
+    flag per step), so it never waits for the device: on a GPU it is captured as a CUDA graph
+    and replayed (`graph`, default on CUDA), and columns are read back in batches of
+    `readback` steps (one copy per batch, default 8 on a GPU, 1 elsewhere).
+    """
 
     def __init__(
         self,
@@ -103,89 +116,150 @@ class TokenLoop:
         prompts: list[str],
         sampling: SamplingConfig | None = None,
         max_context: int | None = None,
+        graph: bool | None = None,
+        readback: int | None = None,
     ) -> None:
         self.lm = lm
         self.sampling = sampling or SamplingConfig()
         self.batch = len(prompts)
         self.max_context = min(max_context or lm.max_positions, lm.max_positions)
         self.position = 0  # steps taken = absolute decoder position of the next input column
-        self.cache_len = 0  # positions held in the current KV cache
+        self.cache_len = 0  # positions held in the live cache
         self.reprimes = 0
-        # Defence in depth: a forward whose logits are not finite (an extreme steering edit, a
-        # float16 overflow) is run again inside `unsteered()`, which the steering owner sets.
+        # Defence in depth: a step whose logits are not finite (an extreme steering edit, a
+        # float16 overflow) is run again inside `unsteered()`, which the steering owner sets;
+        # `graph_ok()` says whether the owner's edit can run inside a captured graph.
         self.unsteered: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-        self.nonfinite_steps = 0  # forwards that had to be run again
-        self._cache = self._fresh_cache()
-        self._spare = None  # the previous cache, reused by the next re-prime
-        self._reprime: _Reprime | None = None
-        self._generator = torch.Generator(device=lm.device).manual_seed(self.sampling.seed)
+        self.graph_ok: Callable[[], bool] = lambda: True
+        self.nonfinite_steps = 0  # steps (and re-primes) that had to be run again
+        device, k, pad = lm.device, lm.num_codebooks, lm.pad_token_id
+        self.decoder = StaticDecoder(lm, self.batch * (2 if self.sampling.cfg else 1), self.max_context)
+        self._generator = torch.Generator(device=device).manual_seed(self.sampling.seed)
         self._enc, self._enc_mask = self._encode_text(prompts)
-        self._start = torch.full((self.batch, lm.num_codebooks), lm.pad_token_id, dtype=torch.long, device=lm.device)
-        self._next_input = self._start
-        self._recent: deque[torch.Tensor] = deque(maxlen=lm.num_codebooks)
-        # Delayed columns, newest last; the last one is the next input (at `position`).
-        self._history: deque[torch.Tensor] = deque([self._start], maxlen=lm.max_positions)
+        self._sets: list[CacheSet | None] = [self._cache_set(None, self._enc.shape[1]), None]
+        self._live = 0
+        self.decoder.set_prompt(self._sets[0], self._enc, self._enc_mask)
+        self._reprime: _Reprime | None = None
+        self._start = torch.full((self.batch, k), pad, dtype=torch.long, device=device)
+        # Device state of a step: what a captured graph reads and updates in place.
+        self._tokens = self._start.clone()  # the next input column
+        self._pos = torch.zeros(1, dtype=torch.long, device=device)  # its position in the live cache
+        self._step_no = torch.zeros(1, dtype=torch.long, device=device)  # steps taken
+        self._codebooks = torch.arange(k, device=device)
+        self._ring = torch.full((self.batch, k, RING), pad, dtype=torch.long, device=device)
+        self._bad = torch.zeros(RING, dtype=torch.bool, device=device)
+        # Host state: delayed columns read back so far, newest (at `_read`) last.
+        self._history: deque[torch.Tensor] = deque([self._start.cpu()], maxlen=lm.max_positions)
+        self._read = 0
+        self._rng = self._generator.get_state()  # the sampler's state at `_read`, for retries
+        self.readback = max(1, min(readback or (8 if device.type == "cuda" else 1), RING // 2))
+        state = [self._tokens, self._pos, self._step_no, self._ring, self._bad]
+        use_graph = device.type == "cuda" and graph is not False
+        self.graphs = StepGraphs(self._step_core, state, self._generator) if use_graph else None
 
     def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return encode_prompts(self.lm, prompts, null_half=self.sampling.cfg)
 
+    def _cache_set(self, reuse: CacheSet | None, prompt_len: int) -> CacheSet:
+        """A cache set whose cross-attention buffers hold `prompt_len` tokens. On a GPU their
+        length is rounded up (to 64) so most prompt swaps keep the captured graph; on the CPU
+        it is exact, which keeps the arithmetic identical to transformers' forward."""
+        if reuse is not None and reuse.cross_len >= prompt_len:
+            reuse.self_k.zero_()  # stale keys are masked, but a stale NaN would still poison 0·v
+            reuse.self_v.zero_()
+            return reuse
+        length = -(-prompt_len // 64) * 64 if self.lm.device.type == "cuda" else prompt_len
+        return self.decoder.new_cache(length)
+
+    # ---- one step -----------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self) -> torch.Tensor | None:
-        """Run one decoder step; return the frame `[batch, K]` it completed, if any."""
-        lm, k = self.lm, self.lm.num_codebooks
+    def step(self) -> torch.Tensor:
+        """Run one decoder step; return the complete frames `[batch, K, n]` read back by it:
+        none for the first K − 1 steps, then one per step (or a batch every `readback` steps)."""
         if self.cache_len >= self.max_context:
             raise MgsteerError(f"the context is full ({self.max_context} positions); re-prime before continuing")
-        out = self._guarded_forward(self._next_input[..., None], self._enc, self._enc_mask, self._cache)
-        self._cache = out.past_key_values
-        self.cache_len += 1
-        logits = out.logits[:, -1, :].float().reshape(-1, k, out.logits.shape[-1])
-        sampled = self._sample(logits)
+        self._advance()
+        if self.position - self._read >= self.readback:
+            return self._collect()
+        return self._no_frames()
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        """Read back the frames of steps taken since the last read-back."""
+        return self._collect() if self.position > self._read else self._no_frames()
+
+    @property
+    def graphed(self) -> bool:
+        """Whether the next step will replay a captured graph."""
+        return self.graphs is not None and self.graphs.usable and self.graph_ok()
+
+    def _advance(self) -> None:
+        cache = self._sets[self._live]
+        if not (self.graphed and self.graphs.replay(self._live, cache)):
+            self._step_core(cache)
         self.position += 1
+        self.cache_len += 1
+
+    def _step_core(self, cache: CacheSet) -> None:
+        """The step itself: device tensors in, device tensors updated in place; no host sync."""
+        tokens = self._tokens
+        columns = torch.cat([tokens, tokens], dim=0) if self.sampling.cfg else tokens
+        logits = self.decoder.forward(columns[..., None], cache, self._pos)[:, :, -1].float()
+        self._step_no.add_(1)
+        slot = self._step_no % RING
+        self._bad.index_copy_(0, slot, (~torch.isfinite(logits).all()).view(1))
+        logits = torch.nan_to_num(logits, nan=0.0, posinf=1e4, neginf=-1e4)  # the music must not stop
         # Delay pattern: codebook q is padding until position q + 1.
-        pad = torch.arange(k, device=lm.device) >= self.position
-        sampled[:, pad] = lm.pad_token_id
-        self._next_input = sampled
-        self._history.append(sampled)
-        self._recent.append(sampled)
-        if self.position < k:
-            return None
-        return torch.stack([self._recent[q][:, q] for q in range(k)], dim=1)
+        sampled = self._sample(logits).masked_fill(self._codebooks >= self._step_no, self.lm.pad_token_id)
+        self._tokens.copy_(sampled)
+        self._ring.index_copy_(2, slot, sampled[..., None])
+        self._pos.add_(1)
 
-    def _forward(self, columns: torch.Tensor, enc: torch.Tensor, enc_mask: torch.Tensor, cache):
-        """Decoder call on delayed columns `[batch, K, n]` (doubled for CFG)."""
-        rows = torch.cat([columns, columns], dim=0) if self.sampling.cfg else columns
-        return self.lm.model.decoder(
-            input_ids=rows.reshape(-1, rows.shape[-1]),
-            encoder_hidden_states=enc,
-            encoder_attention_mask=enc_mask,
-            past_key_values=cache,
-            use_cache=True,
-        )
+    def _collect(self, check: bool = True) -> torch.Tensor:
+        """Copy the columns sampled since the last read-back to the host (one copy) and return
+        the frames they complete. A step whose logits were not finite is taken back with
+        everything after it and run again unsteered (the sampler rewound too, where no graph
+        holds it), so one bad edit costs a repeated step, never the stream."""
+        first, last = self._read + 1, self.position
+        slots = torch.arange(first, last + 1, device=self._ring.device) % RING
+        if check and bool(self._bad.index_select(0, slots).any()):
+            return self._retry(first, last)
+        columns = self._ring.index_select(2, slots).cpu()
+        self._history.extend(columns.unbind(-1))
+        self._read = last
+        if self.graphs is None:
+            self._rng = self._generator.get_state()
+        k = self.lm.num_codebooks
+        frames = [self._frame(p) for p in range(max(first, k), last + 1)]
+        return torch.stack(frames, dim=-1) if frames else self._no_frames()
 
-    def _guarded_forward(self, columns: torch.Tensor, enc: torch.Tensor, enc_mask: torch.Tensor, cache):
-        """`_forward`, run again unsteered if its logits are not finite (the cache is rewound
-        first, so the retry overwrites the positions the bad call wrote). If even that is not
-        finite, the logits are made finite so sampling goes on: the music must not stop."""
-        out = self._forward(columns, enc, enc_mask, cache)
-        if bool(torch.isfinite(out.logits).all()):
-            return out
-        self.nonfinite_steps += 1
-        _rewind(cache, columns.shape[-1])
+    def _retry(self, first: int, last: int) -> torch.Tensor:
+        self.nonfinite_steps += int(self._bad.index_select(0, torch.arange(first, last + 1) % RING).sum())
+        steps = last - first + 1
+        self.position -= steps
+        self.cache_len -= steps
+        # The taken-back positions may hold NaN keys and values: masked, but 0·NaN is NaN.
+        live = self._sets[self._live]
+        live.self_k[:, :, :, self.cache_len : self.cache_len + steps].zero_()
+        live.self_v[:, :, :, self.cache_len : self.cache_len + steps].zero_()
+        self._pos.fill_(self.cache_len)
+        self._step_no.fill_(self.position)
+        self._tokens.copy_(self._history[-1])
+        if self.graphs is None:
+            self._generator.set_state(self._rng)
         with self.unsteered():
-            out = self._forward(columns, enc, enc_mask, cache)
-        if not bool(torch.isfinite(out.logits).all()):
-            out.logits = torch.nan_to_num(out.logits.float(), nan=0.0, posinf=1e4, neginf=-1e4)
-        return out
+            for _ in range(steps):
+                self._advance()
+        return self._collect(check=False)
 
-    def _fresh_cache(self, reuse: EncoderDecoderCache | None = None) -> EncoderDecoderCache:
-        """A preallocated self-attention cache (reset if reused) and an empty cross-attention one."""
-        config = self.lm.model.config.decoder
-        if reuse is None:
-            own = StaticCache(config=config, max_cache_len=self.max_context)
-        else:
-            own = reuse.self_attention_cache
-            own.reset()
-        return EncoderDecoderCache(own, DynamicCache(config=config))
+    def _frame(self, p: int) -> torch.Tensor:
+        """Frame p − K: codebook q from the column sampled at step p − K + 1 + q."""
+        first = self._read - len(self._history) + 1
+        k = self.lm.num_codebooks
+        return torch.stack([self._history[p - k + 1 + q - first][:, q] for q in range(k)], dim=1)
+
+    def _no_frames(self) -> torch.Tensor:
+        return torch.empty(self.batch, self.lm.num_codebooks, 0, dtype=torch.long)
 
     # ---- re-priming ---------------------------------------------------------------------------
     @property
@@ -194,31 +268,48 @@ class TokenLoop:
 
     def begin_reprime(self, keep_positions: int, prompts: list[str] | None = None) -> None:
         """Start rebuilding the context from the last `keep_positions` steps (and a new prompt)."""
-        keep = max(1, min(keep_positions, self.position, len(self._history) - 1))
+        keep = max(1, min(keep_positions, self._read, len(self._history) - 1))
         enc, mask = self._encode_text(prompts) if prompts is not None else (self._enc, self._enc_mask)
-        cache = self._fresh_cache(reuse=self._spare)
-        self._spare = None
-        self._reprime = _Reprime(offset=self.position - keep, enc=enc, enc_mask=mask, cache=cache)
+        slot = 1 - self._live
+        cache = self._cache_set(self._sets[slot], enc.shape[1])
+        if cache is not self._sets[slot] and self.graphs is not None:
+            self.graphs.forget(slot)
+        self._sets[slot] = cache
+        self.decoder.set_prompt(cache, enc, mask)
+        self._reprime = _Reprime(offset=self._read - keep, slot=slot, enc=enc, enc_mask=mask)
 
     @torch.no_grad()
     def reprime_step(self, piece: int = 32) -> bool:
         """Prefill up to `piece` positions of the new context; True when it was swapped in.
 
         The head advances one position per step, so with `piece` p the new cache catches up
-        after about keep / (p − 1) steps: p must be ≥ 2."""
+        after about keep / (p − 1) steps: p must be ≥ 2. Only read-back columns can be
+        prefilled, so the swap happens at a read-back."""
         re = self._reprime
         if re is None:
             return False
-        target = self.position - re.offset  # positions the new cache must hold to catch up
-        if re.done < target:
-            end = min(re.done + piece, target)
+        ready = self._read - re.offset  # positions whose columns the host has
+        if re.done < ready:
+            end = min(re.done + piece, ready)
             columns = torch.stack([self._shifted_column(re, p) for p in range(re.done, end)], dim=-1)
-            re.cache = self._guarded_forward(columns, re.enc, re.enc_mask, re.cache).past_key_values
+            columns = columns.to(self.lm.device)
+            rows = torch.cat([columns, columns], dim=0) if self.sampling.cfg else columns
+            positions = torch.arange(re.done, end, device=self.lm.device)
+            with self.unsteered() if re.unsteered else contextlib.nullcontext():
+                logits = self.decoder.forward(rows, self._sets[re.slot], positions)
+            bad = ~torch.isfinite(logits).all()
+            re.bad = bad if re.bad is None else re.bad | bad
             re.pieces.append(end - re.done)
             re.done = end
         if re.done < self.position - re.offset:
             return False
-        self._spare, self._cache, self.cache_len = self._cache, re.cache, re.done
+        if not re.unsteered and bool(re.bad):  # one sync per re-prime
+            self.nonfinite_steps += 1
+            re.done, re.bad, re.unsteered = 0, None, True
+            self._cache_set(self._sets[re.slot], 0)  # clears the NaN the bad pieces left
+            return False
+        self._live, self.cache_len = re.slot, re.done
+        self._pos.fill_(self.cache_len)
         self._enc, self._enc_mask = re.enc, re.enc_mask
         self._reprime = None
         self.reprimes += 1
@@ -227,8 +318,8 @@ class TokenLoop:
     def _shifted_column(self, re: _Reprime, p: int) -> torch.Tensor:
         """Column p of the re-primed sequence: old column offset + p, with the start pattern."""
         if p == 0:
-            return self._start
-        first = self.position - len(self._history) + 1
+            return self._history[0].new_full(self._history[0].shape, self.lm.pad_token_id)
+        first = self._read - len(self._history) + 1
         column = self._history[re.offset + p - first].clone()
         column[:, p:] = self.lm.pad_token_id  # codebooks q ≥ p are padding at a fresh start
         return column
@@ -246,28 +337,18 @@ class TokenLoop:
         return torch.multinomial(probs, 1, generator=self._generator).reshape(self.batch, -1)
 
     def frames(self, count: int, progress: bool = False) -> torch.Tensor:
-        """Generate `count` complete frames; returns codes `[batch, K, count]`."""
+        """Generate `count` more complete frames; returns codes `[batch, K, count]` (on the CPU)."""
         from tqdm import tqdm
 
+        # Steps up to position P complete P − K + 1 frames.
+        target = max(self._read, self.lm.num_codebooks - 1) + count
         out: list[torch.Tensor] = []
-        bar = tqdm(total=count, unit="frame", disable=not progress, leave=False)
-        while len(out) < count:
-            frame = self.step()
-            if frame is not None:
-                out.append(frame)
-                bar.update(1)
-        bar.close()
-        return torch.stack(out, dim=-1)
-
-
-def _rewind(cache: EncoderDecoderCache, positions: int) -> None:
-    """Forget the last `positions` positions of the self-attention cache (the cross-attention
-    cache depends only on the prompt and stays)."""
-    for layer in cache.self_attention_cache.layers:
-        if hasattr(layer, "cumulative_length"):  # static layers: the next write goes here
-            layer.cumulative_length -= positions
-        else:
-            layer.crop(layer.get_seq_length() - positions)
+        with tqdm(total=count, unit="frame", disable=not progress, leave=False) as bar:
+            while self.position < target:
+                out.append(self.step())
+                bar.update(out[-1].shape[-1])
+            out.append(self.flush())
+        return torch.cat(out, dim=-1)
 
 
 @torch.no_grad()

@@ -218,7 +218,9 @@ def harvest_generation(
     and the generated codes `[prompts, K, frames]`."""
     sampling = sampling or SamplingConfig()
     with recording(lm, layers, cfg_doubled=sampling.cfg) as taps:
-        codes = TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks).frames(frames)
+        # Recording taps append on the host at every call: no graph could replay that.
+        loop = TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks, graph=False)
+        codes = loop.frames(frames)
         return {layer: tap.take()[:, 1 : frames + 1].float().cpu() for layer, tap in taps.items()}, codes.cpu()
 
 

@@ -39,7 +39,8 @@ def test_steering_plans_and_meters_live_on_the_gpu(tiny_sae_dir):
         loop = TokenLoop(lm, ["x"], SamplingConfig(seed=0))
         steerer.attach(loop)
         codes = loop.frames(10)
-        assert codes.device.type == "cuda" and steerer.meters.device.type == "cuda"
+        assert codes.shape == (1, lm.num_codebooks, 10) and steerer.meters.device.type == "cuda"
+        assert loop.graphed and loop.graphs.captures == 1, loop.graphs.error
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -96,3 +97,55 @@ def test_sparse_training_matches_dense_on_cuda():
     (torch.zeros_like(pre).scatter(-1, idx, top) @ w_dec).pow(2).sum().backward()
     for sparse, dense in zip(grads, (w_enc.grad, w_dec.grad, b_enc.grad), strict=True):
         torch.testing.assert_close(sparse, dense, atol=1e-3, rtol=1e-3)
+
+
+def test_graph_replay_is_token_identical_to_the_eager_step():
+    lm = load_musicgen("tiny", device="cuda")
+    (graphed, a), (eager, b) = [
+        (loop, loop.frames(40))
+        for loop in (TokenLoop(lm, ["simple melody"], SamplingConfig(seed=9), graph=g) for g in (True, False))
+    ]
+    assert graphed.graphs.error is None and graphed.graphs.captures == 1
+    assert eager.graphs is None
+    assert torch.equal(a, b)
+
+
+def test_knob_changes_reach_a_captured_graph(tiny_sae_dir):
+    """The steering vector and its switch are device buffers: changing them between replays
+    changes the music exactly as in the eager step, without a new capture."""
+    lm = load_musicgen("tiny", device="cuda")
+    sae = load_sae(tiny_sae_dir, lm.device)
+    f = alive_features(sae, 1)[0]
+    runs = []
+    for graph in (True, False):
+        with Steerer(lm, sae, cfg_doubled=True) as steerer:
+            loop = TokenLoop(lm, ["x"], SamplingConfig(seed=2), graph=graph)
+            steerer.attach(loop)
+            parts = [loop.frames(10)]
+            steerer.set_vector(steerer.vector_for({f: 3.0}))
+            parts.append(loop.frames(10))
+            steerer.set_vector(steerer.vector_for({f: 3.0}), halves="cond")
+            parts.append(loop.frames(10))
+            with steerer.unsteered():
+                parts.append(loop.frames(10))
+            runs.append((torch.cat(parts, dim=-1), loop))
+    (a, graphed), (b, _) = runs
+    assert graphed.graphs.captures == 1
+    assert torch.equal(a, b)
+
+
+def test_reprime_under_graphs_keeps_memory_flat():
+    lm = load_musicgen("tiny", device="cuda")
+    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=0), max_context=120)
+    loop.frames(100)
+    peaks = []
+    for i in range(4):
+        loop.begin_reprime(40, ["another prompt"] if i % 2 else None)
+        while loop.repriming:
+            loop.step()
+            loop.reprime_step(8)
+        loop.frames(20)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.memory_allocated())
+    assert loop.reprimes == 4 and loop.graphs.captures == 2  # one graph per cache set
+    assert peaks[-1] == peaks[1], peaks

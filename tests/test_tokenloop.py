@@ -27,9 +27,9 @@ def test_delay_pattern_bookkeeping(tiny_lm):
     loop = TokenLoop(tiny_lm, ["a", "b"], SamplingConfig(seed=1))
     k = tiny_lm.num_codebooks
     first = [loop.step() for _ in range(k - 1)]
-    assert first == [None] * (k - 1)
+    assert [f.shape for f in first] == [(2, k, 0)] * (k - 1)
     frame = loop.step()
-    assert frame.shape == (2, k)
+    assert frame.shape == (2, k, 1)
     codes = loop.frames(10)
     assert codes.shape == (2, k, 10)
     assert loop.position == k + 10  # frame 0 after K steps, then one frame per step
@@ -100,7 +100,11 @@ def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(tiny_lm):
 
     with ResidualTap(tiny_lm, tiny_lm.num_layers - 1, cfg_doubled=True, record_rows="all") as tap, torch.no_grad():
         tap.recording = True
-        loop._forward(fresh, loop._enc, loop._enc_mask, None)
+        tiny_lm.model.decoder(  # transformers' own forward, no cache
+            input_ids=torch.cat([fresh, fresh]).reshape(-1, fresh.shape[-1]),
+            encoder_hidden_states=loop._enc,
+            encoder_attention_mask=loop._enc_mask,
+        )
         expected = tap.take()[:, -1:]
     torch.testing.assert_close(_next_residual(tiny_lm, loop), expected, atol=1e-4, rtol=1e-4)
     assert offset > 0 and loop.cache_len == loop.position - offset

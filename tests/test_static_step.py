@@ -1,0 +1,108 @@
+"""The static decoder step: transformers' arithmetic on fixed buffers, state on the device,
+columns read back in batches, non-finite steps taken back and run unsteered."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import alive_features
+
+from engine.static_decoder import StaticDecoder
+from engine.steering import FeatureSteer, Steerer, SteeringSpec
+from engine.tokenloop import SamplingConfig, TokenLoop, encode_prompts
+
+
+def test_static_forward_equals_transformers_forward(tiny_lm):
+    """Prefill of a piece, then single positions, against the HF decoder's full-sequence forward
+    on the same columns (the sampled tokens match `generate()` exactly: test_tokenloop)."""
+    gen = torch.Generator().manual_seed(0)
+    k, steps = tiny_lm.num_codebooks, 24
+    columns = torch.randint(0, tiny_lm.codebook_size, (1, k, steps), generator=gen)
+    enc, mask = encode_prompts(tiny_lm, ["a prompt of several tokens", "short"], null_half=True)
+    rows = torch.cat([columns, columns, columns, columns])  # two prompts, CFG-doubled
+    with torch.no_grad():
+        ref = tiny_lm.model.decoder(
+            input_ids=rows.reshape(-1, steps), encoder_hidden_states=enc, encoder_attention_mask=mask
+        ).logits.reshape(4, k, steps, -1)
+        decoder = StaticDecoder(tiny_lm, rows=4, max_context=32)
+        cache = decoder.new_cache(enc.shape[1])
+        decoder.set_prompt(cache, enc, mask)
+        ours = [decoder.forward(rows[..., :8], cache, torch.arange(8))]
+        ours += [decoder.forward(rows[..., p : p + 1], cache, torch.tensor([p])) for p in range(8, steps)]
+    torch.testing.assert_close(torch.cat(ours, dim=2), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("readback", [3, 8])
+def test_batched_read_back_yields_the_same_frames(tiny_lm, readback):
+    sampling = SamplingConfig(seed=11)
+    plain = TokenLoop(tiny_lm, ["simple melody"], sampling).frames(30)
+    loop = TokenLoop(tiny_lm, ["simple melody"], sampling, readback=readback)
+    out = [loop.step() for _ in range(20)]
+    # Frames leave once per `readback` steps, never one by one.
+    k = tiny_lm.num_codebooks
+    assert [i + 1 for i, f in enumerate(out) if f.shape[-1]] == [s for s in range(readback, 21, readback) if s >= k]
+    so_far = sum(f.shape[-1] for f in out)
+    got = torch.cat([*out, loop.frames(30 - so_far)], dim=-1)
+    assert torch.equal(got, plain)
+
+
+def test_a_non_finite_batch_is_taken_back_and_replayed_unsteered(tiny_lm, tiny_sae):
+    """With read-back every 5 steps the bad steps are found late; the whole batch is rewound,
+    sampler included, and the music is exactly the unsteered music."""
+    plain = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3)).frames(16)
+    with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
+        steerer.set_vector(torch.full((tiny_lm.hidden_size,), float("inf")))
+        loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), readback=5)
+        steerer.attach(loop)
+        assert torch.equal(loop.frames(16), plain)
+        assert loop.nonfinite_steps == 16 + tiny_lm.num_codebooks - 1
+
+
+def test_switching_steering_on_and_off_mid_run_follows_the_buffers(tiny_lm, tiny_sae):
+    """The edit is read from persistent buffers each step: switching it between steps changes
+    exactly the steps after the switch, as a fresh plan per step would."""
+    f = alive_features(tiny_sae, 1)[0]
+    spec = SteeringSpec((FeatureSteer(f, 3.0),))
+    with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
+        steerer.set(spec)
+        loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=5))
+        steered = loop.frames(10)
+        steerer.set(None)
+        after = loop.frames(10)
+        plain = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=5)).frames(20)
+        assert not torch.equal(steered, plain[..., :10])
+        assert not torch.equal(after, plain[..., 10:])  # same sampler, different context
+        steerer.set(spec)
+        again = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=5)).frames(10)
+    assert torch.equal(again, steered)
+
+
+def test_cond_half_steering_leaves_the_unconditional_rows(tiny_lm, tiny_sae):
+    from engine.hooks import ResidualTap
+
+    f = alive_features(tiny_sae, 1)[0]
+    seen = []
+    with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
+        vector = steerer.vector_for({f: 2.0})
+        with ResidualTap(tiny_lm, tiny_sae.cfg.hook_layer, cfg_doubled=True, record_rows="all") as after:
+            after.recording = True  # registered after the steerer's tap: sees the edited residual
+            for v, halves in ((torch.zeros_like(vector), "both"), (vector, "cond"), (vector, "both")):
+                steerer.set_vector(v, halves)
+                TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=1)).step()
+                seen.append(after.take()[:, -1])
+    base, cond, both = seen
+    assert torch.equal(cond[1], base[1])  # the unconditional row is untouched
+    torch.testing.assert_close(cond[0], base[0] + vector)
+    torch.testing.assert_close(both, base + vector)
+
+
+def test_clamp_mode_is_not_graph_safe_and_add_mode_is(tiny_lm, tiny_sae):
+    f = alive_features(tiny_sae, 1)[0]
+    with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
+        loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=0), graph=True)
+        steerer.attach(loop)
+        assert loop.graphs is None and not loop.graphed  # no CUDA here: the step is eager
+        steerer.set(SteeringSpec((FeatureSteer(f, 1.0),), mode="clamp"))
+        assert not steerer.graph_safe and not loop.graph_ok()
+        steerer.set(SteeringSpec((FeatureSteer(f, 1.0),)))
+        assert steerer.graph_safe and loop.graph_ok()
