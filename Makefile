@@ -8,8 +8,10 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 # PortAudio for sound output; JACK to test a real audio path without a sound card;
-# Chromium to check the feature browser page headless.
-SYSTEM_PACKAGES := libportaudio2 jackd2 chromium
+# Chromium to check the feature browser page headless; the libraries and a font Qt needs to
+# draw the desktop app (also offscreen, as the GUI tests do).
+SYSTEM_PACKAGES := libportaudio2 jackd2 chromium libegl1 libgl1 libfontconfig1 libxkbcommon0 libglib2.0-0 \
+	libdbus-1-3 fonts-dejavu-core
 
 .PHONY: install system demo test lint clean gpu-check
 
@@ -25,14 +27,14 @@ system:
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
 	else \
-		echo "note: missing$$missing (sudo apt-get install$$missing): sound output needs PortAudio, --no-audio works without"; \
+		echo "note: missing$$missing (sudo apt-get install$$missing): sound output needs PortAudio (--no-audio works without), the GUI needs the Qt libraries"; \
 	fi
 
 $(STAMP): pyproject.toml Makefile | system
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,audio,osc,midi]"
+	$(BIN)/python -m pip install -q -e ".[dev,audio,osc,midi,gui]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,7 +24,7 @@ from engine.codec_stream import ChunkConfig, ChunkedDecoder
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from engine.params import ParameterBus, Snapshot
-from engine.steering import Halves, Steerer
+from engine.steering import METER_SLOTS, Halves, Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.files import LoadedSAE
 
@@ -40,6 +40,7 @@ class HostConfig:
     halves: Halves = "both"
     graph: bool = True  # on CUDA, replay the step as a CUDA graph (`TokenLoop`)
     meters: list[int] | None = None  # features to meter each step
+    meter_knobs: bool = False  # instead, meter the features the knobs drive (the GUI's meters)
 
     def validate(self, lm: LoadedModel) -> None:
         if not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
@@ -132,6 +133,8 @@ class Host:
         self._reprime_at = int(self.config.reprime_at_s * lm.frame_rate)
         self._keep = int(self.config.reprime_keep_s * lm.frame_rate)
         self.applied: deque[tuple[int, int]] = deque(maxlen=4096)  # (step, snapshot version) when applied
+        # The latest generated blocks, for scopes on other threads (a deque appends atomically).
+        self.monitor: deque[np.ndarray] = deque(maxlen=32)
 
     # ---- control --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -264,7 +267,15 @@ class Host:
         meters = self.steerer.read_meters()
         if meters is not None:
             self._last_meter = now
-            self.bus.publish_meters(dict(zip(self.config.meters, meters, strict=True)))
+            self.bus.publish_meters(dict(zip(self.steerer.watched, meters, strict=True)))
+
+    def _follow_knobs(self, snap: Snapshot) -> None:
+        """With `meter_knobs`, watch the knobs' features (generation thread, between steps)."""
+        if not self.config.meter_knobs:
+            return
+        wanted = list(dict.fromkeys(f for knob in snap.knobs for f, _ in knob.features))[:METER_SLOTS]
+        if wanted != self.steerer.watched:
+            self.steerer.watch(wanted)
 
     def _reprime_piece(self, loop: TokenLoop) -> None:
         if self.steerer is not None:
@@ -292,6 +303,7 @@ class Host:
         if block is None or not len(block):
             return
         self.sink.write(block)
+        self.monitor.append(block)
         if self.recorder is not None:
             self.recorder.write(block)
         self._generated += len(block)

@@ -30,6 +30,7 @@ from sae.topk import TopKSAE
 Mode = Literal["add", "clamp"]
 Halves = Literal["both", "cond"]
 MODES: tuple[str, ...] = ("add", "clamp")
+METER_SLOTS = 16  # features metered at once (the GUI meters the knobs' features)
 HALVES: tuple[str, ...] = ("both", "cond")
 
 
@@ -132,10 +133,14 @@ class Steerer:
         self._on = torch.zeros((), dtype=torch.bool, device=device)
         self._steering = False  # host copy of "a vector is set"
         self._clamp: SteeringPlan | None = None
-        self._watch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # Meters: METER_SLOTS fixed encoder columns, refilled in place by `watch`.
+        sae = loaded.sae
+        self._w_watch = torch.zeros(sae.W_enc.shape[0], METER_SLOTS, device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+        self._b_watch = torch.zeros(METER_SLOTS, device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+        self.watched: list[int] = []
+        self._meter_buf: torch.Tensor | None = None  # [batch, METER_SLOTS], written each step
         self.metering = True  # off while a call is not a generation step (e.g. a re-prime prefill)
         self.bypass = False  # on while a step is run again without the edit (see `unsteered`)
-        self.meters: torch.Tensor | None = None  # watched features' activations at the last step
         self._meter_copy: tuple[torch.Tensor, torch.cuda.Event] | None = None
         self._meter_values: list[float] | None = None
         self.tap = ResidualTap(lm, loaded.cfg.hook_layer, cfg_doubled=cfg_doubled)
@@ -175,21 +180,34 @@ class Steerer:
         return build_plan(spec, self.loaded, self.lm.device, self.lm.dtype).vector
 
     def watch(self, features: list[int] | None) -> None:
-        """Meter these features at every generation step (None: no meters).
+        """Meter these features (at most METER_SLOTS) at every generation step; None: none.
 
         A meter is the feature's pre-TopK activation ReLU(w_j·(x − b_dec) + b_j): equal to its
         SAE code whenever it is among the k strongest, continuous when it is not (no flicker to
-        zero), and it costs O(watched × d) instead of a full encode (a ×32 SAE of musicgen-small
-        reads 128 MB of encoder weights per step: 3 % of a CPU step)."""
-        self.meters = self._meter_copy = self._meter_values = None
-        if not features:
-            self._watch = None
-            return
+        zero), and it costs O(slots × d) instead of a full encode (a ×32 SAE of musicgen-small
+        reads 128 MB of encoder weights per step: 3 % of a CPU step). The slots are refilled in
+        place, so a captured step meters the new features without a new capture. Call it from
+        the generation thread, between steps."""
+        features = list(features or [])
+        if len(features) > METER_SLOTS:
+            raise MgsteerError(f"at most {METER_SLOTS} meters, got {len(features)}")
         for f in features:
             self.loaded.check_feature(f)
-        ids = torch.tensor(features, device=self.loaded.sae.W_enc.device)
-        sae = self.loaded.sae
-        self._watch = (sae.W_enc[:, ids].contiguous(), sae.b_enc[ids].clone(), sae.b_dec.clone())
+        self._w_watch.zero_()
+        self._b_watch.zero_()
+        if features:
+            ids = torch.tensor(features, device=self._w_watch.device)
+            self._w_watch[:, : len(features)] = self.loaded.sae.W_enc[:, ids]
+            self._b_watch[: len(features)] = self.loaded.sae.b_enc[ids]
+        self.watched = features
+        self._meter_copy = self._meter_values = None
+
+    @property
+    def meters(self) -> torch.Tensor | None:
+        """Watched features' activations at the last step, `[batch, watched]`."""
+        if self._meter_buf is None or not self.watched:
+            return None
+        return self._meter_buf[:, : len(self.watched)]
 
     def read_meters(self) -> list[float] | None:
         """The first prompt's meters, without waiting for the device: on a GPU each call starts
@@ -200,11 +218,11 @@ class Steerer:
         if meters.device.type != "cuda":
             return meters[0].tolist()
         if self._meter_copy is not None and self._meter_copy[1].query():
-            self._meter_values = self._meter_copy[0].tolist()
+            self._meter_values = self._meter_copy[0][: len(self.watched)].tolist()
             self._meter_copy = None
         if self._meter_copy is None:
-            host = torch.empty(meters.shape[1], pin_memory=True)
-            host.copy_(meters[0], non_blocking=True)
+            host = torch.empty(METER_SLOTS, pin_memory=True)
+            host.copy_(self._meter_buf[0], non_blocking=True)
             done = torch.cuda.Event()
             done.record()
             self._meter_copy = (host, done)
@@ -233,14 +251,13 @@ class Steerer:
             out = hidden if self.bypass else self._clamp.apply(hidden, cond)
         else:
             out = self._add(hidden)
-        watch = self._watch
-        if watch is not None and self.metering:
-            w_enc, b_enc, b_dec = watch
-            value = torch.relu((out[cond][:, -1].float() - b_dec) @ w_enc + b_enc)
-            if self.meters is None or self.meters.shape != value.shape:
-                self.meters = value.clone()
+        if self.metering:
+            x = out[cond][:, -1].to(self._w_watch.dtype) - self.loaded.sae.b_dec
+            value = torch.relu(x @ self._w_watch + self._b_watch)
+            if self._meter_buf is None or self._meter_buf.shape != value.shape:
+                self._meter_buf = value.clone()
             else:
-                self.meters.copy_(value)  # in place: a captured graph keeps writing here
+                self._meter_buf.copy_(value)  # in place: a captured graph keeps writing here
         return out
 
     def _add(self, hidden: torch.Tensor) -> torch.Tensor:

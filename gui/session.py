@@ -1,0 +1,101 @@
+"""What the window plays: a model, an optional SAE and its catalog, a parameter bus and a host.
+
+Qt-free on purpose: loading runs on a worker thread and the tests build sessions without a
+window. Controllers other than the window (OSC, MIDI) are attached by whoever opens the
+window (the command line) through `Controllers`, so the GUI never starts a server itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.audio import DeviceSink, NullSink
+from engine.errors import MgsteerError
+from engine.host import Host, HostConfig
+from engine.model import LoadedModel, load_musicgen
+from engine.params import ParameterBus
+from engine.tokenloop import SamplingConfig
+from sae.catalog import load_catalog
+from sae.files import LoadedSAE, load_sae
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How to open a session; the window keeps it to reopen with another model or SAE."""
+
+    model: str = "tiny"
+    sae: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    knobs: int = 8
+    prompt: str = "simple melody"
+    seed: int = 0
+    no_audio: bool = False
+    audio_device: str | int | None = None
+    lookahead_ms: float = 300.0
+    graph: bool = True
+
+
+@dataclass
+class Controllers:
+    """Controllers attached to a session's bus by the caller: the MIDI controller (for
+    learn), a one-line state for the status panel, and how to stop them."""
+
+    midi: Any = None  # midi.mapping.MidiController
+    state: str = "OSC off · MIDI off"
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass
+class Session:
+    spec: SessionSpec
+    lm: LoadedModel
+    bus: ParameterBus
+    host: Host
+    sae: LoadedSAE | None = None
+    catalog: dict | None = None  # the SAE's features.json, if it was labelled
+    catalog_note: str = ""
+    controllers: Controllers = field(default_factory=Controllers)
+
+    @property
+    def feature_count(self) -> int:
+        return self.sae.cfg.d_sae if self.sae is not None else 0
+
+    def close(self) -> None:
+        self.controllers.close()
+        self.host.stop()
+        self.bus.close()
+
+
+def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: None) -> Session:
+    """Load everything (slow: run it off the GUI thread); meters follow the knobs' features."""
+    progress(f"loading {spec.model} …")
+    lm = load_musicgen(spec.model, spec.device, spec.dtype)
+    sae, catalog, note = None, None, ""
+    if spec.sae:
+        progress(f"loading SAE {spec.sae} …")
+        sae = load_sae(spec.sae, lm.device)
+        try:
+            catalog = load_catalog(spec.sae)
+        except MgsteerError as exc:  # an unlabelled SAE still plays: features by id
+            note = str(exc)
+    progress("starting the engine …")
+    bus = ParameterBus(knob_count=spec.knobs, prompt=spec.prompt, feature_count=sae.cfg.d_sae if sae else None)
+    sink = NullSink(lm.sample_rate) if spec.no_audio else DeviceSink(lm.sample_rate, spec.audio_device)
+    config = HostConfig(lookahead_ms=spec.lookahead_ms, sampling=SamplingConfig(seed=spec.seed), graph=spec.graph)
+    host = Host(lm, bus, sink, sae, config)
+    return Session(spec=spec, lm=lm, bus=bus, host=host, sae=sae, catalog=catalog, catalog_note=note)
+
+
+def example_audio_path(session: Session, feature: int) -> Path | None:
+    """The feature's strongest example window on disk, if the catalog has one."""
+    if session.catalog is None or session.spec.sae is None:
+        return None
+    for record in session.catalog.get("features", []):
+        if record.get("id") == feature and record.get("examples"):
+            path = Path(session.spec.sae) / record["examples"][0]["audio"]
+            return path if path.is_file() else None
+    return None
