@@ -22,12 +22,12 @@ from cli.common import (
     sampling_args,
     sampling_config,
 )
+from cli.gui_command import add_gui_command, run_gui
+from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
 from cli.sae_commands import add_commands
 from engine import limits
 from engine.errors import MgsteerError
 from engine.outputs import output_dir, output_file
-
-PRESETS_HINT = "not given: $XDG_CONFIG_HOME/mgsteer/presets, else ~/.config/mgsteer/presets"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,37 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("play", help="play endlessly, steerable live (the resident host)")
     model_args(p)
-    p.add_argument("--sae", help="SAE folder; needed for --steer and for knobs")
-    p.add_argument("--prompt", default="simple melody", help="what to play, in words")
-    p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
-    p.add_argument("--seconds", type=types.SECONDS, help="stop after this much audio has played (not given: Ctrl-C)")
+    live_args(p)
     p.add_argument("--out", help="also record what plays to this WAV")
-    p.add_argument("--no-audio", action="store_true", help="no sound device: play into a real-time null clock")
-    p.add_argument("--audio-device", help="output device name or index (not given: the system's)")
-    p.add_argument(
-        "--lookahead-ms", type=types.number(1.0, 10_000.0), default=300.0, help="audio kept queued ahead of playback"
-    )
     p.add_argument("--chunk", type=types.whole(1, 250), default=8, help="frames per EnCodec decode (8 = 160 ms)")
     p.add_argument("--smoothing-ms", type=types.SMOOTHING_MS, default=50.0, help="glide time of steering changes")
     p.add_argument("--meters", help="comma-separated feature ids to meter each step")
-    p.add_argument("--preset", help="preset JSON (model, SAE, prompt, knobs); see presets/")
-    p.add_argument("--osc", action="store_true", help="serve OSC control (docs/OSC.md)")
-    p.add_argument(
-        "--osc-host", help="127.0.0.1: this machine only; 0.0.0.0: the network (not given: the preset's, or 127.0.0.1)"
-    )
-    p.add_argument("--osc-port", type=types.PORT, help="UDP port (not given: the preset's, or 9000)")
-    p.add_argument("--presets-dir", help=f"the only folder OSC may load presets from and save them to ({PRESETS_HINT})")
-    p.add_argument(
-        "--midi",
-        nargs="?",
-        const="",
-        metavar="PORT",
-        help="MIDI input: a port name, or none for a virtual 'mgsteer' port",
-    )
-    p.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"), help="MIDI backend")
+    p.add_argument("--gui", action="store_true", help="play in the desktop window (as mgsteer gui)")
+    p.add_argument("--screenshot", help="with --gui and --seconds: write a PNG of the window before exiting")
     sampling_args(p)
     graph_args(p)
     p.set_defaults(func=cmd_play)
+    add_gui_command(sub)
 
     h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
     model_args(h)
@@ -214,13 +194,16 @@ def cmd_play(args: argparse.Namespace) -> None:
     from engine.steering import parse_steer
     from sae.files import load_sae
 
+    if args.gui:
+        run_gui(args)
+        return
+    if args.screenshot:
+        raise MgsteerError("--screenshot needs --gui: it is a picture of the window")
     preset = load_preset(args.preset) if args.preset else None
     if preset is not None:
         args.model = args.model if args.model != DEFAULT_MODEL else preset.model
         args.sae = args.sae or preset.sae
-    osc_settings = preset.osc if preset is not None else {}
-    args.osc_host = args.osc_host or osc_settings.get("host", "127.0.0.1")
-    args.osc_port = args.osc_port if args.osc_port is not None else osc_settings.get("port", 9000)
+    controller_settings(args, preset)
     steers = [parse_steer(s) for s in args.steer]
     if (steers or args.meters) and not args.sae:
         raise MgsteerError("--steer and --meters need --sae DIR: the features are that SAE's")
@@ -245,11 +228,11 @@ def cmd_play(args: argparse.Namespace) -> None:
         print(f"preset '{preset.name}' ({args.preset})")
     for steer in steers:
         bus.set_feature(steer.feature, steer.alpha)
-    sink = NullSink(lm.sample_rate) if args.no_audio else DeviceSink(lm.sample_rate, _device_arg(args.audio_device))
+    sink = NullSink(lm.sample_rate) if args.no_audio else DeviceSink(lm.sample_rate, device_arg(args.audio_device))
     recorder = WavRecorder(args.out, lm.sample_rate, max_seconds=args.seconds) if args.out else None
     host = Host(lm, bus, sink, sae, config, recorder)
-    osc = _start_osc(args, bus, host, lm, sae) if args.osc else None
-    midi = _start_midi(args, bus, preset) if args.midi is not None else None
+    osc = start_osc(args, bus, host, lm, sae) if args.osc else None
+    midi = start_midi(args, bus, preset) if args.midi is not None else None
     latest: dict = {}
     bus.subscribe(lambda feedback: feedback.meters and latest.update(feedback.meters))
     where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
@@ -265,7 +248,8 @@ def cmd_play(args: argparse.Namespace) -> None:
             if time.perf_counter() >= next_line:
                 next_line += 1.0
                 if host.graph_error and not graph_noted:
-                    graph_noted = print(f"note: {host.graph_error}") or True
+                    print(f"note: {host.graph_error}")
+                    graph_noted = True
                 meters = " ".join(f"{f}:{v:.2f}" for f, v in sorted(latest.items()))
                 print(host.status().line() + (f" | meters {meters}" if meters else ""), flush=True)
     except KeyboardInterrupt:
@@ -353,54 +337,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"filter {lo}–{hi} of clips keeps {len(report['kept'])}/{report['total']} features; sensitivity in filter.json"
     )
     print(f"wrote {trainer.out}/cfg.json, sae_weights.safetensors, feature_stats.safetensors, metrics.jsonl")
-
-
-def _start_osc(args, bus, host, lm, sae):
-    from engine.presets import PresetFolder, user_presets_dir
-    from osc.server import OscServer, preset_handler
-
-    def status() -> dict:
-        st = host.status()
-        return {
-            "position_s": round(st.position_s, 2),
-            "underruns": st.underruns,
-            "x_realtime": round(st.x_realtime, 3),
-            "nonfinite_steps": st.nonfinite_steps,
-        }
-
-    folder = PresetFolder(args.presets_dir or user_presets_dir())
-    presets = preset_handler(bus, lm.spec, str(sae.path) if sae else None, sae.cfg.d_sae if sae else None, folder)
-    server = OscServer(bus, args.osc_host, args.osc_port, status=status, presets=presets)
-    server.start()
-    print(
-        f"OSC on {server.address[0]}:{server.address[1]} (address space: docs/OSC.md); "
-        f"presets by name in {folder.folder}"
-    )
-    return server
-
-
-def _start_midi(args, bus, preset):
-    """MIDI is optional: without a backend the engine plays on, after one line saying so."""
-    from midi.mapping import MidiController, parse_bindings
-    from midi.ports import MidiInput
-
-    settings = preset.midi if preset is not None else {}
-    bindings = parse_bindings(settings.get("map", []), len(bus.snapshot().knobs))
-    port = args.midi or settings.get("port") or None
-    try:
-        midi = MidiInput(MidiController(bus, bindings), port=port if port != "mgsteer" else None, api=args.midi_api)
-    except MgsteerError as exc:
-        print(f"note: {exc}")
-        return None
-    midi.start()
-    print(
-        f"MIDI {'virtual port' if midi.virtual else 'port'} '{midi.port_name}': {midi.state}, {len(bindings)} bindings"
-    )
-    return midi
-
-
-def _device_arg(text: str | None) -> str | int | None:
-    return int(text) if text is not None and text.isdigit() else text
 
 
 def cmd_info(args: argparse.Namespace) -> None:

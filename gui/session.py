@@ -42,10 +42,10 @@ class SessionSpec:
 @dataclass
 class Controllers:
     """Controllers attached to a session's bus by the caller: the MIDI controller (for
-    learn), a one-line state for the status panel, and how to stop them."""
+    learn), their state in a few words for the status panel, and how to stop them."""
 
     midi: Any = None  # midi.mapping.MidiController
-    state: str = "OSC off · MIDI off"
+    describe: Callable[[], str] = lambda: "OSC off · MIDI off"
     close: Callable[[], None] = lambda: None
 
 

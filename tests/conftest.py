@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -16,6 +17,7 @@ from sae.harvest import harvest_generation
 from sae.topk import SAEConfig
 
 SAE_LAYER = 2
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the GUI tests draw without a display
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,229 @@
+"""The desktop window, offscreen: knobs, browser, presets, MIDI learn, OSC feedback, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import mido
+import pytest
+from conftest import alive_features
+from PyQt6.QtCore import QMimeData, QPointF, QSettings, Qt
+from PyQt6.QtGui import QDropEvent
+
+from cli.main import main
+from gui.knobs import STEPS, feature_mime
+from gui.session import Controllers, SessionSpec
+from gui.window import MainWindow
+from sae.catalog import CATALOG_FILE, FORMAT
+
+LOAD_MS = 60_000
+
+
+@pytest.fixture()
+def labelled_sae(tiny_sae_dir, tiny_sae, tmp_path):
+    """The tiny SAE with a small hand-written catalog: two labelled features."""
+    folder = tmp_path / "sae"
+    shutil.copytree(tiny_sae_dir, folder)
+    f1, f2 = alive_features(tiny_sae)
+    records = [
+        {"id": f1, "firing_rate": 0.1, "labels": {}, "examples": [],
+         "validation": {"descriptors": {"label": "bright timbre", "scorer": "descriptors", "auroc": 0.93}}},
+        {"id": f2, "firing_rate": 0.2, "labels": {"clap": [{"label": "slow tempo", "score": 0.3}]}, "examples": []},
+    ]  # fmt: skip
+    (folder / CATALOG_FILE).write_text(json.dumps({"format": FORMAT, "features": records}))
+    return folder
+
+
+def _window(qtbot, tmp_path, sae=None, attach=None, model="tiny") -> MainWindow:
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    spec = SessionSpec(model=model, sae=str(sae) if sae else None, no_audio=True, knobs=4)
+    window = MainWindow(spec, attach, settings)
+    qtbot.addWidget(window)
+    window.show()
+    window.load(spec)
+    qtbot.waitUntil(lambda: not window.loading, timeout=LOAD_MS)
+    return window
+
+
+def _drop(widget, mime: QMimeData) -> None:
+    event = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    widget.dropEvent(event)
+
+
+def test_turning_a_dial_writes_the_bus_and_the_status_follows(qtbot, tmp_path, tiny_sae_dir):
+    window = _window(qtbot, tmp_path, tiny_sae_dir)
+    bus = window.session.bus
+    window.bank.knobs[1].dial.setValue(STEPS // 4)
+    assert bus.snapshot().knobs[1].value == pytest.approx(0.25)
+    qtbot.waitUntil(lambda: window.session.host.status().position_s > 0.5, timeout=LOAD_MS)
+    qtbot.waitUntil(lambda: "real time" in window.status_fields["speed"].text(), timeout=5000)
+    assert window.status_fields["underruns"].text().isdigit()
+    window.bank.knobs[1].dial.mouseDoubleClickEvent(None)  # double-click resets
+    assert bus.snapshot().knobs[1].value == 0.0
+    window.close()
+
+
+def test_dragging_a_browser_row_onto_a_knob_assigns_and_relabels_it(qtbot, tmp_path, labelled_sae, tiny_sae):
+    window = _window(qtbot, tmp_path, labelled_sae)
+    browser = window.browser
+    assert browser.model.rowCount() == 2
+    browser.search.setText("bright")
+    assert browser.visible_features() == [alive_features(tiny_sae)[0]]
+    source = browser.proxy.mapToSource(browser.proxy.index(0, 0))
+    mime = browser.model.mimeData([source])
+    _drop(window.bank.knobs[2], mime)
+    knob = window.session.bus.snapshot().knobs[2]
+    assert knob.features == ((alive_features(tiny_sae)[0], 1.0),)
+    qtbot.waitUntil(lambda: window.bank.knobs[2].title.text() == "bright timbre", timeout=5000)
+    browser.search.setText("")
+    browser.min_auroc.setValue(0.9)  # only validated features
+    assert len(browser.visible_features()) == 1
+    window.close()
+
+
+def test_a_dropped_feature_the_sae_lacks_is_refused_and_changes_nothing(qtbot, tmp_path, tiny_sae_dir):
+    window = _window(qtbot, tmp_path, tiny_sae_dir)
+    before = window.session.bus.snapshot().knobs
+    _drop(window.bank.knobs[0], feature_mime(10**6, "nonsense"))
+    assert window.session.bus.snapshot().knobs == before
+    assert "does not exist" in window.errors[-1]
+    window.close()
+
+
+def _preset(path, sae, knobs, **extra) -> str:
+    data = {"format": "mgsteer-preset/1", "name": "t", "model": "tiny", "sae": str(sae), "knobs": knobs, **extra}
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_loading_a_preset_updates_every_knob(qtbot, tmp_path, tiny_sae_dir, tiny_sae):
+    window = _window(qtbot, tmp_path, tiny_sae_dir)
+    f1, f2 = alive_features(tiny_sae)
+    knobs = [
+        {"label": f"k{i}", "features": [[f1 if i % 2 else f2, 1.0]], "range": [0, 2], "curve": "exp", "value": i / 4}
+        for i in range(4)
+    ]
+    assert window.open_preset(_preset(tmp_path / "p.json", tiny_sae_dir, knobs, prompt="new tune"))
+    qtbot.waitUntil(lambda: [k.title.text() for k in window.bank.knobs] == ["k0", "k1", "k2", "k3"], timeout=5000)
+    assert [k.dial.value() for k in window.bank.knobs] == [round(i / 4 * STEPS) for i in range(4)]
+    assert all("exp" in k.detail.text() for k in window.bank.knobs)
+    assert window.session.bus.snapshot().prompt == "new tune"
+    assert window.settings.value("recent", [], type=list)[0] == str(tmp_path / "p.json")
+    window.close()
+
+
+def test_a_bad_preset_changes_no_knob_and_says_why(qtbot, tmp_path, tiny_sae_dir, tiny_sae):
+    window = _window(qtbot, tmp_path, tiny_sae_dir)
+    f = alive_features(tiny_sae, 1)[0]
+    window.session.bus.configure_knob(0, label="kept", features=[(f, 1.0)])
+    window.session.bus.set_knob(0, 0.5)
+    qtbot.waitUntil(lambda: window.bank.knobs[0].title.text() == "kept", timeout=5000)
+    before = window.session.bus.snapshot().knobs
+    bad = [{"label": "x", "features": [[f, 1.0]], "range": [0, 1], "curve": "wobbly", "value": 0.2}]
+    assert not window.open_preset(_preset(tmp_path / "bad.json", tiny_sae_dir, bad))
+    assert "curve" in window.errors[-1]
+    assert window.session.bus.snapshot().knobs == before
+    assert window.bank.knobs[0].title.text() == "kept" and window.bank.knobs[0].dial.value() == STEPS // 2
+    window.close()
+
+
+def test_midi_learn_binds_the_next_cc_through_the_midi_handler(qtbot, tmp_path, tiny_sae_dir):
+    from midi.mapping import MidiController
+
+    controllers = {}
+
+    def attach(session):
+        controllers["midi"] = MidiController(session.bus)
+        return Controllers(midi=controllers["midi"])
+
+    window = _window(qtbot, tmp_path, tiny_sae_dir, attach=attach)
+    window.bank.knobs[3].learn.click()
+    assert window.bank.knobs[3].learn.text() == "move a control…"
+    controllers["midi"].handle(mido.Message("control_change", channel=0, control=21, value=127))
+    assert window.session.bus.snapshot().knobs[3].value == pytest.approx(1.0)
+    qtbot.waitUntil(lambda: window.bank.knobs[3].learn.text() == "CC 21 (ch 1)", timeout=5000)
+    qtbot.waitUntil(lambda: window.bank.knobs[3].dial.value() == STEPS, timeout=5000)
+    window.close()
+
+
+def test_midi_learn_without_midi_says_how_to_turn_it_on(qtbot, tmp_path, tiny_sae_dir):
+    window = _window(qtbot, tmp_path, tiny_sae_dir)
+    window.bank.knobs[0].learn.click()
+    assert "--midi" in window.errors[-1]
+    window.close()
+
+
+def test_an_osc_message_moves_the_dial_on_screen(qtbot, tmp_path, tiny_sae_dir):
+    from pythonosc.udp_client import SimpleUDPClient
+
+    from osc.server import OscServer
+
+    servers = []
+
+    def attach(session):
+        server = OscServer(session.bus, "127.0.0.1", 0)
+        server.start()
+        servers.append(server)
+        return Controllers(describe=lambda: f"OSC {server.address[1]}", close=server.stop)
+
+    window = _window(qtbot, tmp_path, tiny_sae_dir, attach=attach)
+    SimpleUDPClient("127.0.0.1", servers[0].address[1]).send_message("/mgsteer/knob/2", 0.75)
+    qtbot.waitUntil(lambda: window.bank.knobs[2].dial.value() == round(0.75 * STEPS), timeout=5000)
+    qtbot.waitUntil(lambda: window.status_fields["controllers"].text().startswith("OSC "), timeout=5000)
+    window.close()
+    assert not servers[0]._running.is_set()  # closing the window stops the controllers
+
+
+def test_the_window_survives_a_model_that_fails_to_load(qtbot, tmp_path, tiny_sae_dir):
+    window = _window(qtbot, tmp_path, model=str(tmp_path / "no-such-model"))
+    assert window.session is None and "could not load" in window.errors[-1]
+    window.bank.knobs[0].dial.setValue(10)  # no session: an error line, no crash
+    assert "no model" in window.errors[-1]
+    spec = SessionSpec(model="tiny", sae=str(tiny_sae_dir), no_audio=True, knobs=4)
+    window.load(spec)  # and another model loads fine
+    qtbot.waitUntil(lambda: window.session is not None, timeout=LOAD_MS)
+    window.close()
+
+
+def test_an_engine_error_shows_in_the_window(qtbot, tmp_path, tiny_sae_dir):
+    window = _window(qtbot, tmp_path, tiny_sae_dir)
+    window.session.host.error = RuntimeError("device lost")
+    qtbot.waitUntil(lambda: any("device lost" in e for e in window.errors), timeout=5000)
+    assert window.isVisible()
+    window.close()
+
+
+def test_play_gui_plays_and_exits(capsys):
+    assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--seconds", "2"]) == 0
+
+
+def test_gui_screenshot_writes_a_png_of_the_window(tmp_path, tiny_sae_dir):
+    shot = tmp_path / "out.png"
+    argv = ["gui", "--model", "tiny", "--sae", str(tiny_sae_dir), "--no-audio", "--seconds", "1",
+            "--screenshot", str(shot)]  # fmt: skip
+    assert main(argv) == 0
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gui_refuses_console_only_flags_and_a_bad_screenshot_path(capsys, tmp_path):
+    assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--out", str(tmp_path / "x.wav")]) == 2
+    assert "--out is not used with the window" in capsys.readouterr().err
+    assert main(["gui", "--model", "tiny", "--no-audio", "--screenshot", str(tmp_path / "x.png")]) == 2
+    assert "--screenshot needs --seconds" in capsys.readouterr().err
+    assert main(["play", "--model", "tiny", "--no-audio", "--screenshot", str(tmp_path / "x.png")]) == 2
+    assert "needs --gui" in capsys.readouterr().err
+
+
+def test_without_pyqt_the_gui_command_says_what_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gui.app", None)  # as if PyQt6 were missing
+    assert main(["gui", "--model", "tiny", "--no-audio", "--seconds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs PyQt6" in err[0] and "[gui]" in err[0]
