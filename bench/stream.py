@@ -168,7 +168,7 @@ def make_sae(lm, expansion: int, k: int) -> LoadedSAE:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="random-small")
+    parser.add_argument("--model", default="random-small", help="a model, or several comma-separated (one JSON)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--steps", type=int, default=30)
@@ -182,9 +182,13 @@ def main() -> None:
         help="also time the step replayed as a CUDA graph (CUDA only)",
     )
     args = parser.parse_args()
-
     torch.set_grad_enabled(False)
-    lm = load_musicgen(args.model, args.device, args.dtype)
+    runs = [bench_model(model, args) for model in args.model.split(",")]
+    print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=2))
+
+
+def bench_model(model: str, args: argparse.Namespace) -> dict:
+    lm = load_musicgen(model, args.device, args.dtype)
     graph = args.graph and lm.device.type == "cuda"
     sae = make_sae(lm, args.expansion, args.k)
     chunk = ChunkConfig()
@@ -206,7 +210,7 @@ def main() -> None:
     frame_ms = 1000 / lm.frame_rate
     per_frame_ms = steered[best] + decode_ms / chunk.chunk
     result = {
-        "model": args.model,
+        "model": model,
         "device": str(lm.device),
         "device_name": _device_name(lm.device),
         "dtype": str(lm.dtype).removeprefix("torch."),
@@ -232,7 +236,10 @@ def main() -> None:
         "x_realtime": round(frame_ms / per_frame_ms, 3),
         "realtime_needs_ms_per_frame": frame_ms,
     }
-    print(json.dumps(result, indent=2))
+    del lm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""The three graphs the ONNX Runtime backend runs, as torch modules written for export.
+
+Why these cuts: (a) the prompt graph runs once per prompt (text encoder, projection, and
+every layer's cross-attention keys and values); (b) the step graph runs every step and
+takes the self-attention caches as inputs and returns only the keys and values of the new
+positions, so the host keeps the caches in place (numpy arrays bound to ONNX Runtime without
+copies) and never round-trips them; (c) the codec graph decodes one fixed-size chunk window.
+
+The step graph mirrors `StaticDecoder` (same weights, same arithmetic) with two extra
+inputs: a steering vector added to the residual at one layer and a per-row switch (1: steer
+this row, 0: leave it, which also serves CFG's conditional-only mode and the unsteered
+retry), and it returns that layer's residual for the meters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model import LoadedModel
+
+
+class PromptGraph(nn.Module):
+    """input_ids, attention_mask `[B, S]` → cross keys/values `[L, 2B, H, S, D]` for the CFG
+    rows [prompts; null condition], the key mask `[2B, 1, 1, S]` and rows-with-any-key."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        super().__init__()
+        self.encoder = lm.model.text_encoder
+        self.proj = getattr(lm.model, "enc_to_dec_proj", None)
+        decoder = lm.model.decoder.model.decoder
+        self.layers = decoder.layers
+        config = lm.model.config.decoder
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.proj is not None:
+            states = self.proj(states)
+        states = states * attention_mask[..., None].to(states.dtype)
+        states = torch.cat([states, torch.zeros_like(states)], dim=0)
+        mask = torch.cat([attention_mask, torch.zeros_like(attention_mask)], dim=0).bool()
+        rows, length = states.shape[0], states.shape[1]
+        keys, values = [], []
+        for layer in self.layers:
+            attn = layer.encoder_attn
+            keys.append(attn.k_proj(states).view(rows, length, self.heads, self.head_dim).transpose(1, 2))
+            values.append(attn.v_proj(states).view(rows, length, self.heads, self.head_dim).transpose(1, 2))
+        return torch.stack(keys), torch.stack(values), mask[:, None, None, :], mask.any(dim=1)[:, None, None]
+
+
+class StepGraph(nn.Module):
+    """Delayed columns `[R, K, n]` at cache positions `[n]` → logits `[R, K, n, V]`, the new
+    positions' keys and values `[L, R, H, n, D]`, and the residual `[R, n, hidden]` at the
+    steering layer (after the edit)."""
+
+    def __init__(self, lm: LoadedModel, steer_layer: int) -> None:
+        super().__init__()
+        decoder = lm.model.decoder
+        self.inner = decoder.model.decoder
+        self.lm_heads = decoder.lm_heads
+        config = lm.model.config.decoder
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+        self.steer_layer = steer_layer
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        columns: torch.Tensor,  # [R, K, n] int64
+        positions: torch.Tensor,  # [n] int64
+        self_k: torch.Tensor,  # [L, R, H, T, D]
+        self_v: torch.Tensor,
+        cross_k: torch.Tensor,  # [L, R, H, S, D]
+        cross_v: torch.Tensor,
+        cross_mask: torch.Tensor,  # [R, 1, 1, S] bool
+        cross_any: torch.Tensor,  # [R, 1, 1] bool
+        steer: torch.Tensor,  # [hidden]
+        steer_rows: torch.Tensor,  # [R, 1, 1]: 1 = add `steer` to this row
+    ):
+        inner = self.inner
+        hidden = sum(inner.embed_tokens[q](columns[:, q]) for q in range(columns.shape[1]))
+        hidden = hidden + inner.embed_positions.weights.index_select(0, positions).to(hidden.dtype)
+        key_index = torch.arange(self_k.shape[3], device=columns.device)
+        causal = (key_index[None, :] <= positions[:, None])[None, None]
+        new_k, new_v, residual = [], [], hidden
+        for i, layer in enumerate(inner.layers):
+            rows, n, width = hidden.shape
+            attn = layer.self_attn
+            x = layer.self_attn_layer_norm(hidden)
+            query, key, value = self._split(attn.q_proj(x)), self._split(attn.k_proj(x)), self._split(attn.v_proj(x))
+            keys = self_k[i].index_copy(2, positions, key)
+            values = self_v[i].index_copy(2, positions, value)
+            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=causal, scale=self.scale)
+            hidden = hidden + attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
+            cross = layer.encoder_attn
+            x = layer.encoder_attn_layer_norm(hidden)
+            out = F.scaled_dot_product_attention(
+                self._split(cross.q_proj(x)), cross_k[i], cross_v[i], attn_mask=cross_mask, scale=self.scale
+            )
+            out = torch.where(cross_any[..., None], out, torch.zeros((), dtype=out.dtype))
+            hidden = hidden + cross.out_proj(out.transpose(1, 2).reshape(rows, n, width))
+            x = layer.final_layer_norm(hidden)
+            hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+            if i == self.steer_layer:
+                hidden = hidden + steer_rows.to(hidden.dtype) * steer.to(hidden.dtype)
+                residual = hidden
+            new_k.append(key)
+            new_v.append(value)
+        hidden = inner.layer_norm(hidden)
+        logits = torch.stack([head(hidden) for head in self.lm_heads], dim=1)
+        return logits, torch.stack(new_k), torch.stack(new_v), residual
+
+
+class CodecGraph(nn.Module):
+    """EnCodec-decode codes `[1, K, frames]` → mono audio `[samples]`."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        super().__init__()
+        self.codec = lm.model.audio_encoder
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(codes[None], audio_scales=[None]).audio_values[0, 0].float()
