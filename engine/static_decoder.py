@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.model import LoadedModel
+from engine.prompts import encode_prompts
 
 
 @dataclass
@@ -44,10 +45,15 @@ class CacheSet:
 
 
 class StaticDecoder:
-    """The decoder of `lm` on `rows` rows (CFG doubles the batch) with `max_context` positions."""
+    """The decoder of `lm` on `rows` rows (CFG doubles the batch) with `max_context` positions.
 
-    def __init__(self, lm: LoadedModel, rows: int, max_context: int) -> None:
+    The token loop talks to it (and to the ONNX Runtime decoder, which has the same methods)
+    through: `encode` prompts into a condition, `cache_for` a condition's length, `set_prompt`,
+    `forward`, and `clear` positions of a cache."""
+
+    def __init__(self, lm: LoadedModel, rows: int, max_context: int, cfg: bool = True) -> None:
         self.lm = lm
+        self.cfg = cfg
         decoder = lm.model.decoder
         self.inner = decoder.model.decoder
         self.lm_heads = decoder.lm_heads
@@ -58,6 +64,31 @@ class StaticDecoder:
         self.head_dim = config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
         self._key_index = torch.arange(max_context, device=lm.device)
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The condition of `prompts`: encoder states and mask (with CFG's null half)."""
+        return encode_prompts(self.lm, prompts, null_half=self.cfg)
+
+    @staticmethod
+    def condition_length(condition: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return condition[0].shape[1]
+
+    def cache_for(self, reuse: CacheSet | None, prompt_len: int) -> CacheSet:
+        """A cache set whose cross-attention buffers hold `prompt_len` tokens. On a GPU their
+        length is rounded up (to 64) so most prompt swaps keep a captured graph; on the CPU
+        it is exact, which keeps the arithmetic identical to transformers' forward."""
+        if reuse is not None and reuse.cross_len >= prompt_len:
+            self.clear(reuse, 0, None)
+            return reuse
+        length = -(-prompt_len // 64) * 64 if self.lm.device.type == "cuda" else prompt_len
+        return self.new_cache(length)
+
+    @staticmethod
+    def clear(cache: CacheSet, start: int, stop: int | None) -> None:
+        """Zero self-attention positions start…stop: stale keys are masked, but a stale NaN
+        would still poison 0·v."""
+        cache.self_k[:, :, :, start:stop].zero_()
+        cache.self_v[:, :, :, start:stop].zero_()
 
     def new_cache(self, cross_len: int) -> CacheSet:
         layers = len(self.inner.layers)
@@ -74,9 +105,10 @@ class StaticDecoder:
         )
 
     @torch.no_grad()
-    def set_prompt(self, cache: CacheSet, enc: torch.Tensor, enc_mask: torch.Tensor) -> None:
+    def set_prompt(self, cache: CacheSet, condition: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Project encoder states `[rows, S, hidden]` into the cache's cross-attention buffers
         (S ≤ their length; the rest is masked out). In place: a captured graph stays valid."""
+        enc, enc_mask = condition
         length = enc.shape[1]
         cache.cross_k.zero_()
         cache.cross_v.zero_()

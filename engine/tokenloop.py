@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine import limits
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from engine.static_decoder import CacheSet, StaticDecoder
+from engine.static_decoder import StaticDecoder
 from engine.step_graph import StepGraphs
 
 
@@ -57,32 +56,6 @@ class SamplingConfig:
         return self.guidance > 1.0
 
 
-@torch.no_grad()
-def encode_prompts(lm: LoadedModel, prompts: list[str], null_half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text → the decoder's cross-attention states and mask; with `null_half`, the all-zero
-    'null' condition of classifier-free guidance is appended as a second half."""
-    for prompt in prompts:
-        limits.prompt_text(prompt)  # the cheap bound first: never tokenize a huge text
-    tok = lm.tokenizer(prompts, return_tensors="pt", padding=True)
-    for count in tok["attention_mask"].sum(1).tolist():
-        limits.token_count(count)
-    ids, mask = tok["input_ids"].to(lm.device), tok["attention_mask"].to(lm.device)
-    states = lm.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    if getattr(lm.model, "enc_to_dec_proj", None) is not None:
-        states = lm.model.enc_to_dec_proj(states)
-    states = states * mask[..., None].to(states.dtype)
-    if null_half:
-        states = torch.cat([states, torch.zeros_like(states)], dim=0)
-        mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-    return states, mask
-
-
-def null_condition(lm: LoadedModel, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unconditional input: one all-zero, fully masked conditioning position."""
-    states = torch.zeros(batch, 1, lm.hidden_size, device=lm.device, dtype=lm.dtype)
-    return states, torch.zeros(batch, 1, dtype=torch.long, device=lm.device)
-
-
 RING = 64  # sampled columns kept on the device between two read-backs (> any read-back batch)
 
 
@@ -92,8 +65,7 @@ class _Reprime:
 
     offset: int
     slot: int  # which of the two cache sets is being built
-    enc: torch.Tensor
-    enc_mask: torch.Tensor
+    condition: object  # the decoder's encoding of the prompt the new context plays
     done: int = 0  # positions already in the new cache
     pieces: list[int] = field(default_factory=list)
     bad: torch.Tensor | None = None  # device flag: a prefill piece's logits were not finite
@@ -118,6 +90,7 @@ class TokenLoop:
         max_context: int | None = None,
         graph: bool | None = None,
         readback: int | None = None,
+        backend=None,
     ) -> None:
         self.lm = lm
         self.sampling = sampling or SamplingConfig()
@@ -133,12 +106,15 @@ class TokenLoop:
         self.graph_ok: Callable[[], bool] = lambda: True
         self.nonfinite_steps = 0  # steps (and re-primes) that had to be run again
         device, k, pad = lm.device, lm.num_codebooks, lm.pad_token_id
-        self.decoder = StaticDecoder(lm, self.batch * (2 if self.sampling.cfg else 1), self.max_context)
+        rows, cfg = self.batch * (2 if self.sampling.cfg else 1), self.sampling.cfg
+        # `backend` (engine.onnx_backend) swaps in another decoder with the same methods.
+        make = StaticDecoder if backend is None else backend.decoder
+        self.decoder = make(lm, rows, self.max_context, cfg)
         self._generator = torch.Generator(device=device).manual_seed(self.sampling.seed)
-        self._enc, self._enc_mask = self._encode_text(prompts)
-        self._sets: list[CacheSet | None] = [self._cache_set(None, self._enc.shape[1]), None]
+        self._condition = self.decoder.encode(prompts)
+        self._sets: list = [self.decoder.cache_for(None, self.decoder.condition_length(self._condition)), None]
         self._live = 0
-        self.decoder.set_prompt(self._sets[0], self._enc, self._enc_mask)
+        self.decoder.set_prompt(self._sets[0], self._condition)
         self._reprime: _Reprime | None = None
         self._start = torch.full((self.batch, k), pad, dtype=torch.long, device=device)
         # Device state of a step: what a captured graph reads and updates in place.
@@ -154,22 +130,8 @@ class TokenLoop:
         self._rng = self._generator.get_state()  # the sampler's state at `_read`, for retries
         self.readback = max(1, min(readback or (8 if device.type == "cuda" else 1), RING // 2))
         state = [self._tokens, self._pos, self._step_no, self._ring, self._bad]
-        use_graph = device.type == "cuda" and graph is not False
+        use_graph = device.type == "cuda" and graph is not False and backend is None
         self.graphs = StepGraphs(self._step_core, state, self._generator) if use_graph else None
-
-    def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_prompts(self.lm, prompts, null_half=self.sampling.cfg)
-
-    def _cache_set(self, reuse: CacheSet | None, prompt_len: int) -> CacheSet:
-        """A cache set whose cross-attention buffers hold `prompt_len` tokens. On a GPU their
-        length is rounded up (to 64) so most prompt swaps keep the captured graph; on the CPU
-        it is exact, which keeps the arithmetic identical to transformers' forward."""
-        if reuse is not None and reuse.cross_len >= prompt_len:
-            reuse.self_k.zero_()  # stale keys are masked, but a stale NaN would still poison 0·v
-            reuse.self_v.zero_()
-            return reuse
-        length = -(-prompt_len // 64) * 64 if self.lm.device.type == "cuda" else prompt_len
-        return self.decoder.new_cache(length)
 
     # ---- one step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -200,7 +162,7 @@ class TokenLoop:
         self.position += 1
         self.cache_len += 1
 
-    def _step_core(self, cache: CacheSet) -> None:
+    def _step_core(self, cache) -> None:
         """The step itself: device tensors in, device tensors updated in place; no host sync."""
         tokens = self._tokens
         columns = torch.cat([tokens, tokens], dim=0) if self.sampling.cfg else tokens
@@ -239,9 +201,7 @@ class TokenLoop:
         self.position -= steps
         self.cache_len -= steps
         # The taken-back positions may hold NaN keys and values: masked, but 0·NaN is NaN.
-        live = self._sets[self._live]
-        live.self_k[:, :, :, self.cache_len : self.cache_len + steps].zero_()
-        live.self_v[:, :, :, self.cache_len : self.cache_len + steps].zero_()
+        self.decoder.clear(self._sets[self._live], self.cache_len, self.cache_len + steps)
         self._pos.fill_(self.cache_len)
         self._step_no.fill_(self.position)
         self._tokens.copy_(self._history[-1])
@@ -269,14 +229,14 @@ class TokenLoop:
     def begin_reprime(self, keep_positions: int, prompts: list[str] | None = None) -> None:
         """Start rebuilding the context from the last `keep_positions` steps (and a new prompt)."""
         keep = max(1, min(keep_positions, self._read, len(self._history) - 1))
-        enc, mask = self._encode_text(prompts) if prompts is not None else (self._enc, self._enc_mask)
+        condition = self.decoder.encode(prompts) if prompts is not None else self._condition
         slot = 1 - self._live
-        cache = self._cache_set(self._sets[slot], enc.shape[1])
+        cache = self.decoder.cache_for(self._sets[slot], self.decoder.condition_length(condition))
         if cache is not self._sets[slot] and self.graphs is not None:
             self.graphs.forget(slot)
         self._sets[slot] = cache
-        self.decoder.set_prompt(cache, enc, mask)
-        self._reprime = _Reprime(offset=self._read - keep, slot=slot, enc=enc, enc_mask=mask)
+        self.decoder.set_prompt(cache, condition)
+        self._reprime = _Reprime(offset=self._read - keep, slot=slot, condition=condition)
 
     @torch.no_grad()
     def reprime_step(self, piece: int = 32) -> bool:
@@ -306,11 +266,11 @@ class TokenLoop:
         if not re.unsteered and bool(re.bad):  # one sync per re-prime
             self.nonfinite_steps += 1
             re.done, re.bad, re.unsteered = 0, None, True
-            self._cache_set(self._sets[re.slot], 0)  # clears the NaN the bad pieces left
+            self.decoder.clear(self._sets[re.slot], 0, None)  # the NaN the bad pieces left
             return False
         self._live, self.cache_len = re.slot, re.done
         self._pos.fill_(self.cache_len)
-        self._enc, self._enc_mask = re.enc, re.enc_mask
+        self._condition = re.condition
         self._reprime = None
         self.reprimes += 1
         return True

@@ -29,7 +29,8 @@ from engine import limits
 from engine.errors import MgsteerError
 from engine.hooks import recording
 from engine.model import LoadedModel
-from engine.tokenloop import SamplingConfig, TokenLoop, encode_prompts, null_condition
+from engine.prompts import encode_prompts, null_condition
+from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.store import StoreMeta, StoreWriter
 
 MIN_CLIP_SECONDS = 0.1

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from engine.hooks import ResidualTap
 from engine.model import LoadedModel
-from engine.tokenloop import null_condition
+from engine.prompts import null_condition
 from sae.harvest import delayed_inputs
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]

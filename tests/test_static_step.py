@@ -7,9 +7,10 @@ import pytest
 import torch
 from conftest import alive_features
 
+from engine.prompts import encode_prompts
 from engine.static_decoder import StaticDecoder
 from engine.steering import FeatureSteer, Steerer, SteeringSpec
-from engine.tokenloop import SamplingConfig, TokenLoop, encode_prompts
+from engine.tokenloop import SamplingConfig, TokenLoop
 
 
 def test_static_forward_equals_transformers_forward(tiny_lm):
@@ -26,7 +27,7 @@ def test_static_forward_equals_transformers_forward(tiny_lm):
         ).logits.reshape(4, k, steps, -1)
         decoder = StaticDecoder(tiny_lm, rows=4, max_context=32)
         cache = decoder.new_cache(enc.shape[1])
-        decoder.set_prompt(cache, enc, mask)
+        decoder.set_prompt(cache, (enc, mask))
         ours = [decoder.forward(rows[..., :8], cache, torch.arange(8))]
         ours += [decoder.forward(rows[..., p : p + 1], cache, torch.tensor([p])) for p in range(8, steps)]
     torch.testing.assert_close(torch.cat(ours, dim=2), ref, atol=1e-5, rtol=1e-5)

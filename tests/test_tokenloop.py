@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.errors import MgsteerError
+from engine.prompts import encode_prompts
 from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
 
 
@@ -102,8 +103,8 @@ def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(tiny_lm):
         tap.recording = True
         tiny_lm.model.decoder(  # transformers' own forward, no cache
             input_ids=torch.cat([fresh, fresh]).reshape(-1, fresh.shape[-1]),
-            encoder_hidden_states=loop._enc,
-            encoder_attention_mask=loop._enc_mask,
+            encoder_hidden_states=loop._condition[0],
+            encoder_attention_mask=loop._condition[1],
         )
         expected = tap.take()[:, -1:]
     torch.testing.assert_close(_next_residual(tiny_lm, loop), expected, atol=1e-4, rtol=1e-4)
@@ -113,12 +114,10 @@ def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(tiny_lm):
 def test_reprime_with_a_new_prompt_swaps_the_condition(tiny_lm):
     loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=0))
     loop.frames(10)
-    before = loop._enc.clone()
+    before = loop._condition[0].clone()
     loop.begin_reprime(8, prompts=["techno groove with a driving kick"])
-    torch.testing.assert_close(loop._enc, before)  # the old condition plays on until the swap
+    torch.testing.assert_close(loop._condition[0], before)  # the old condition plays on until the swap
     while not loop.reprime_step(4):
         loop.step()
-    expected, _ = TokenLoop(tiny_lm, ["techno groove with a driving kick"], SamplingConfig())._encode_text(
-        ["techno groove with a driving kick"]
-    )
-    torch.testing.assert_close(loop._enc, expected)
+    expected, _ = encode_prompts(tiny_lm, ["techno groove with a driving kick"], null_half=True)
+    torch.testing.assert_close(loop._condition[0], expected)
