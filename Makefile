@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile | system
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,audio,osc,midi,gui]"
+	$(BIN)/python -m pip install -q -e ".[dev,audio,osc,midi,gui,onnx]"
 	touch $(STAMP)
 
 demo: $(STAMP)

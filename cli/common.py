@@ -33,6 +33,30 @@ def graph_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend", default="torch", choices=("torch", "onnx"), help="onnx: ONNX Runtime on the CPU (docs/ONNX.md)"
+    )
+    p.add_argument("--onnx-dir", help="with --backend onnx: a folder from mgsteer export-onnx")
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --backend onnx: the int8 step graph where one was exported",
+    )
+
+
+def open_backend(args: argparse.Namespace, lm, sae):
+    """The ONNX backend the flags ask for, or None for torch; checked against model and SAE."""
+    if args.backend != "onnx":
+        return None
+    if not args.onnx_dir:
+        raise MgsteerError(f"--backend onnx needs --onnx-dir DIR: make one with mgsteer export-onnx --model {lm.spec}")
+    from engine.onnx_backend import OnnxBackend
+
+    return OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer if sae is not None else None, int8=args.int8)
+
+
 def sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=types.SEED, default=0, help="sampling seed: the same seed gives the same music")
     p.add_argument(

@@ -13,10 +13,12 @@ import time
 from cli import argtypes as types
 from cli.common import (
     DEFAULT_MODEL,
+    backend_args,
     feature_list,
     graph_args,
     layer_list,
     model_args,
+    open_backend,
     parse_filter,
     progress_bars,
     sampling_args,
@@ -24,6 +26,7 @@ from cli.common import (
 )
 from cli.gui_command import add_gui_command, run_gui
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
+from cli.onnx_command import add_export_command
 from cli.sae_commands import add_commands
 from engine import limits
 from engine.errors import MgsteerError
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="out.wav", help="WAV file to write")
     sampling_args(r)
     graph_args(r)
+    backend_args(r)
     r.set_defaults(func=cmd_render)
 
     p = sub.add_parser("play", help="play endlessly, steerable live (the resident host)")
@@ -59,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", help="with --gui and --seconds: write a PNG of the window before exiting")
     sampling_args(p)
     graph_args(p)
+    backend_args(p)
     p.set_defaults(func=cmd_play)
     add_gui_command(sub)
+    add_export_command(sub)
 
     h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
     model_args(h)
@@ -152,6 +158,8 @@ def cmd_render(args: argparse.Namespace) -> None:
     steers = tuple(parse_steer(s) for s in args.steer)
     if steers and not args.sae:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
+    if args.backend == "onnx" and args.mode == "clamp":
+        raise MgsteerError("clamp-mode steering runs on the torch backend only: use --backend torch")
     prompt = limits.prompt_text(args.prompt, "--prompt")
     out_path = output_file(args.out, (".wav",))
     sampling = sampling_config(args)
@@ -159,8 +167,11 @@ def cmd_render(args: argparse.Namespace) -> None:
     frames_for(lm, args.seconds)
     sae = load_sae(args.sae, lm.device) if args.sae else None
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
+    backend = open_backend(args, lm, sae)
     started = time.perf_counter()
-    out = render(lm, prompt, args.seconds, sampling, sae, spec, progress=progress_bars(), graph=args.graph)
+    out = render(
+        lm, prompt, args.seconds, sampling, sae, spec, progress=progress_bars(), graph=args.graph, backend=backend
+    )
     took = time.perf_counter() - started
     path = write_wav(out_path, out.audio, out.sample_rate)
     print(
@@ -212,15 +223,16 @@ def cmd_play(args: argparse.Namespace) -> None:
         output_file(args.out, (".wav",))
     meters = feature_list(args.meters) if args.meters else None
     sampling = sampling_config(args)
+    lm = load_musicgen(args.model, args.device, args.dtype)
+    sae = load_sae(args.sae, lm.device) if args.sae else None
     config = HostConfig(
         lookahead_ms=args.lookahead_ms,
         chunk=ChunkConfig(chunk=args.chunk),
         sampling=sampling,
         meters=meters,
         graph=args.graph,
+        backend=open_backend(args, lm, sae),
     )
-    lm = load_musicgen(args.model, args.device, args.dtype)
-    sae = load_sae(args.sae, lm.device) if args.sae else None
     bus = ParameterBus(prompt=args.prompt, smoothing_ms=args.smoothing_ms, feature_count=sae.cfg.d_sae if sae else None)
     if preset is not None:
         load_preset(args.preset, sae.cfg.d_sae if sae else None)  # feature ids checked against the SAE

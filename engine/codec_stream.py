@@ -66,8 +66,10 @@ def fade_curves(samples: int, curve: Curve) -> tuple[np.ndarray, np.ndarray]:
 class ChunkedDecoder:
     """Feed complete frames with `push`; get audio blocks (float32 mono) as they are ready."""
 
-    def __init__(self, lm: LoadedModel, cfg: ChunkConfig | None = None) -> None:
+    def __init__(self, lm: LoadedModel, cfg: ChunkConfig | None = None, decode=None) -> None:
         self.lm = lm
+        # codes [1, K, frames] → audio [1, samples]: the model's EnCodec, or another runtime's
+        self.decode = decode or (lambda codes: decode_codes(lm, codes))
         self.cfg = cfg or ChunkConfig()
         self.hop = lm.sample_rate // lm.frame_rate
         self.cfg.validate(self.hop, lm.sample_rate)
@@ -95,7 +97,7 @@ class ChunkedDecoder:
     def _decode(self, until: int) -> np.ndarray:
         start = max(self._base, self.emitted - self.cfg.context)
         window = torch.stack(self._frames[start - self._base : self.received - self._base], dim=-1)
-        audio = decode_codes(self.lm, window[None])[0].cpu().numpy()
+        audio = self.decode(window[None])[0].cpu().numpy()
         offset = (self.emitted - start) * self.hop
         block = audio[offset : (until - start) * self.hop].copy()
         if self._tail is not None and self.xf:

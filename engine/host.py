@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class HostConfig:
     reprime_piece: int = 32  # positions prefilled per step while re-priming
     halves: Halves = "both"
     graph: bool = True  # on CUDA, replay the step as a CUDA graph (`TokenLoop`)
+    backend: Any = None  # engine.onnx_backend.OnnxBackend: decoder and codec on ONNX Runtime
     meters: list[int] | None = None  # features to meter each step
     meter_knobs: bool = False  # instead, meter the features the knobs drive (the GUI's meters)
 
@@ -203,12 +205,13 @@ class Host:
             self._reprimes_before += self._loop.reprimes
             self._nonfinite_before += self._loop.nonfinite_steps
         context = self.config.context_positions(self.lm)
+        backend = self.config.backend
         self._loop = TokenLoop(
-            self.lm, [snap.prompt], self.config.sampling, max_context=context, graph=self.config.graph
+            self.lm, [snap.prompt], self.config.sampling, max_context=context, graph=self.config.graph, backend=backend
         )
         if self.steerer is not None:
             self.steerer.attach(self._loop)
-        self._decoder = ChunkedDecoder(self.lm, self.config.chunk)
+        self._decoder = ChunkedDecoder(self.lm, self.config.chunk, backend.decode_codes if backend else None)
         self._loop_base = self._generated  # model-rate sample where this loop's audio starts
         self._prompt = snap.prompt
         self._reset_seen = snap.reset_count

@@ -148,7 +148,7 @@ def export_onnx(
             (torch.zeros(1, k, frames, dtype=torch.long),),
             ["codes"],
             ["audio"],
-            None,
+            {"codes": {2: "frames"}, "audio": {0: "samples"}},
         ),
     ]
     for name, module, args, inputs, outputs, dynamic in jobs:

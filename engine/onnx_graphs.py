@@ -81,7 +81,7 @@ class StepGraph(nn.Module):
         cross_mask: torch.Tensor,  # [R, 1, 1, S] bool
         cross_any: torch.Tensor,  # [R, 1, 1] bool
         steer: torch.Tensor,  # [hidden]
-        steer_rows: torch.Tensor,  # [R, 1, 1]: 1 = add `steer` to this row
+        steer_rows: torch.Tensor,  # [R, 1, 1]: 1 = add `steer` to this row (0·inf would be NaN: a select)
     ):
         inner = self.inner
         hidden = sum(inner.embed_tokens[q](columns[:, q]) for q in range(columns.shape[1]))
@@ -108,7 +108,7 @@ class StepGraph(nn.Module):
             x = layer.final_layer_norm(hidden)
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
             if i == self.steer_layer:
-                hidden = hidden + steer_rows.to(hidden.dtype) * steer.to(hidden.dtype)
+                hidden = torch.where(steer_rows > 0.5, hidden + steer.to(hidden.dtype), hidden)
                 residual = hidden
             new_k.append(key)
             new_v.append(value)

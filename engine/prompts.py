@@ -12,16 +12,21 @@ from engine import limits
 from engine.model import LoadedModel
 
 
-@torch.no_grad()
-def encode_prompts(lm: LoadedModel, prompts: list[str], null_half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text → the decoder's cross-attention states and mask; with `null_half`, the all-zero
-    'null' condition of classifier-free guidance is appended as a second half."""
+def tokenize_prompts(lm: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask `[B, S]` (padded), within the prompt bounds."""
     for prompt in prompts:
         limits.prompt_text(prompt)  # the cheap bound first: never tokenize a huge text
     tok = lm.tokenizer(prompts, return_tensors="pt", padding=True)
     for count in tok["attention_mask"].sum(1).tolist():
         limits.token_count(count)
-    ids, mask = tok["input_ids"].to(lm.device), tok["attention_mask"].to(lm.device)
+    return tok["input_ids"], tok["attention_mask"]
+
+
+@torch.no_grad()
+def encode_prompts(lm: LoadedModel, prompts: list[str], null_half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text → the decoder's cross-attention states and mask; with `null_half`, the all-zero
+    'null' condition of classifier-free guidance is appended as a second half."""
+    ids, mask = (t.to(lm.device) for t in tokenize_prompts(lm, prompts))
     states = lm.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     if getattr(lm.model, "enc_to_dec_proj", None) is not None:
         states = lm.model.enc_to_dec_proj(states)

@@ -51,9 +51,11 @@ def render(
     progress: bool = False,
     vector: torch.Tensor | None = None,
     graph: bool = True,
+    backend=None,
 ) -> Rendered:
     """Generate `seconds` of audio for `prompt`, steered by `spec` through `sae` if given, or
-    by adding a raw residual `vector` at the SAE's layer (a baseline direction)."""
+    by adding a raw residual `vector` at the SAE's layer (a baseline direction); on an
+    `engine.onnx_backend.OnnxBackend` if given."""
     sampling = sampling or SamplingConfig()
     if spec is not None and spec.steers and sae is None:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
@@ -64,14 +66,14 @@ def render(
             steerer.set_vector(vector.to(lm.device, lm.dtype))
         elif steerer is not None:
             steerer.set(spec)
-        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks, graph=graph)
+        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks, graph=graph, backend=backend)
         if steerer is not None:
             steerer.attach(loop)
         codes = loop.frames(frames, progress=progress)
     finally:
         if steerer is not None:
             steerer.close()
-    audio = decode_codes(lm, codes)[0].cpu().numpy()
+    audio = (backend.decode_codes(codes) if backend is not None else decode_codes(lm, codes))[0].cpu().numpy()
     return Rendered(
         codes=codes[0],
         audio=audio,

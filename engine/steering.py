@@ -132,6 +132,7 @@ class Steerer:
         self._cond_only = torch.zeros((), dtype=torch.bool, device=device)
         self._on = torch.zeros((), dtype=torch.bool, device=device)
         self._steering = False  # host copy of "a vector is set"
+        self._halves: Halves = "both"  # host copy of the halves switch
         self._clamp: SteeringPlan | None = None
         # Meters: METER_SLOTS fixed encoder columns, refilled in place by `watch`.
         sae = loaded.sae
@@ -164,6 +165,7 @@ class Steerer:
         """Install an add-mode vector (copied into the persistent buffer)."""
         self.vector.copy_(vector)
         self._cond_only.fill_(halves == "cond")
+        self._halves = halves
         self._clamp, self._steering = None, True
         self._switch()
 
@@ -245,6 +247,8 @@ class Steerer:
         its step eagerly while the edit cannot be captured."""
         loop.unsteered = self.unsteered
         loop.graph_ok = lambda: self.graph_safe
+        if getattr(loop, "backend", None) is not None:  # a runtime that takes the edit as an input
+            loop.backend.attach(self)
 
     def _edit(self, hidden: torch.Tensor, cond: slice) -> torch.Tensor:
         if self._clamp is not None:
@@ -252,13 +256,27 @@ class Steerer:
         else:
             out = self._add(hidden)
         if self.metering:
-            x = out[cond][:, -1].to(self._w_watch.dtype) - self.loaded.sae.b_dec
-            value = torch.relu(x @ self._w_watch + self._b_watch)
-            if self._meter_buf is None or self._meter_buf.shape != value.shape:
-                self._meter_buf = value.clone()
-            else:
-                self._meter_buf.copy_(value)  # in place: a captured graph keeps writing here
+            self.meter(out, cond)
         return out
+
+    def meter(self, hidden: torch.Tensor, cond: slice) -> None:
+        """Write the watched features' activations at the last position of `hidden`'s
+        conditional rows into the meter buffer (in place: a captured graph keeps writing here)."""
+        x = hidden[cond][:, -1].to(self._w_watch.dtype) - self.loaded.sae.b_dec
+        value = torch.relu(x @ self._w_watch + self._b_watch)
+        if self._meter_buf is None or self._meter_buf.shape != value.shape:
+            self._meter_buf = value.clone()
+        else:
+            self._meter_buf.copy_(value)
+
+    def row_switch(self, rows: int) -> torch.Tensor:
+        """Per-row steering switch `[rows, 1, 1]` (1: add the vector) for a runtime that takes
+        the edit as an input (the ONNX step graph): what the device switches select here."""
+        on = self._steering and not self.bypass
+        switch = torch.full((rows, 1, 1), float(on))
+        if on and self._halves == "cond" and self.tap.cfg_doubled:
+            switch[rows // 2 :] = 0.0
+        return switch
 
     def _add(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden + vector on the rows the halves switch selects, where the on switch is set:

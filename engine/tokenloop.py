@@ -108,6 +108,7 @@ class TokenLoop:
         device, k, pad = lm.device, lm.num_codebooks, lm.pad_token_id
         rows, cfg = self.batch * (2 if self.sampling.cfg else 1), self.sampling.cfg
         # `backend` (engine.onnx_backend) swaps in another decoder with the same methods.
+        self.backend = backend
         make = StaticDecoder if backend is None else backend.decoder
         self.decoder = make(lm, rows, self.max_context, cfg)
         self._generator = torch.Generator(device=device).manual_seed(self.sampling.seed)

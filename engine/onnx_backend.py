@@ -1,0 +1,190 @@
+"""The ONNX Runtime backend: the token loop's decoder and the codec on exported graphs.
+
+Why: most musicians have no CUDA GPU, and on a CPU ONNX Runtime's int8 MatMuls read a
+quarter of the weight bytes that a float32 step reads. The loop, the sampler, the steering
+semantics (a vector added at one layer, a per-row switch), the meters (from the residual
+the step graph returns), re-priming and chunked decoding are the engine's own; only the
+arithmetic of a decoder call and of a codec window runs here.
+
+Low latency settings: intra-op threads = physical cores, sequential execution, memory
+patterns on; the self-attention caches are numpy arrays wrapped once as ONNX Runtime values
+(no copy), and each call writes only the new positions' keys and values into them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import MgsteerError
+from engine.model import LoadedModel
+from engine.onnx_export import FILES, INT8_STEP, Manifest, load_manifest
+from engine.prompts import tokenize_prompts
+
+
+def physical_cores() -> int:
+    """Distinct (package, core) pairs this process may run on; logical CPUs if unknown."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores, cpu, package = set(), None, "0"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    package = value
+                elif key == "core id" and cpu in allowed:
+                    cores.add((package, value))
+    except OSError:
+        pass
+    return max(1, len(cores) or len(allowed))
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_mem_pattern = True
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own classes for damaged files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MgsteerError(f"'{path}' is not a usable ONNX graph ({first[:160]}); export it again") from exc
+
+
+@dataclass
+class OnnxCache:
+    """One context's attention state as numpy arrays (and their zero-copy runtime values)."""
+
+    self_k: np.ndarray  # [L, R, H, T, D]
+    self_v: np.ndarray
+    cross: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # k, v, mask, any
+    values: dict | None = None  # input name → OrtValue over the arrays above
+
+    @property
+    def cross_len(self) -> int:
+        return 0 if self.cross is None else self.cross[0].shape[3]
+
+
+class OnnxBackend:
+    """Sessions for one exported folder; `decoder` makes the token loop's decoder."""
+
+    def __init__(self, folder: str | Path, lm: LoadedModel, layer: int | None, int8: bool = True) -> None:
+        self.folder = Path(folder)
+        self.manifest: Manifest = load_manifest(self.folder, lm.spec, layer)
+        if lm.device.type != "cpu":
+            raise MgsteerError("the ONNX backend runs on the CPU: use --device cpu (or --backend torch on a GPU)")
+        self.int8 = int8 and self.manifest.int8
+        self.threads = physical_cores()
+        self.prompt = _session(self.folder / FILES["prompt"], self.threads)
+        self.step = _session(self.folder / (INT8_STEP if self.int8 else FILES["step"]), self.threads)
+        self.codec = _session(self.folder / FILES["codec"], self.threads)
+        self.steerer = None  # engine.steering.Steerer, set by `attach`
+
+    def attach(self, steerer) -> None:
+        """Steer (and meter) with this steerer's vector, switches and watch list."""
+        if steerer is not None and steerer.loaded.cfg.hook_layer != self.manifest.layer:
+            raise MgsteerError(
+                f"'{self.folder}' steers layer {self.manifest.layer}, the SAE is at layer "
+                f"{steerer.loaded.cfg.hook_layer}: export again with --sae"
+            )
+        self.steerer = steerer
+
+    def decoder(self, lm: LoadedModel, rows: int, max_context: int, cfg: bool) -> OnnxDecoder:
+        if max_context > self.manifest.max_context:
+            raise MgsteerError(
+                f"'{self.folder}' was exported for {self.manifest.max_context} context positions, "
+                f"this needs {max_context}: export again with --max-context {max_context}"
+            )
+        return OnnxDecoder(self, lm, rows, cfg)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes `[1, K, frames]` → audio `[1, samples]`, like `engine.tokenloop.decode_codes`."""
+        audio = self.codec.run(["audio"], {"codes": codes.cpu().numpy().astype(np.int64)})[0]
+        return torch.from_numpy(audio)[None]
+
+
+class OnnxDecoder:
+    """The token loop's decoder interface (see `StaticDecoder`) on the step graph."""
+
+    def __init__(self, backend: OnnxBackend, lm: LoadedModel, rows: int, cfg: bool) -> None:
+        self.backend, self.lm, self.rows, self.cfg = backend, lm, rows, cfg
+        m = backend.manifest
+        self.shape = (m.layers, rows, m.heads, m.max_context, m.head_dim)
+        self._steer_off = np.zeros(m.hidden, dtype=np.float32)
+
+    def encode(self, prompts: list[str]):
+        """Cross keys, values, mask and rows-with-keys from the prompt graph."""
+        ids, mask = tokenize_prompts(self.lm, prompts)
+        feed = {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
+        k, v, mask, anyk = self.backend.prompt.run(None, feed)
+        if not self.cfg:  # the graph always appends the null half
+            half = len(prompts)
+            k, v, mask, anyk = k[:, :half], v[:, :half], mask[:half], anyk[:half]
+        return tuple(np.ascontiguousarray(a) for a in (k, v, mask, anyk))
+
+    @staticmethod
+    def condition_length(condition) -> int:
+        return condition[0].shape[3]
+
+    def cache_for(self, reuse: OnnxCache | None, prompt_len: int) -> OnnxCache:
+        if reuse is not None:
+            self.clear(reuse, 0, None)
+            return reuse
+        return OnnxCache(np.zeros(self.shape, dtype=np.float32), np.zeros(self.shape, dtype=np.float32))
+
+    @staticmethod
+    def clear(cache: OnnxCache, start: int, stop: int | None) -> None:
+        cache.self_k[:, :, :, start:stop] = 0
+        cache.self_v[:, :, :, start:stop] = 0
+
+    def set_prompt(self, cache: OnnxCache, condition) -> None:
+        import onnxruntime as ort
+
+        cache.cross = condition
+        arrays = {"self_k": cache.self_k, "self_v": cache.self_v}
+        arrays |= dict(zip(("cross_k", "cross_v", "cross_mask", "cross_any"), condition, strict=True))
+        cache.values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
+
+    def forward(self, columns: torch.Tensor, cache: OnnxCache, positions: torch.Tensor) -> torch.Tensor:
+        """Logits `[R, K, n, V]`; the new positions' keys and values go into `cache`."""
+        steer, rows = self._steering()
+        session = self.backend.step
+        binding = session.io_binding()
+        for name, value in cache.values.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_cpu_input("columns", np.ascontiguousarray(columns.cpu().numpy().astype(np.int64)))
+        positions = positions.cpu().numpy().astype(np.int64)
+        binding.bind_cpu_input("positions", positions)
+        binding.bind_cpu_input("steer", steer)
+        binding.bind_cpu_input("steer_rows", rows)
+        for name in ("logits", "new_k", "new_v", "residual"):
+            binding.bind_output(name)
+        session.run_with_iobinding(binding)
+        logits, new_k, new_v, residual = binding.copy_outputs_to_cpu()
+        cache.self_k[:, :, :, positions] = new_k
+        cache.self_v[:, :, :, positions] = new_v
+        steerer = self.backend.steerer
+        if steerer is not None and steerer.metering:
+            steerer.meter(torch.from_numpy(residual), steerer.tap.cond_rows(self.rows))
+        return torch.from_numpy(logits)
+
+    def _steering(self) -> tuple[np.ndarray, np.ndarray]:
+        """The steering input and the per-row switch (all zero: unsteered)."""
+        steerer = self.backend.steerer
+        if steerer is None:
+            return self._steer_off, np.zeros((self.rows, 1, 1), dtype=np.float32)
+        if not steerer.graph_safe:
+            raise MgsteerError("clamp-mode steering runs on the torch backend only: use --backend torch")
+        return steerer.vector.float().numpy(), steerer.row_switch(self.rows).numpy()
