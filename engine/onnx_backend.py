@@ -107,7 +107,7 @@ class OnnxBackend:
                 f"'{self.folder}' was exported for {self.manifest.max_context} context positions, "
                 f"this needs {max_context}: export again with --max-context {max_context}"
             )
-        return OnnxDecoder(self, lm, rows, cfg)
+        return OnnxDecoder(self, lm, rows, max_context, cfg)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes `[1, K, frames]` → audio `[1, samples]`, like `engine.tokenloop.decode_codes`."""
@@ -118,10 +118,10 @@ class OnnxBackend:
 class OnnxDecoder:
     """The token loop's decoder interface (see `StaticDecoder`) on the step graph."""
 
-    def __init__(self, backend: OnnxBackend, lm: LoadedModel, rows: int, cfg: bool) -> None:
+    def __init__(self, backend: OnnxBackend, lm: LoadedModel, rows: int, max_context: int, cfg: bool) -> None:
         self.backend, self.lm, self.rows, self.cfg = backend, lm, rows, cfg
         m = backend.manifest
-        self.shape = (m.layers, rows, m.heads, m.max_context, m.head_dim)
+        self.shape = (m.layers, rows, m.heads, max_context, m.head_dim)
         self._steer_off = np.zeros(m.hidden, dtype=np.float32)
 
     def encode(self, prompts: list[str]):

@@ -34,7 +34,7 @@ INT8_STEP = "step.int8.onnx"
 class Manifest:
     model: str
     layer: int  # the steering layer: the step graph's steering input and residual output
-    max_context: int  # self-attention cache positions the step graph attends over
+    max_context: int  # most self-attention positions a loop may use (the context axis is dynamic)
     codec_frames: int  # frames per codec window (context + chunk + hold-back)
     hidden: int
     layers: int
@@ -133,8 +133,8 @@ def export_onnx(
             {
                 "columns": {0: "rows", 2: "n"},
                 "positions": {0: "n"},
-                "self_k": {1: "rows"},
-                "self_v": {1: "rows"},
+                "self_k": {1: "rows", 3: "context"},
+                "self_v": {1: "rows", 3: "context"},
                 "cross_k": {1: "rows", 3: "tokens"},
                 "cross_v": {1: "rows", 3: "tokens"},
                 "cross_mask": {0: "rows", 3: "tokens"},

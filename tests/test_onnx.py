@@ -1,0 +1,160 @@
+"""The ONNX Runtime backend against the torch engine on the tiny model and its SAE."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import SAE_LAYER, alive_features
+
+from cli.main import main
+from engine.errors import MgsteerError
+from engine.onnx_backend import OnnxBackend, physical_cores
+from engine.onnx_export import FILES, MANIFEST, export_onnx, load_manifest
+from engine.steering import Steerer
+from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
+
+CONTEXT = 128
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_lm, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    export_onnx(tiny_lm, folder, layer=SAE_LAYER, max_context=CONTEXT, int8=True, progress=lambda _: None)
+    return folder
+
+
+def _logits_of(loop: TokenLoop, record: list) -> None:
+    """Record every step's logits (the loop's decoder call, wrapped)."""
+    forward = loop.decoder.forward
+
+    def wrapped(columns, cache, positions):
+        out = forward(columns, cache, positions)
+        if columns.shape[-1] == 1:
+            record.append(out.float().clone())
+        return out
+
+    loop.decoder.forward = wrapped
+
+
+def test_fp32_graphs_match_torch_step_by_step_with_steering_switched_mid_run(tiny_lm, tiny_sae, exported):
+    """60 steps; steering on from step 20, off from 40: logits within 1e-4 at every step,
+    the same tokens for the same seed, and the same meters."""
+    f1, f2 = alive_features(tiny_sae)
+    backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, int8=False)
+    runs = {}
+    for name, kw in (("torch", {}), ("onnx", {"backend": backend})):
+        with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
+            steerer.watch([f1, f2])
+            loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=4), max_context=CONTEXT, **kw)
+            steerer.attach(loop)
+            logits, meters, frames = [], [], []
+            _logits_of(loop, logits)
+            for step in range(60):
+                if step == 20:
+                    steerer.set_vector(steerer.vector_for({f1: 2.0, f2: -1.0}))
+                if step == 40:
+                    steerer.set(None)
+                frames.append(loop.step())
+                meters.append(steerer.meters[0].clone())
+            runs[name] = (torch.stack(logits), torch.cat(frames, dim=-1), torch.stack(meters))
+    (lt, ft, mt), (lo, fo, mo) = runs["torch"], runs["onnx"]
+    assert lt.shape == lo.shape == (60, 2, tiny_lm.num_codebooks, 1, tiny_lm.codebook_size)
+    assert (lt - lo).abs().max() < 1e-4
+    assert torch.equal(ft, fo) and ft.shape[-1] == 60 - tiny_lm.num_codebooks + 1
+    torch.testing.assert_close(mo, mt, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(lt[19], lt[20])  # the switch did change something
+
+
+def test_codec_graph_and_reprime_match_torch(tiny_lm, exported):
+    backend = OnnxBackend(exported, tiny_lm, None, int8=False)
+    codes = []
+    for kw in ({}, {"backend": backend}):
+        loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=6), max_context=CONTEXT, **kw)
+        out = [loop.frames(60)]
+        loop.begin_reprime(30, ["another prompt"])
+        while loop.repriming:
+            out.append(loop.step())
+            loop.reprime_step(8)
+        out.append(loop.frames(20))
+        codes.append(torch.cat(out, dim=-1))
+    assert torch.equal(codes[0], codes[1])
+    torch.testing.assert_close(backend.decode_codes(codes[0]), decode_codes(tiny_lm, codes[0]), atol=1e-4, rtol=0)
+
+
+def test_int8_graph_runs_and_stays_close(tiny_lm, exported):
+    backend = OnnxBackend(exported, tiny_lm, None, int8=True)
+    assert backend.int8
+    plain = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=1), max_context=CONTEXT).frames(40)
+    quant = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=1), max_context=CONTEXT, backend=backend).frames(40)
+    assert quant.shape == plain.shape
+    assert (quant != plain).float().mean() < 0.5  # close, not equal: the KL is reported by the bench
+
+
+def test_a_non_finite_edit_is_retried_unsteered_on_onnx_too(tiny_lm, tiny_sae, exported):
+    backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, int8=False)
+    plain = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), max_context=CONTEXT, backend=backend).frames(12)
+    with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
+        steerer.set_vector(torch.full((tiny_lm.hidden_size,), float("inf")))
+        loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), max_context=CONTEXT, backend=backend)
+        steerer.attach(loop)
+        assert torch.equal(loop.frames(12), plain)
+        assert loop.nonfinite_steps == 12 + tiny_lm.num_codebooks - 1
+
+
+def _one_line(fn, match: str) -> None:
+    with pytest.raises(MgsteerError, match=match) as info:
+        fn()
+    assert "\n" not in str(info.value)
+
+
+def test_bad_folders_give_one_line(tiny_lm, exported, tmp_path):
+    _one_line(lambda: load_manifest(tmp_path), "no manifest.json")
+    _one_line(lambda: OnnxBackend(exported, tiny_lm, SAE_LAYER + 1), f"steers layer {SAE_LAYER}")
+    wrong = tmp_path / "wrong"
+    shutil.copytree(exported, wrong)
+    manifest = json.loads((wrong / MANIFEST).read_text())
+    (wrong / MANIFEST).write_text(json.dumps({**manifest, "model": "random-small"}))
+    _one_line(lambda: OnnxBackend(wrong, tiny_lm, None), "exported from model 'random-small'")
+    (wrong / MANIFEST).write_text("{not json")
+    _one_line(lambda: load_manifest(wrong), "damaged")
+    missing = tmp_path / "missing"
+    shutil.copytree(exported, missing)
+    (missing / FILES["codec"]).unlink()
+    _one_line(lambda: OnnxBackend(missing, tiny_lm, None), "lacks codec.onnx")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(exported, corrupt)
+    (corrupt / FILES["step"]).write_bytes(b"not a graph at all")
+    _one_line(lambda: OnnxBackend(corrupt, tiny_lm, None, int8=False), "not a usable ONNX graph")
+    _one_line(lambda: OnnxBackend(exported, tiny_lm, None).decoder(tiny_lm, 2, CONTEXT * 2, True), "--max-context")
+
+
+def test_cli_export_render_and_play_on_onnx(tiny_sae_dir, tiny_sae, tmp_path, capsys):
+    out = tmp_path / "graphs"
+    assert main(["export-onnx", "--model", "tiny", "--sae", str(tiny_sae_dir), "--out", str(out), "--int8"]) == 0
+    f = alive_features(tiny_sae, 1)[0]
+    assert main(["render", "--model", "tiny", "--backend", "onnx", "--onnx-dir", str(out), "--sae", str(tiny_sae_dir),
+                 "--steer", f"{f}=0.5", "--seconds", "1", "--out", str(tmp_path / "x.wav")]) == 0  # fmt: skip
+    assert main(["play", "--model", "tiny", "--backend", "onnx", "--onnx-dir", str(out), "--no-audio",
+                 "--seconds", "2", "--sae", str(tiny_sae_dir), "--meters", str(f)]) == 0  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if "underruns" in line]
+    assert lines and all("underruns 0" in line for line in lines)
+
+
+def test_cli_refusals(tmp_path, capsys, tiny_sae_dir):
+    assert main(["render", "--model", "tiny", "--backend", "onnx", "--out", str(tmp_path / "x.wav")]) == 2
+    assert "--onnx-dir" in capsys.readouterr().err
+    assert main(["render", "--model", "tiny", "--backend", "onnx", "--onnx-dir", str(tmp_path), "--sae",
+                 str(tiny_sae_dir), "--mode", "clamp", "--out", str(tmp_path / "x.wav")]) == 2  # fmt: skip
+    assert "torch backend only" in capsys.readouterr().err
+    (tmp_path / "stuff.txt").write_text("x")
+    assert main(["export-onnx", "--model", "tiny", "--out", str(tmp_path)]) == 2
+    assert "holds other files" in capsys.readouterr().err
+
+
+def test_physical_cores_is_a_sane_count():
+    import os
+
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
