@@ -9,6 +9,7 @@ values, so the figures hold for the real checkpoint.
 
     python bench/stream.py [--model random-small|random-medium|random-large] [--device auto]
                            [--dtype float16] [--steps 30] [--graph/--no-graph]
+                           [--backend onnx --onnx-dir DIR]   # ONNX Runtime beside torch, same run
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def hf_generate_step_ms(lm, steps: int, warmup: int) -> float:
     return 1000 * statistics.median(gaps)
 
 
-def loop_step_ms(lm, steps: int, warmup: int, graph: bool, steerer: Steerer | None = None) -> float:
+def loop_step_ms(lm, steps: int, warmup: int, graph: bool, steerer: Steerer | None = None, backend=None) -> float:
     """Mean wall ms per step over `steps` steps after `warmup` (which includes any capture),
     read-backs included: what the generation thread pays per frame."""
-    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=0), max_context=steps + warmup + 8, graph=graph)
+    context = steps + warmup + 8
+    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=0), max_context=context, graph=graph, backend=backend)
     if steerer is not None:
         steerer.attach(loop)
     for _ in range(warmup):
@@ -181,10 +183,80 @@ def main() -> None:
         default=True,
         help="also time the step replayed as a CUDA graph (CUDA only)",
     )
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="onnx: also time ONNX Runtime")
+    parser.add_argument("--onnx-dir", help="with --backend onnx: a folder from mgsteer export-onnx for --model")
     args = parser.parse_args()
+    if args.backend == "onnx" and (not args.onnx_dir or "," in args.model):
+        parser.error("--backend onnx needs --onnx-dir and one --model (the one exported)")
     torch.set_grad_enabled(False)
     runs = [bench_model(model, args) for model in args.model.split(",")]
     print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=2))
+
+
+def chunk_decode_onnx_ms(lm, backend, cfg: ChunkConfig, repeats: int = 5) -> float:
+    codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, cfg.context + cfg.chunk + cfg.holdback))
+    backend.decode_codes(codes)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        backend.decode_codes(codes)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def int8_divergence(lm, fp32, int8, steps: int = 200, guidance: float = 3.0) -> dict:
+    """How far the int8 step is from the float32 one: the KL of the sampling distributions
+    (after CFG) on the float32 run's own context, every step and codebook, and the share of
+    tokens that change when both sample freely with the same seed."""
+    sampling = SamplingConfig(seed=0, guidance=guidance)
+    reference = TokenLoop(lm, ["simple melody"], sampling, max_context=steps + 8, backend=fp32)
+    ref_frames = reference.frames(steps - lm.num_codebooks + 1)
+    columns = torch.stack(list(reference._history)[:steps], dim=-1)  # inputs of steps 0 … steps − 1
+    rows = torch.cat([columns, columns], dim=0)
+    logp = {}
+    for name, backend in (("fp32", fp32), ("int8", int8)):
+        decoder = backend.decoder(lm, 2, steps + 8, True)
+        condition = decoder.encode(["simple melody"])
+        cache = decoder.cache_for(None, decoder.condition_length(condition))
+        decoder.set_prompt(cache, condition)
+        cond, uncond = decoder.forward(rows, cache, torch.arange(steps)).float().split(1, dim=0)
+        logp[name] = torch.log_softmax(uncond + (cond - uncond) * guidance, dim=-1)
+    kl = (logp["fp32"].exp() * (logp["fp32"] - logp["int8"])).sum(-1)
+    free = TokenLoop(lm, ["simple melody"], sampling, max_context=steps + 8, backend=int8)
+    changed = (free.frames(ref_frames.shape[-1]) != ref_frames).float().mean()
+    return {
+        "steps": steps,
+        "kl_mean": round(float(kl.mean()), 5),
+        "kl_p95": round(float(kl.flatten().quantile(0.95)), 5),
+        "tokens_changed_share": round(float(changed), 4),
+    }
+
+
+def onnx_figures(lm, args: argparse.Namespace, sae: LoadedSAE, chunk: ChunkConfig, torch_ms: float) -> dict:
+    """The ONNX Runtime backend beside the torch step measured in the same run."""
+    from engine.onnx_backend import OnnxBackend
+
+    fp32 = OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer, int8=False)
+    int8 = OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer, int8=True) if fp32.manifest.int8 else None
+    steps = {}
+    with Steerer(lm, sae, cfg_doubled=True) as steerer:
+        steerer.set_vector(steerer.vector_for({0: 1.0, 1: -0.5}))
+        steerer.watch([0, 1, 2, 3])
+        for name, backend in (("fp32", fp32), ("int8", int8)):
+            if backend is not None:
+                steps[name] = loop_step_ms(lm, args.steps, args.warmup, False, steerer, backend)
+    decode_ms = chunk_decode_onnx_ms(lm, fp32, chunk)
+    best = steps.get("int8", steps["fp32"])
+    per_frame_ms = best + decode_ms / chunk.chunk
+    return {
+        "threads": fp32.threads,
+        "steered_metered_step_ms": {name: round(ms, 2) for name, ms in steps.items()},
+        "torch_step_over_onnx_step": {name: round(torch_ms / ms, 2) for name, ms in steps.items()},
+        "codec_chunk_decode_ms": round(decode_ms, 2),
+        "ms_per_audio_frame": round(per_frame_ms, 2),
+        "x_realtime": round(1000 / lm.frame_rate / per_frame_ms, 3),
+        "int8_vs_fp32": int8_divergence(lm, fp32, int8) if int8 is not None else None,
+    }
 
 
 def bench_model(model: str, args: argparse.Namespace) -> dict:
@@ -236,6 +308,8 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
         "x_realtime": round(frame_ms / per_frame_ms, 3),
         "realtime_needs_ms_per_frame": frame_ms,
     }
+    if args.backend == "onnx":
+        result["onnx"] = onnx_figures(lm, args, sae, chunk, steered["eager"])
     del lm
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
