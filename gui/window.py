@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         self.session: Session | None = None
         self.errors: list[str] = []  # every error shown, newest last
         self._loader: Loader | None = None
+        self._loading = False
         self._unsubscribe: Callable[[], None] = lambda: None
         self._pending_preset: str | None = None
         self._auditions: list = []
@@ -190,9 +191,10 @@ class MainWindow(QMainWindow):
     # ---- sessions -----------------------------------------------------------------------------
     def load(self, spec: SessionSpec) -> None:
         """Open `spec` in the background; the current session plays on until it is ready."""
-        if self._loader is not None and self._loader.isRunning():
+        if self.loading:
             self.show_error("still loading the previous model; try again when it is ready")
             return
+        self._loading = True
         self._loader = Loader(spec)
         self._loader.progress.connect(self._set_busy)
         self._loader.loaded.connect(self._install)
@@ -206,9 +208,12 @@ class MainWindow(QMainWindow):
 
     @property
     def loading(self) -> bool:
-        return self._loader is not None and self._loader.isRunning()
+        """From `load` until the session is installed or the failure shown (the worker thread
+        ends before its queued result arrives here)."""
+        return self._loading
 
     def _install(self, session: Session) -> None:
+        self._loading = False
         self._set_busy(None)
         self._retire()
         self.session, self.spec = session, session.spec
@@ -241,6 +246,7 @@ class MainWindow(QMainWindow):
         self.installed.emit(session)
 
     def _load_failed(self, message: str) -> None:
+        self._loading = False
         self._set_busy(None)
         self._pending_preset = None
         self.show_error(message)

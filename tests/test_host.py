@@ -15,6 +15,7 @@ from engine.audio import NullSink
 from engine.hooks import ResidualTap
 from engine.host import Host, HostConfig
 from engine.params import ParameterBus
+from engine.prompts import encode_prompts
 
 
 def _rss_mb() -> float:
@@ -71,8 +72,8 @@ def test_prompt_change_reprimes_with_the_new_text(tiny_lm, tiny_sae):
     for _ in range(40):
         host._tick()
     assert host._loop.reprimes == 1 and not host._loop.repriming
-    expected, _ = host._loop._encode_text(["techno groove with a driving kick"])
-    torch.testing.assert_close(host._loop._enc, expected)
+    expected, _ = encode_prompts(tiny_lm, ["techno groove with a driving kick"], null_half=True)
+    torch.testing.assert_close(host._loop._condition[0], expected)
     host.steerer.close()
 
 
