@@ -23,10 +23,11 @@ import time
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from engine.codec import decode_codes
 from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach
 from engine.model import load_musicgen
 from engine.steering import Steerer
-from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
+from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.bootstrap import init_from_activations, measure
 from sae.files import LoadedSAE
 from sae.topk import SAEConfig

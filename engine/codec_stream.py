@@ -24,9 +24,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from engine.tokenloop import decode_codes
 
 Curve = Literal["equal-gain", "equal-power"]
 

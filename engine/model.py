@@ -7,6 +7,7 @@ the model (depth, hidden size, codebooks, frame rate) and fail the same clear wa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ class LoadedModel:
     spec: str
     device: torch.device
     dtype: torch.dtype
+    own_codec: Any = None  # a codec other than the checkpoint's EnCodec (engine.synth_codec)
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
@@ -58,11 +60,24 @@ class LoadedModel:
 
     @property
     def sample_rate(self) -> int:
+        if self.own_codec is not None:
+            return self.own_codec.sample_rate
         return int(self.model.config.audio_encoder.sampling_rate)
 
     @property
     def frame_rate(self) -> int:
+        if self.own_codec is not None:
+            return self.own_codec.frame_rate
         return int(self.model.config.audio_encoder.frame_rate)
+
+    @property
+    def codec(self):
+        """The codec its tokens mean (engine.codec): EnCodec for every MusicGen checkpoint."""
+        from engine.codec import EncodecCodec
+
+        if self.own_codec is not None:
+            return self.own_codec
+        return EncodecCodec(self.model.audio_encoder, self.device, self.num_codebooks)
 
     @property
     def max_positions(self) -> int:

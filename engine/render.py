@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from engine.audio import WavRecorder
+from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from engine.steering import Steerer, SteeringSpec
-from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
+from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.files import LoadedSAE
 
 

@@ -310,10 +310,3 @@ class TokenLoop:
                 bar.update(out[-1].shape[-1])
             out.append(self.flush())
         return torch.cat(out, dim=-1)
-
-
-@torch.no_grad()
-def decode_codes(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
-    """EnCodec-decode codes `[batch, K, frames]` → audio `[batch, samples]` (mono)."""
-    audio = lm.model.audio_encoder.decode(codes[None].to(lm.device), audio_scales=[None] * codes.shape[0])
-    return audio.audio_values[:, 0].float()

@@ -162,10 +162,8 @@ def load_audio(clip: Clip, sample_rate: int) -> np.ndarray:
 
 @torch.no_grad()
 def encode_audio(lm: LoadedModel, audio: np.ndarray) -> torch.Tensor:
-    """EnCodec tokens `[K, frames]` of mono audio at the model's rate."""
-    values = torch.from_numpy(audio)[None, None].to(lm.device, lm.dtype)
-    codes = lm.model.audio_encoder.encode(input_values=values).audio_codes
-    return codes[0, 0, : lm.num_codebooks]
+    """The codec's tokens `[K, frames]` of mono audio at the model's rate."""
+    return lm.codec.encode(torch.from_numpy(audio)[None])[0]
 
 
 def delayed_inputs(codes: torch.Tensor, pad: int) -> torch.Tensor:

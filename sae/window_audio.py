@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from engine.tokenloop import decode_codes
 from sae.examples import Window
 from sae.harvest import Clip, load_audio
 from sae.store import ActivationStore

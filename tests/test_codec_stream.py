@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.codec import decode_codes
 from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach, fade_curves
 from engine.errors import MgsteerError
-from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
+from engine.tokenloop import SamplingConfig, TokenLoop
 
 
 @pytest.fixture(scope="module")

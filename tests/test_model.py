@@ -98,7 +98,7 @@ def test_device_and_dtype_resolution():
 
 
 def test_tiny_codec_audio_depends_on_codes(tiny_lm):
-    from engine.tokenloop import decode_codes
+    from engine.codec import decode_codes
 
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, tiny_lm.codebook_size, (1, tiny_lm.num_codebooks, 25), generator=gen)

@@ -10,11 +10,12 @@ import torch
 from conftest import SAE_LAYER, alive_features
 
 from cli.main import main
+from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.onnx_backend import OnnxBackend, physical_cores
 from engine.onnx_export import FILES, MANIFEST, export_onnx, load_manifest
 from engine.steering import Steerer
-from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
+from engine.tokenloop import SamplingConfig, TokenLoop
 
 CONTEXT = 128
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.prompts import encode_prompts
-from engine.tokenloop import SamplingConfig, TokenLoop, decode_codes
+from engine.tokenloop import SamplingConfig, TokenLoop
 
 
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
