@@ -1,0 +1,163 @@
+"""A planted grammar of synth-codec token sequences, and its exact scorer.
+
+Each clip draws five latent attributes, independently and uniformly:
+
+| attribute | values | what it fixes in the tokens |
+|---|---|---|
+| key | 12 tonics × major/minor | the pitch classes a note may take |
+| register | low, mid, high | the octave notes start from (MIDI 48, 60, 72) |
+| tempo | slow, fast | note length: 25 or 10 frames (0.5 s, 0.2 s) |
+| timbre | dark, bright | the timbre token (a soft triangle, a bright saw) |
+| density | sparse, busy | a drum hit on every 4th note start, or on every note start |
+
+Within a clip every note lasts the tempo's length; every fourth note (the first of a bar)
+is the tonic, the others are drawn uniformly from the key's scale in the register (two
+octaves), so a key and its relative major or minor are told apart; loudness is constant. So the likelihood of a
+token sequence under given attributes is a product over frames, and the posterior of every
+attribute given any sequence (a model's output included) is exact: each frame's token is
+explained by the grammar with probability 1 − ε and by noise (uniform over the vocabulary)
+with probability ε, so sequences that break the grammar still get a posterior.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+TONICS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+REGISTERS = {"low": 48, "mid": 60, "high": 72}
+TEMPOS = {"slow": 25, "fast": 10}
+TIMBRES = {"dark": 1, "bright": 3 + 4 * 6}  # triangle at brightness 0; saw at brightness 6
+DENSITIES = {"sparse": 4, "busy": 1}  # a hit every n note starts
+LOUD = 110
+BAR = 4  # notes per bar; a bar starts on the tonic
+KICK, SNARE = 1, 2
+EPSILON = 0.01
+
+ATTRIBUTES = ("key", "register", "tempo", "timbre", "density")
+
+
+def attribute_values() -> dict[str, tuple[str, ...]]:
+    keys = tuple(f"{tonic} {mode}" for mode in MODES for tonic in TONICS)
+    return {
+        "key": keys,
+        "register": tuple(REGISTERS),
+        "tempo": tuple(TEMPOS),
+        "timbre": tuple(TIMBRES),
+        "density": tuple(DENSITIES),
+    }
+
+
+@dataclass(frozen=True)
+class Attributes:
+    key: str  # e.g. "A minor"
+    register: str
+    tempo: str
+    timbre: str
+    density: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in ATTRIBUTES}
+
+
+def scale_notes(key: str, register: str) -> np.ndarray:
+    """The MIDI notes a note may take: the key's scale over two octaves from the register."""
+    tonic, mode = key.split()
+    base = REGISTERS[register] + TONICS.index(tonic)
+    return np.array([base + 12 * octave + step for octave in (0, 1) for step in MODES[mode]])
+
+
+def sample_attributes(rng: np.random.Generator) -> Attributes:
+    values = attribute_values()
+    return Attributes(*(values[name][rng.integers(len(values[name]))] for name in ATTRIBUTES))
+
+
+def sample_clip(rng: np.random.Generator, attrs: Attributes, frames: int) -> np.ndarray:
+    """Synth-codec codes `[4, frames]` of one clip under `attrs`."""
+    length = TEMPOS[attrs.tempo]
+    notes = scale_notes(attrs.key, attrs.register)
+    codes = np.zeros((4, frames), dtype=np.int64)
+    codes[1], codes[2] = LOUD, TIMBRES[attrs.timbre]
+    for index, start in enumerate(range(0, frames, length)):
+        codes[0, start : start + length] = notes[0] if index % BAR == 0 else notes[rng.integers(len(notes))]
+    codes[3] = drum_track(attrs.tempo, attrs.density, frames)
+    return codes
+
+
+def prompt_for(attrs: Attributes, named: tuple[str, ...] = ATTRIBUTES) -> str:
+    """A text prompt naming some attributes, e.g. "fast A minor melody, bright, busy drums, low"."""
+    words = []
+    if "tempo" in named:
+        words.append(attrs.tempo)
+    words.append(f"{attrs.key} melody" if "key" in named else "melody")
+    extra = [attrs.timbre if "timbre" in named else None]
+    extra.append(f"{attrs.density} drums" if "density" in named else None)
+    extra.append(f"{attrs.register} register" if "register" in named else None)
+    return ", ".join([" ".join(words), *[e for e in extra if e]])
+
+
+class ExactScorer:
+    """Posterior of each attribute given codes `[4, frames]`, from the grammar itself."""
+
+    def __init__(self, vocab: int = 128, epsilon: float = EPSILON) -> None:
+        self.vocab, self.epsilon = vocab, epsilon
+        self.values = attribute_values()
+        self.combos = list(itertools.product(*(self.values[name] for name in ATTRIBUTES)))
+
+    def log_likelihoods(self, codes: np.ndarray) -> np.ndarray:
+        """log P(codes | attributes) for every combination of attribute values: a sum of
+        independent per-codebook terms, each computed once per value it depends on."""
+        codes = np.asarray(codes)
+        v = self.values
+        pitch = {(k, r, t): self._pitch(codes[0], k, r, t) for k in v["key"] for r in v["register"] for t in v["tempo"]}
+        loud = self._matches(codes[1], np.full(codes.shape[1], LOUD))
+        timbre = {name: self._matches(codes[2], np.full(codes.shape[1], TIMBRES[name])) for name in v["timbre"]}
+        drums = {
+            (t, d): self._matches(codes[3], drum_track(t, d, codes.shape[1])) for t in v["tempo"] for d in v["density"]
+        }
+        return np.array([pitch[(k, r, t)] + loud + timbre[tb] + drums[(t, d)] for k, r, t, tb, d in self.combos])
+
+    def posterior(self, codes: np.ndarray) -> dict[str, dict[str, float]]:
+        """P(attribute = value | codes) for every attribute and value (uniform prior)."""
+        logl = self.log_likelihoods(codes)
+        weights = np.exp(logl - logl.max())
+        weights /= weights.sum()
+        out: dict[str, dict[str, float]] = {name: dict.fromkeys(self.values[name], 0.0) for name in ATTRIBUTES}
+        for w, combo in zip(weights, self.combos, strict=True):
+            for name, value in zip(ATTRIBUTES, combo, strict=True):
+                out[name][value] += float(w)
+        return out
+
+    def predict(self, codes: np.ndarray) -> Attributes:
+        post = self.posterior(codes)
+        return Attributes(*(max(post[name], key=post[name].get) for name in ATTRIBUTES))
+
+    # ---- per-codebook log-likelihoods -------------------------------------------------------
+    def _mix(self, p_grammar: np.ndarray) -> float:
+        """Σ log((1 − ε)·P_grammar + ε/V) over frames."""
+        return float(np.log((1 - self.epsilon) * p_grammar + self.epsilon / self.vocab).sum())
+
+    def _pitch(self, pitch: np.ndarray, key: str, register: str, tempo: str) -> float:
+        notes = scale_notes(key, register)
+        frame = np.arange(len(pitch))
+        starts = frame % TEMPOS[tempo] == 0
+        bars = starts & ((frame // TEMPOS[tempo]) % BAR == 0)
+        previous = np.concatenate([[-1], pitch[:-1]])
+        p_start = np.where(bars, (pitch == notes[0]).astype(float), np.isin(pitch, notes) / len(notes))
+        return self._mix(np.where(starts, p_start, (pitch == previous).astype(float)))
+
+    def _matches(self, tokens: np.ndarray, expected: np.ndarray) -> float:
+        return self._mix((tokens == expected).astype(float))
+
+
+def drum_track(tempo: str, density: str, frames: int) -> np.ndarray:
+    """The percussion codebook the grammar fixes: kick and snare alternating on hit notes."""
+    track = np.zeros(frames, dtype=np.int64)
+    every = DENSITIES[density]
+    for index, start in enumerate(range(0, frames, TEMPOS[tempo])):
+        if index % every == 0:
+            track[start] = KICK if (index // every) % 2 == 0 else SNARE
+    return track
