@@ -15,10 +15,10 @@ retry), and it returns that layer's residual for the meters.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.model import LoadedModel
+from engine.static_decoder import DecoderMath
 
 
 class PromptGraph(nn.Module):
@@ -29,11 +29,8 @@ class PromptGraph(nn.Module):
         super().__init__()
         self.encoder = lm.model.text_encoder
         self.proj = getattr(lm.model, "enc_to_dec_proj", None)
-        decoder = lm.model.decoder.model.decoder
-        self.layers = decoder.layers
-        config = lm.model.config.decoder
-        self.heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.heads
+        self.math = DecoderMath(lm)
+        self.layers = self.math.inner.layers
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -42,12 +39,8 @@ class PromptGraph(nn.Module):
         states = states * attention_mask[..., None].to(states.dtype)
         states = torch.cat([states, torch.zeros_like(states)], dim=0)
         mask = torch.cat([attention_mask, torch.zeros_like(attention_mask)], dim=0).bool()
-        rows, length = states.shape[0], states.shape[1]
-        keys, values = [], []
-        for layer in self.layers:
-            attn = layer.encoder_attn
-            keys.append(attn.k_proj(states).view(rows, length, self.heads, self.head_dim).transpose(1, 2))
-            values.append(attn.v_proj(states).view(rows, length, self.heads, self.head_dim).transpose(1, 2))
+        keys = [self.math.split(layer.encoder_attn.k_proj(states)) for layer in self.layers]
+        values = [self.math.split(layer.encoder_attn.v_proj(states)) for layer in self.layers]
         return torch.stack(keys), torch.stack(values), mask[:, None, None, :], mask.any(dim=1)[:, None, None]
 
 
@@ -58,17 +51,9 @@ class StepGraph(nn.Module):
 
     def __init__(self, lm: LoadedModel, steer_layer: int) -> None:
         super().__init__()
-        decoder = lm.model.decoder
-        self.inner = decoder.model.decoder
-        self.lm_heads = decoder.lm_heads
-        config = lm.model.config.decoder
-        self.heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.heads
-        self.scale = self.head_dim**-0.5
+        self.math = DecoderMath(lm)
+        self.inner, self.lm_heads = self.math.inner, self.math.lm_heads  # registered: exported weights
         self.steer_layer = steer_layer
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
     def forward(
         self,
@@ -83,38 +68,23 @@ class StepGraph(nn.Module):
         steer: torch.Tensor,  # [hidden]
         steer_rows: torch.Tensor,  # [R, 1, 1]: 1 = add `steer` to this row (0·inf would be NaN: a select)
     ):
-        inner = self.inner
-        hidden = sum(inner.embed_tokens[q](columns[:, q]) for q in range(columns.shape[1]))
-        hidden = hidden + inner.embed_positions.weights.index_select(0, positions).to(hidden.dtype)
+        math = self.math
+        hidden = math.embed(columns, positions)
         key_index = torch.arange(self_k.shape[3], device=columns.device)
         causal = (key_index[None, :] <= positions[:, None])[None, None]
         new_k, new_v, residual = [], [], hidden
-        for i, layer in enumerate(inner.layers):
-            rows, n, width = hidden.shape
-            attn = layer.self_attn
-            x = layer.self_attn_layer_norm(hidden)
-            query, key, value = self._split(attn.q_proj(x)), self._split(attn.k_proj(x)), self._split(attn.v_proj(x))
-            keys = self_k[i].index_copy(2, positions, key)
-            values = self_v[i].index_copy(2, positions, value)
-            out = F.scaled_dot_product_attention(query, keys, values, attn_mask=causal, scale=self.scale)
-            hidden = hidden + attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
-            cross = layer.encoder_attn
-            x = layer.encoder_attn_layer_norm(hidden)
-            out = F.scaled_dot_product_attention(
-                self._split(cross.q_proj(x)), cross_k[i], cross_v[i], attn_mask=cross_mask, scale=self.scale
-            )
-            out = torch.where(cross_any[..., None], out, torch.zeros((), dtype=out.dtype))
-            hidden = hidden + cross.out_proj(out.transpose(1, 2).reshape(rows, n, width))
-            x = layer.final_layer_norm(hidden)
-            hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+        for i, layer in enumerate(math.inner.layers):
+
+            def write(key, value, i=i):
+                new_k.append(key)
+                new_v.append(value)
+                return self_k[i].index_copy(2, positions, key), self_v[i].index_copy(2, positions, value)
+
+            hidden = math.layer(layer, hidden, write, (cross_k[i], cross_v[i], cross_mask, cross_any), causal)
             if i == self.steer_layer:
                 hidden = torch.where(steer_rows > 0.5, hidden + steer.to(hidden.dtype), hidden)
                 residual = hidden
-            new_k.append(key)
-            new_v.append(value)
-        hidden = inner.layer_norm(hidden)
-        logits = torch.stack([head(hidden) for head in self.lm_heads], dim=1)
-        return logits, torch.stack(new_k), torch.stack(new_v), residual
+        return math.logits(hidden), torch.stack(new_k), torch.stack(new_v), residual
 
 
 class CodecGraph(nn.Module):

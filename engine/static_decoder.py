@@ -18,6 +18,7 @@ cache: the tokens it samples are identical to the HF forward's for the same seed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,15 +55,9 @@ class StaticDecoder:
     def __init__(self, lm: LoadedModel, rows: int, max_context: int, cfg: bool = True) -> None:
         self.lm = lm
         self.cfg = cfg
-        decoder = lm.model.decoder
-        self.inner = decoder.model.decoder
-        self.lm_heads = decoder.lm_heads
-        config = lm.model.config.decoder
+        self.math = DecoderMath(lm)
         self.rows = rows
         self.max_context = max_context
-        self.heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.heads
-        self.scale = self.head_dim**-0.5
         self._key_index = torch.arange(max_context, device=lm.device)
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,10 +86,10 @@ class StaticDecoder:
         cache.self_v[:, :, :, start:stop].zero_()
 
     def new_cache(self, cross_len: int) -> CacheSet:
-        layers = len(self.inner.layers)
+        math, layers = self.math, len(self.math.inner.layers)
         device, dtype = self.lm.device, self.lm.dtype
-        shape = (layers, self.rows, self.heads, self.max_context, self.head_dim)
-        cross = (layers, self.rows, self.heads, cross_len, self.head_dim)
+        shape = (layers, self.rows, math.heads, self.max_context, math.head_dim)
+        cross = (layers, self.rows, math.heads, cross_len, math.head_dim)
         return CacheSet(
             self_k=torch.zeros(shape, device=device, dtype=dtype),
             self_v=torch.zeros(shape, device=device, dtype=dtype),
@@ -112,56 +107,86 @@ class StaticDecoder:
         length = enc.shape[1]
         cache.cross_k.zero_()
         cache.cross_v.zero_()
-        for i, layer in enumerate(self.inner.layers):
+        for i, layer in enumerate(self.math.inner.layers):
             attn = layer.encoder_attn
-            cache.cross_k[i, :, :, :length] = self._split(attn.k_proj(enc))
-            cache.cross_v[i, :, :, :length] = self._split(attn.v_proj(enc))
+            cache.cross_k[i, :, :, :length] = self.math.split(attn.k_proj(enc))
+            cache.cross_v[i, :, :, :length] = self.math.split(attn.v_proj(enc))
         mask = torch.zeros(self.rows, cache.cross_len, dtype=torch.bool, device=enc.device)
         mask[:, :length] = enc_mask.bool()
         cache.cross_mask.copy_(mask[:, None, None, :])
         cache.cross_any.copy_(mask.any(dim=1)[:, None, None])
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, columns: torch.Tensor, cache: CacheSet, positions: torch.Tensor) -> torch.Tensor:
+        """Logits `[rows, K, n, vocab]` for delayed columns `[rows, K, n]` at cache positions
+        `positions` (a device tensor `[n]`); their keys and values are written into `cache`.
+        Each layer's output goes through its forward hooks (steering, meters, recording)."""
+        math = self.math
+        hidden = math.embed(columns, positions)
+        causal = (self._key_index[None, :] <= positions[:, None])[None, None]  # [1, 1, n, max_context]
+        for i, layer in enumerate(math.inner.layers):
+
+            def write(key: torch.Tensor, value: torch.Tensor, i: int = i) -> tuple[torch.Tensor, torch.Tensor]:
+                return cache.self_k[i].index_copy_(2, positions, key), cache.self_v[i].index_copy_(2, positions, value)
+
+            cross = (cache.cross_k[i], cache.cross_v[i], cache.cross_mask, cache.cross_any)
+            hidden = _run_forward_hooks(layer, math.layer(layer, hidden, write, cross, causal))
+        return math.logits(hidden)
+
+
+KeyWriter = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class DecoderMath:
+    """`MusicgenDecoder`'s arithmetic over a static cache, on the HF modules' own weights:
+    shared by the eager or captured step (`StaticDecoder`) and the exported ONNX step graph."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        decoder = lm.model.decoder
+        self.inner = decoder.model.decoder
+        self.lm_heads = decoder.lm_heads
+        config = lm.model.config.decoder
+        self.heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
         """`[rows, n, hidden]` → `[rows, heads, n, head_dim]`."""
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, columns: torch.Tensor, cache: CacheSet, positions: torch.Tensor) -> torch.Tensor:
-        """Logits `[rows, K, n, vocab]` for delayed columns `[rows, K, n]` at cache positions
-        `positions` (a device tensor `[n]`); their keys and values are written into `cache`."""
+    def embed(self, columns: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Delayed columns `[rows, K, n]` at `positions` `[n]` → the first residual."""
         inner = self.inner
         hidden = sum(inner.embed_tokens[q](columns[:, q]) for q in range(columns.shape[1]))
-        hidden = hidden + inner.embed_positions.weights.index_select(0, positions).to(hidden.dtype)
-        causal = (self._key_index[None, :] <= positions[:, None])[None, None]  # [1, 1, n, max_context]
-        for i, layer in enumerate(inner.layers):
-            hidden = self._layer(i, layer, hidden, cache, positions, causal)
-        hidden = inner.layer_norm(hidden)
+        return hidden + inner.embed_positions.weights.index_select(0, positions).to(hidden.dtype)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last residual → logits `[rows, K, n, vocab]`."""
+        hidden = self.inner.layer_norm(hidden)
         return torch.stack([head(hidden) for head in self.lm_heads], dim=1)
 
-    def _layer(self, i: int, layer, hidden, cache: CacheSet, positions, causal) -> torch.Tensor:
+    def layer(self, layer, hidden: torch.Tensor, write: KeyWriter, cross: tuple, causal: torch.Tensor) -> torch.Tensor:
+        """One decoder layer. `write(key, value)` stores the new positions' keys and values and
+        returns what to attend over (in place in the step, out of place in the exported graph);
+        `cross` is the cross-attention keys, values, key mask and rows-with-any-key."""
         rows, n, width = hidden.shape
         attn = layer.self_attn
         x = layer.self_attn_layer_norm(hidden)
-        query = self._split(attn.q_proj(x))
-        cache.self_k[i].index_copy_(2, positions, self._split(attn.k_proj(x)))
-        cache.self_v[i].index_copy_(2, positions, self._split(attn.v_proj(x)))
-        keys, values = cache.self_k[i], cache.self_v[i]
+        query = self.split(attn.q_proj(x))
+        keys, values = write(self.split(attn.k_proj(x)), self.split(attn.v_proj(x)))
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=causal, scale=self.scale)
         hidden = hidden + attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
 
-        cross = layer.encoder_attn
+        cross_k, cross_v, cross_mask, cross_any = cross
         x = layer.encoder_attn_layer_norm(hidden)
-        query = self._split(cross.q_proj(x))
-        out = F.scaled_dot_product_attention(
-            query, cache.cross_k[i], cache.cross_v[i], attn_mask=cache.cross_mask, scale=self.scale
-        )
+        query = self.split(layer.encoder_attn.q_proj(x))
+        out = F.scaled_dot_product_attention(query, cross_k, cross_v, attn_mask=cross_mask, scale=self.scale)
         # A row with no prompt token at all (CFG's null condition) attends to nothing: zero,
         # whatever a fused kernel makes of a fully masked row.
-        out = torch.where(cache.cross_any[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
-        hidden = hidden + cross.out_proj(out.transpose(1, 2).reshape(rows, n, width))
+        out = torch.where(cross_any[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+        hidden = hidden + layer.encoder_attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
 
         x = layer.final_layer_norm(hidden)
-        hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
-        return _run_forward_hooks(layer, hidden)
+        return hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
 
 
 def _run_forward_hooks(module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
