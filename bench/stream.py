@@ -144,15 +144,17 @@ def edit_ms(steerer: Steerer, lm, repeats: int = 200) -> float:
     return 1000 * (time.perf_counter() - t) / repeats
 
 
-def chunk_decode_ms(lm, cfg: ChunkConfig, repeats: int = 5) -> float:
+def chunk_decode_ms(lm, cfg: ChunkConfig, repeats: int = 5, decode=None) -> float:
+    """Median ms of one chunk window's decode: the model's codec, or `decode` (another runtime's)."""
+    decode = decode or (lambda codes: decode_codes(lm, codes))
     frames = cfg.context + cfg.chunk + cfg.holdback
     codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, frames), device=lm.device)
-    decode_codes(lm, codes)
+    decode(codes)
     times = []
     for _ in range(repeats):
         _sync(lm.device)
         t = time.perf_counter()
-        decode_codes(lm, codes)
+        decode(codes)
         _sync(lm.device)
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
@@ -192,17 +194,6 @@ def main() -> None:
     torch.set_grad_enabled(False)
     runs = [bench_model(model, args) for model in args.model.split(",")]
     print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=2))
-
-
-def chunk_decode_onnx_ms(lm, backend, cfg: ChunkConfig, repeats: int = 5) -> float:
-    codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, cfg.context + cfg.chunk + cfg.holdback))
-    backend.decode_codes(codes)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        backend.decode_codes(codes)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def int8_divergence(lm, fp32, int8, steps: int = 200, guidance: float = 3.0) -> dict:
@@ -246,7 +237,7 @@ def onnx_figures(lm, args: argparse.Namespace, sae: LoadedSAE, chunk: ChunkConfi
         for name, backend in (("fp32", fp32), ("int8", int8)):
             if backend is not None:
                 steps[name] = loop_step_ms(lm, args.steps, args.warmup, False, steerer, backend)
-    decode_ms = chunk_decode_onnx_ms(lm, fp32, chunk)
+    decode_ms = chunk_decode_ms(lm, chunk, decode=fp32.decode_codes)
     best = steps.get("int8", steps["fp32"])
     per_frame_ms = best + decode_ms / chunk.chunk
     return {
