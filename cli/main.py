@@ -28,6 +28,7 @@ from cli.gui_command import add_gui_command, run_gui
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
 from cli.onnx_command import add_export_command
 from cli.sae_commands import add_commands
+from cli.world_command import add_world_command
 from engine import limits
 from engine.errors import MgsteerError
 from engine.outputs import output_dir, output_file
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_play)
     add_gui_command(sub)
     add_export_command(sub)
+    add_world_command(sub)
 
     h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
     model_args(h)

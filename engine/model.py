@@ -118,7 +118,26 @@ def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: in
     except torch.cuda.OutOfMemoryError as exc:
         raise MgsteerError(out_of_memory(spec, model, dt, dev)) from exc
     model.requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=dt)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=dt, own_codec=_own_codec(spec))
+
+
+WORLD_FILE = "world.json"  # beside a model trained on the synth codec (sae/world)
+
+
+def _own_codec(spec: str):
+    """The synth codec for a folder that says it speaks it; None (EnCodec) otherwise."""
+    import json
+    from pathlib import Path
+
+    marker = Path(spec).expanduser() / WORLD_FILE
+    if not marker.is_file():
+        return None
+    from engine.synth_codec import SynthCodec
+
+    try:
+        return SynthCodec(int(json.loads(marker.read_text())["codebook_size"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MgsteerError(f"{marker} is damaged ({exc}): train the world again with mgsteer world train") from exc
 
 
 # Older versions build MusicGen's positional arange on the CPU while a static cache's length

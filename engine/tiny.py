@@ -93,13 +93,13 @@ LARGE = replace(SMALL, decoder_layers=48, hidden_size=2048, heads=32, ffn_dim=81
 PRESETS = {"tiny": TINY, "random-small": SMALL, "random-medium": MEDIUM, "random-large": LARGE}
 
 
-def build_tiny_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:
-    """Train a byte-level-free BPE on the bundled prompts; deterministic and offline."""
+def build_tiny_tokenizer(vocab_size: int = 256, corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """Train a byte-level-free BPE on `corpus` (the bundled prompts); deterministic and offline."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False)
-    tok.train_from_iterator(PROMPT_CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus or PROMPT_CORPUS, trainer=trainer)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
@@ -151,10 +151,11 @@ def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
 
 
 def build_random_musicgen(
-    seed: int = 0, spec: ArchSpec = TINY
+    seed: int = 0, spec: ArchSpec = TINY, corpus: list[str] | None = None
 ) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerFast]:
-    """Build a random model and its tokenizer; the same seed gives the same weights."""
-    tokenizer = build_tiny_tokenizer(spec.tokenizer_vocab)
+    """Build a random model and its tokenizer (trained on `corpus`, the bundled prompts if
+    None); the same seed gives the same weights."""
+    tokenizer = build_tiny_tokenizer(spec.tokenizer_vocab, corpus)
     verbosity = hf_logging.get_verbosity()
     # The pad token (= codebook size) lies outside the vocabulary by design, as in musicgen-small;
     # transformers warns about it, which would only confuse users.

@@ -1,0 +1,225 @@
+"""`mgsteer world train`: teach a small MusicGen the planted grammar, and measure how well.
+
+The model is the real `MusicgenForConditionalGeneration` at small sizes, its codes are the
+synth codec's, and its prompts name some of each clip's attributes (each with probability
+`named_p`); a share `cfg_dropout` of clips is trained with the null condition, so
+classifier-free guidance works at generation time. Training is teacher forcing over the
+delay pattern, on clips sampled afresh from the grammar every step (seeded by the step, so a
+resumed run sees the same data as an uninterrupted one).
+
+The folder it writes loads like any model (`--model DIR`): `save_pretrained` files, the
+tokenizer, and `world.json`, which tells the loader to decode with the synth codec.
+Checkpoints (weights, the optimizer's moments in safetensors, the step) make it resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.errors import MgsteerError
+from engine.model import WORLD_FILE, LoadedModel, load_musicgen
+from engine.prompts import tokenize_prompts
+from engine.tiny import ArchSpec, build_random_musicgen
+from engine.tokenloop import SamplingConfig, TokenLoop
+from sae.world.grammar import ATTRIBUTES, ExactScorer, attribute_values, prompt_for, sample_attributes, sample_clip
+
+FORMAT = "mgsteer-world/1"
+OPTIMIZER_FILE = "optimizer.safetensors"
+WORLD_ARCH = ArchSpec(
+    codebook_size=128,
+    decoder_layers=4,
+    hidden_size=128,
+    heads=4,
+    ffn_dim=512,
+    text_dim=64,
+    text_layers=2,
+    text_heads=4,
+    tokenizer_vocab=160,
+    audible_codec=False,
+)
+
+
+@dataclass(frozen=True)
+class WorldTrainConfig:
+    steps: int = 3000
+    batch_size: int = 16
+    seconds: float = 4.0  # clip length
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    cfg_dropout: float = 0.2
+    named_p: float = 0.75  # chance that a prompt names each attribute
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def frames(self, frame_rate: int = 50) -> int:
+        return round(self.seconds * frame_rate)
+
+
+def world_corpus() -> list[str]:
+    """Every word a world prompt can use, for its tokenizer."""
+    values = attribute_values()
+    words = [" ".join(values[name]) for name in ATTRIBUTES]
+    return [*words, "melody drums register", "slow A minor melody, dark, sparse drums, low register"]
+
+
+def new_world_model(seed: int):
+    return build_random_musicgen(seed=seed, spec=WORLD_ARCH, corpus=world_corpus())
+
+
+def delayed(codes: torch.Tensor, pad: int) -> torch.Tensor:
+    """Codes `[B, K, N]` → the delayed sequence `[B, K, N + K]`: D[q, p] = codes[q, p − q − 1]."""
+    b, k, n = codes.shape
+    out = torch.full((b, k, n + k), pad, dtype=torch.long)
+    for q in range(k):
+        out[:, q, q + 1 : q + 1 + n] = codes[:, q]
+    return out
+
+
+def batch_for(step: int, cfg: WorldTrainConfig, frames: int) -> tuple[list[str], torch.Tensor]:
+    """The prompts and codes `[B, 4, frames]` of one step: the same for the same step."""
+    rng = np.random.default_rng([cfg.seed, step])
+    prompts, codes = [], []
+    for _ in range(cfg.batch_size):
+        attrs = sample_attributes(rng)
+        named = tuple(name for name in ATTRIBUTES if rng.random() < cfg.named_p)
+        prompts.append(prompt_for(attrs, named))
+        codes.append(sample_clip(rng, attrs, frames))
+    return prompts, torch.from_numpy(np.stack(codes))
+
+
+def teacher_forced_loss(lm: LoadedModel, prompts: list[str], codes: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every non-padding delayed token; rows in `drop` get the null condition."""
+    model, pad = lm.model, lm.pad_token_id
+    ids, mask = tokenize_prompts(lm, prompts)
+    states = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    if getattr(model, "enc_to_dec_proj", None) is not None:
+        states = model.enc_to_dec_proj(states)
+    mask = mask * (~drop)[:, None]
+    states = states * mask[..., None].to(states.dtype)
+    seq = delayed(codes, pad)
+    inputs, targets = seq[..., :-1], seq[..., 1:]
+    b, k, length = inputs.shape
+    out = model.decoder(
+        input_ids=inputs.reshape(b * k, length), encoder_hidden_states=states, encoder_attention_mask=mask
+    )
+    logits = out.logits.reshape(b, k, length, -1)
+    valid = targets != pad
+    return torch.nn.functional.cross_entropy(logits[valid], targets[valid])
+
+
+class WorldTrainer:
+    def __init__(self, out: str | Path, cfg: WorldTrainConfig) -> None:
+        self.out, self.cfg = Path(out), cfg
+
+    def run(self, resume: bool = False, overwrite: bool = False, progress: bool = False) -> dict:
+        cfg, out = self.cfg, self.out
+        state = self._state_file()
+        if resume:
+            if not state.is_file():
+                raise MgsteerError(f"nothing to resume in '{out}': train without --resume first")
+            saved = json.loads(state.read_text())
+            if saved["config"] != {**asdict(cfg), "steps": saved["config"]["steps"]}:
+                raise MgsteerError(f"'{out}' was trained with other settings; resume with the same ones or --overwrite")
+            lm = load_musicgen(str(out), "cpu", "float32")
+            start = saved["step"]
+        else:
+            if out.exists() and any(out.iterdir()):
+                if not overwrite:
+                    raise MgsteerError(f"'{out}' is not empty: --resume to continue, --overwrite to start again")
+                shutil.rmtree(out)
+            model, tokenizer = new_world_model(cfg.seed)
+            lm = LoadedModel(model=model, tokenizer=tokenizer, spec=str(out), device=torch.device("cpu"),
+                             dtype=torch.float32)  # fmt: skip
+            start = 0
+        model = lm.model.train()
+        model.requires_grad_(True)
+        model.audio_encoder.requires_grad_(False)  # the synth codec decodes; EnCodec is unused
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        if resume:
+            self._load_optimizer(opt, params)
+        frames = cfg.frames()
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, leave=False)
+        loss = float("nan")
+        for step in range(start, cfg.steps):
+            prompts, codes = batch_for(step, cfg, frames)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and CFG dropout: the same after a resume
+            drop = torch.rand(cfg.batch_size) < cfg.cfg_dropout
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * _cosine(step, cfg.steps)
+            value = teacher_forced_loss(lm, prompts, codes, drop)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            loss = float(value.detach())
+            if not math.isfinite(loss):
+                raise MgsteerError(f"training diverged at step {step} (loss {loss}); try a lower --lr")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                self._save(lm, opt, params, step + 1, loss)
+        bar.close()
+        model.eval().requires_grad_(False)
+        return {"steps": cfg.steps, "loss": round(loss, 4)}
+
+    # ---- files --------------------------------------------------------------------------------
+    def _state_file(self) -> Path:
+        return self.out / "train_state.json"
+
+    def _save(self, lm: LoadedModel, opt, params, step: int, loss: float) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        lm.model.save_pretrained(self.out)
+        lm.tokenizer.save_pretrained(self.out)
+        marker = {"format": FORMAT, "codec": "synth", "codebook_size": lm.codebook_size, "steps": step}
+        (self.out / WORLD_FILE).write_text(json.dumps(marker, indent=1))
+        tensors = {}
+        for i, p in enumerate(params):
+            for name, value in opt.state.get(p, {}).items():
+                if torch.is_tensor(value):
+                    tensors[f"{i}.{name}"] = value.detach().contiguous()
+        save_file(tensors, str(self.out / OPTIMIZER_FILE))
+        state = {"step": step, "loss": loss, "config": asdict(self.cfg)}
+        self._state_file().write_text(json.dumps(state, indent=1))
+
+    def _load_optimizer(self, opt, params) -> None:
+        path = self.out / OPTIMIZER_FILE
+        if not path.is_file():
+            return
+        tensors = load_file(str(path))
+        for i, p in enumerate(params):
+            state = {name.split(".", 1)[1]: t for name, t in tensors.items() if name.split(".", 1)[0] == str(i)}
+            if state:
+                opt.state[p] = state
+
+
+def _cosine(step: int, total: int) -> float:
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+@torch.no_grad()
+def prompted_accuracy(lm: LoadedModel, generations: int = 50, seconds: float = 4.0, seed: int = 0) -> dict:
+    """Per-attribute accuracy of the exact scorer on generations whose prompt names every
+    attribute (guidance 3, all prompts in one batch)."""
+    rng = np.random.default_rng(seed + 7919)
+    truth = [sample_attributes(rng) for _ in range(generations)]
+    prompts = [prompt_for(attrs) for attrs in truth]
+    frames = round(seconds * lm.frame_rate)
+    codes = TokenLoop(lm, prompts, SamplingConfig(seed=seed)).frames(frames)
+    scorer = ExactScorer(lm.codebook_size)
+    hits = dict.fromkeys(ATTRIBUTES, 0)
+    for attrs, clip in zip(truth, codes.numpy(), strict=True):
+        guess = scorer.predict(clip)
+        for name in ATTRIBUTES:
+            hits[name] += getattr(guess, name) == getattr(attrs, name)
+    return {"generations": generations, "seconds": seconds, **{name: hits[name] / generations for name in ATTRIBUTES}}
