@@ -58,6 +58,9 @@ class WorldTrainConfig:
     named_p: float = 0.75  # chance that a prompt names each attribute
     checkpoint_every: int = 250
     seed: int = 0
+    # Loss weight of each codebook's first token: it alone must come from the prompt (every
+    # later token can also be read off the clip so far), so unweighted it teaches little.
+    first_weight: float = 32.0
 
     def frames(self, frame_rate: int = 50) -> int:
         return round(self.seconds * frame_rate)
@@ -95,8 +98,11 @@ def batch_for(step: int, cfg: WorldTrainConfig, frames: int) -> tuple[list[str],
     return prompts, torch.from_numpy(np.stack(codes))
 
 
-def teacher_forced_loss(lm: LoadedModel, prompts: list[str], codes: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every non-padding delayed token; rows in `drop` get the null condition."""
+def teacher_forced_loss(
+    lm: LoadedModel, prompts: list[str], codes: torch.Tensor, drop: torch.Tensor, first_weight: float = 1.0
+) -> torch.Tensor:
+    """Cross-entropy of every non-padding delayed token (each codebook's first one weighted by
+    `first_weight`); rows in `drop` get the null condition."""
     model, pad = lm.model, lm.pad_token_id
     ids, mask = tokenize_prompts(lm, prompts)
     states = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -112,7 +118,11 @@ def teacher_forced_loss(lm: LoadedModel, prompts: list[str], codes: torch.Tensor
     )
     logits = out.logits.reshape(b, k, length, -1)
     valid = targets != pad
-    return torch.nn.functional.cross_entropy(logits[valid], targets[valid])
+    weight = torch.ones(k, length)
+    weight[torch.arange(k), torch.arange(k)] = first_weight  # codebook q's first target is at q
+    weight = weight.expand(b, k, length)[valid]
+    losses = torch.nn.functional.cross_entropy(logits[valid], targets[valid], reduction="none")
+    return (losses * weight).sum() / weight.sum()
 
 
 class WorldTrainer:
@@ -157,7 +167,7 @@ class WorldTrainer:
             drop = torch.rand(cfg.batch_size) < cfg.cfg_dropout
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * _cosine(step, cfg.steps)
-            value = teacher_forced_loss(lm, prompts, codes, drop)
+            value = teacher_forced_loss(lm, prompts, codes, drop, cfg.first_weight)
             opt.zero_grad(set_to_none=True)
             value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
