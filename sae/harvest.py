@@ -166,13 +166,18 @@ def encode_audio(lm: LoadedModel, audio: np.ndarray) -> torch.Tensor:
     return lm.codec.encode(torch.from_numpy(audio)[None])[0]
 
 
-def delayed_inputs(codes: torch.Tensor, pad: int) -> torch.Tensor:
-    """Codes `[K, N]` → the decoder's input columns `[K, N + 1]`: D[q, p] = codes[q, p − q − 1]."""
-    k, n = codes.shape
-    out = torch.full((k, n + 1), pad, dtype=torch.long, device=codes.device)
+def delayed_sequence(codes: torch.Tensor, pad: int) -> torch.Tensor:
+    """Codes `[..., K, N]` → the whole delayed sequence `[..., K, N + K]`: D[q, p] = codes[q, p − q − 1]."""
+    k, n = codes.shape[-2:]
+    out = torch.full((*codes.shape[:-1], n + k), pad, dtype=torch.long, device=codes.device)
     for q in range(k):
-        out[q, q + 1 :] = codes[q, : max(0, n - q)]
+        out[..., q, q + 1 : q + 1 + n] = codes[..., q, :]
     return out
+
+
+def delayed_inputs(codes: torch.Tensor, pad: int) -> torch.Tensor:
+    """Codes `[K, N]` → the decoder's input columns `[K, N + 1]` (the delayed sequence's first N + 1)."""
+    return delayed_sequence(codes, pad)[..., : codes.shape[-1] + 1]
 
 
 @torch.no_grad()

@@ -13,14 +13,16 @@ from cli.main import main
 from engine.errors import MgsteerError
 from engine.model import load_musicgen
 from engine.synth_codec import SynthCodec
-from sae.world.train import WorldTrainConfig, WorldTrainer, delayed, prompted_accuracy
+from sae.harvest import delayed_inputs, delayed_sequence
+from sae.world.train import WorldTrainConfig, WorldTrainer, prompted_accuracy
 
 SMALL = {"batch_size": 4, "seconds": 1.0, "checkpoint_every": 2, "warmup_steps": 2}
 
 
 def test_delayed_places_codebook_q_q_plus_one_positions_late():
     codes = torch.arange(1, 7).reshape(1, 2, 3)  # K = 2, N = 3
-    assert delayed(codes, pad=0).tolist() == [[[0, 1, 2, 3, 0], [0, 0, 4, 5, 6]]]
+    assert delayed_sequence(codes, pad=0).tolist() == [[[0, 1, 2, 3, 0], [0, 0, 4, 5, 6]]]
+    assert delayed_inputs(codes[0], pad=0).tolist() == [[0, 1, 2, 3], [0, 0, 4, 5]]
 
 
 def test_a_trained_world_loads_with_its_synth_codec_and_renders(tmp_path, capsys):

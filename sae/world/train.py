@@ -29,6 +29,7 @@ from engine.model import WORLD_FILE, LoadedModel, load_musicgen
 from engine.prompts import tokenize_prompts
 from engine.tiny import ArchSpec, build_random_musicgen
 from engine.tokenloop import SamplingConfig, TokenLoop
+from sae.harvest import delayed_sequence
 from sae.world.grammar import ATTRIBUTES, ExactScorer, attribute_values, prompt_for, sample_attributes, sample_clip
 
 FORMAT = "mgsteer-world/1"
@@ -77,15 +78,6 @@ def new_world_model(seed: int):
     return build_random_musicgen(seed=seed, spec=WORLD_ARCH, corpus=world_corpus())
 
 
-def delayed(codes: torch.Tensor, pad: int) -> torch.Tensor:
-    """Codes `[B, K, N]` → the delayed sequence `[B, K, N + K]`: D[q, p] = codes[q, p − q − 1]."""
-    b, k, n = codes.shape
-    out = torch.full((b, k, n + k), pad, dtype=torch.long)
-    for q in range(k):
-        out[:, q, q + 1 : q + 1 + n] = codes[:, q]
-    return out
-
-
 def batch_for(step: int, cfg: WorldTrainConfig, frames: int) -> tuple[list[str], torch.Tensor]:
     """The prompts and codes `[B, 4, frames]` of one step: the same for the same step."""
     rng = np.random.default_rng([cfg.seed, step])
@@ -110,7 +102,7 @@ def teacher_forced_loss(
         states = model.enc_to_dec_proj(states)
     mask = mask * (~drop)[:, None]
     states = states * mask[..., None].to(states.dtype)
-    seq = delayed(codes, pad)
+    seq = delayed_sequence(codes, pad)
     inputs, targets = seq[..., :-1], seq[..., 1:]
     b, k, length = inputs.shape
     out = model.decoder(
