@@ -35,6 +35,8 @@ $(STAMP): pyproject.toml Makefile | system
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev,audio,osc,midi,gui,onnx]"
+	# basic-pitch for its ONNX transcriber only: its own requirements pin an old TensorFlow and NumPy
+	$(BIN)/python -m pip install -q --no-deps "basic-pitch==0.4.0"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,102 +1,142 @@
-"""The offline demo behind `make demo`: the whole steer-a-feature story on the tiny model.
+"""The offline demo behind `make demo`: the whole steer-a-feature story in a planted music world.
 
-It harvests activations while generating, trains a small TopK SAE on them (saved in the
-SAELens layout), labels the strongest features with music descriptors and writes the HTML
-feature browser, then renders the same seed twice — plain and steered — so the difference is
-the steering alone.
+A random-weight MusicGen can only show the plumbing, so the demo first trains a small MusicGen
+on a grammar of melodies whose key, register, tempo, timbre and drums are chosen per clip and
+named in the prompt (docs/WORLD.md); the first run trains it into `OUT/world`, later runs reuse
+it. Then it harvests activations while that model plays prompted clips, trains a TopK SAE,
+finds the feature that best detects an audible attribute on held-out windows, labels it (and
+the busiest features) with the world's exact scorer and music descriptors, writes the feature
+browser, and renders a prompt that does not name that attribute twice, plain and steered, with
+the same seed: the difference is the steering alone, and the exact scorer says how far the
+attribute moved.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from engine.model import load_musicgen
+from engine.model import LoadedModel, load_musicgen
 from engine.render import render, write_wav
 from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
 from sae.browse import write_browser
 from sae.catalog import load_catalog
+from sae.descriptors import describe
 from sae.examples import ExampleConfig
 from sae.files import load_sae
-from sae.harvest import Clip, harvest_to_store
 from sae.label import LabelConfig, choose_features, label_features
-from sae.store import ActivationStore
-from sae.train import TrainConfig, Trainer
+from sae.labelers.world import label_text
+from sae.world.detect import feature_detection
+from sae.world.grammar import ExactScorer
+from sae.world.pipeline import WorldSAEConfig, harvest_and_train, steering_targets
+from sae.world.train import WorldTrainConfig, WorldTrainer
 
-DEMO_PROMPTS = [
-    "simple melody",
-    "calm piano melody with soft strings",
-    "techno groove with a driving kick",
-    "sad minor key cello solo",
-    "happy upbeat ukulele tune",
-    "ambient drone with slow evolving pads",
-    "funky bass and clavinet with tight drums",
-    "orchestral film score with brass",
-]
-DEMO_PROMPT = "simple melody"
-
-
-def pick_features(rates: torch.Tensor, betas: torch.Tensor, count: int = 2) -> list[int]:
-    """The strongest features among those the paper's filter keeps (0.01 ≤ rate ≤ 0.25)."""
-    keep = (rates >= 0.01) & (rates <= 0.25)
-    pool = keep if keep.any() else rates > 0
-    order = torch.argsort(torch.where(pool, betas, torch.full_like(betas, -1.0)), descending=True)
-    return [int(i) for i in order[:count]]
+# audible attribute values, most audible first: the demo steers the first one a feature detects
+AUDIBLE = ("high", "bright", "fast", "busy", "low", "dark", "slow", "sparse")
+# what the descriptors labeler measures for each attribute (name, unit)
+HEARD_AS = {
+    "register": ("f0_hz", "Hz median pitch"),
+    "timbre": ("centroid_hz", "Hz spectral centroid"),
+    "tempo": ("onset_rate", "onsets/s"),
+    "density": ("percussive", "percussive share"),
+    "key": ("key", "key estimate"),
+}
 
 
-def run_demo(out: Path, layer: int = 2, seconds: float = 5.0, seed: int = 0, progress: bool = False) -> dict:
-    lm = load_musicgen("tiny")
-    lm.check_layer(layer)
-    sampling = SamplingConfig(seed=seed)
-    print(f"[1/4] harvesting layer {layer} activations while generating {len(DEMO_PROMPTS)} prompts (tiny model)")
-    clips = [Clip(f"prompt{i}", seconds=4.0, text=p) for i, p in enumerate(DEMO_PROMPTS)]
-    harvest_to_store(lm, clips, [layer], out / "acts", "generation", sampling=sampling, progress=progress)
-    store = ActivationStore(out / "acts")
-    cfg = TrainConfig(k=8, expansion=4, steps=300, batch_size=256, lr=2e-3, log_every=100, seed=seed)
-    last = Trainer(store, out / "sae", cfg).run(progress=progress, overwrite=True)  # the demo's own folder
-    sae_dir = out / "sae"
+@dataclass(frozen=True)
+class DemoConfig:
+    world: WorldTrainConfig = field(default_factory=lambda: WorldTrainConfig(steps=600))
+    sae: WorldSAEConfig = field(default_factory=lambda: WorldSAEConfig(clips=48, steps=600))
+    alpha: float = 4.0
+    seconds: float = 5.0
+    seed: int = 0
+
+
+def world_model(folder: Path, cfg: WorldTrainConfig, progress: bool = False) -> LoadedModel:
+    """The world model in `folder`: reused when it was trained to the end with `cfg`, resumed
+    when it was interrupted, trained afresh otherwise."""
+    state_file = folder / "train_state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    same = state is not None and state.get("config") == asdict(cfg)
+    if same and state["step"] >= cfg.steps:
+        print(f"[1/5] reusing the world model in {folder} ({cfg.steps} training steps)")
+    else:
+        print(f"[1/5] training the world model into {folder}: {cfg.steps} steps, once (later runs reuse it)")
+        WorldTrainer(folder, cfg).run(resume=same, overwrite=not same, progress=progress)
+    return load_musicgen(str(folder), "cpu")
+
+
+def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -> dict:
+    cfg = cfg or DemoConfig()
+    lm = world_model(out / "world", cfg.world, progress)
+    store, sae_dir, last = harvest_and_train(lm, out, cfg.sae, progress)
     loaded = load_sae(sae_dir, lm.device)
-    stats = loaded.require_stats()
-    features = pick_features(stats.firing_rate, stats.max_activation)
     print(
-        f"[2/4] trained a {loaded.cfg.d_sae}-feature TopK SAE (k={cfg.k}) on {store.rows()} frames: "
-        f"FVU {last['fvu']:.3f}; saved to {sae_dir}"
+        f"[2/5] harvested layer {cfg.sae.layer} while the world model played {cfg.sae.clips} prompted clips; "
+        f"trained a {loaded.cfg.d_sae}-feature TopK SAE (k={loaded.cfg.k}): FVU {last['fvu']:.3f}; saved to {sae_dir}"
     )
 
-    chosen = tuple(dict.fromkeys(features + choose_features(loaded, LabelConfig(limit=6))))
-    examples = ExampleConfig(top_n=6, window_s=2.0, negatives=10, seed=seed)
-    label_features(sae_dir, out / "acts", lm, LabelConfig(features=chosen, examples=examples), progress=progress)
-    page = write_browser(sae_dir, out / "features.html")
-    names = {
-        r["id"]: [lab["label"] for lab in r["labels"].get("descriptors", [])] for r in load_catalog(sae_dir)["features"]
-    }
-    print(f"[3/4] labeled {len(chosen)} features with music descriptors; browse them: {page.resolve()}")
-    for f in features:
-        print(f"      feature {f}: {', '.join(names.get(f, [])[:4]) or '(nothing stands out)'}")
+    detection = feature_detection(store, loaded, cfg.sae.layer, frame_rate=lm.frame_rate)
+    targets = steering_targets(detection, AUDIBLE)
+    attribute, (value, feature, auroc) = min(
+        targets.items(), key=lambda t: (AUDIBLE.index(t[1][0]) if t[1][0] in AUDIBLE else len(AUDIBLE), -t[1][2])
+    )
+    concept = label_text(attribute, value)
+    print(f"[3/5] feature {feature} detects '{concept}' on held-out windows with AUROC {auroc:.2f}")
 
-    steers = (FeatureSteer(features[0], 1.0), FeatureSteer(features[-1], 0.8))
-    spec = SteeringSpec(steers=steers)
-    plain = render(lm, DEMO_PROMPT, seconds, sampling, progress=progress)
-    steered = render(lm, DEMO_PROMPT, seconds, sampling, loaded, spec, progress=progress)
-    changed = (plain.codes != steered.codes).float().mean().item()
+    names = ("world", "descriptors")
+    chosen = tuple(dict.fromkeys([feature, *choose_features(loaded, LabelConfig(limit=5))]))
+    examples = ExampleConfig(top_n=6, window_s=1.0, negatives=10, seed=cfg.seed)
+    label_features(sae_dir, out / "acts", lm, LabelConfig(names, features=chosen, examples=examples), progress=progress)
+    page = write_browser(sae_dir, out / "features.html")
+    catalog = {r["id"]: r["labels"] for r in load_catalog(sae_dir)["features"]}
+    print(f"[4/5] labeled {len(chosen)} features with the world's exact scorer and music descriptors: {page.resolve()}")
+    for f in chosen:
+        labels = [lab["label"] for name in names for lab in catalog.get(f, {}).get(name, [])[:3]]
+        print(f"      feature {f}: {', '.join(labels) or '(nothing stands out)'}")
+
+    prompt = "melody"  # names no attribute: the model chooses, the steering pushes
+    sampling = SamplingConfig(seed=cfg.seed)
+    spec = SteeringSpec((FeatureSteer(feature, cfg.alpha),))
+    plain = render(lm, prompt, cfg.seconds, sampling, progress=progress)
+    steered = render(lm, prompt, cfg.seconds, sampling, loaded, spec, progress=progress)
+    scorer = ExactScorer(lm.codebook_size)
+    before = scorer.posterior(plain.codes.numpy())[attribute][value]
+    after = scorer.posterior(steered.codes.numpy())[attribute][value]
+    measure, unit = HEARD_AS[attribute]
+    heard = [getattr(describe(r.audio, r.sample_rate), measure) for r in (plain, steered)]
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
     steered_path = write_wav(out / "steered.wav", steered.audio, steered.sample_rate)
-    steer_args = " ".join(f"--steer {s.feature}={s.alpha:g}" for s in steers)
-    print(f"[4/4] rendered '{DEMO_PROMPT}' for {plain.seconds:.1f} s, seed {seed}, plain and steered")
-    print(f"      steering {steer_args.replace('--steer ', '')} changed {100 * changed:.0f}% of the tokens")
+    changed = (plain.codes != steered.codes).float().mean().item()
+    print(
+        f"[5/5] rendered '{prompt}' for {plain.seconds:.1f} s, seed {cfg.seed}: plain, and with feature {feature} "
+        f"at α {cfg.alpha:g}"
+    )
+    print(
+        f"      exact scorer, P({concept}): {before:.2f} plain → {after:.2f} steered "
+        f"({100 * changed:.0f}% of tokens changed)"
+    )
+    print(f"      descriptors: {_shown(heard[0])} → {_shown(heard[1])} {unit}")
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
     print(
-        f"again by hand: mgsteer render --model tiny --sae {sae_dir} {steer_args} --seconds {seconds:g} "
-        f"--seed {seed} --out steered.wav"
+        f"again by hand: mgsteer render --model {out / 'world'} --sae {sae_dir} --prompt {prompt} "
+        f"--steer {feature}={cfg.alpha:g} --seconds {cfg.seconds:g} --seed {cfg.seed} --out steered.wav"
     )
     return {
         "sae": sae_dir,
         "plain": plain_path,
         "steered": steered_path,
         "changed": changed,
-        "features": features,
+        "features": list(chosen),
         "browser": page,
+        "target": {"attribute": attribute, "value": value, "feature": feature, "auroc": auroc},
+        "posterior": {"plain": before, "steered": after},
+        "descriptors": {measure: heard},
     }
+
+
+def _shown(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--sae", help="SAE folder to check against the model")
     i.set_defaults(func=cmd_info)
 
-    d = sub.add_parser("demo", help="offline demo: tiny model, a tiny SAE, a plain and a steered WAV")
+    d = sub.add_parser("demo", help="offline demo: a planted music world, an SAE, a plain and a steered WAV")
     d.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
     d.add_argument("--layer", type=types.whole(0, 1000), default=2, help="decoder layer of the SAE")
     d.add_argument("--seconds", type=types.number(0.0, 30.0, above=True), default=5.0, help="seconds per WAV")
@@ -392,9 +392,13 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cli.demo import run_demo
+    from dataclasses import replace
 
-    run_demo(output_dir(args.out), layer=args.layer, seconds=args.seconds, seed=args.seed, progress=progress_bars())
+    from cli.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(seconds=args.seconds, seed=args.seed)
+    cfg = replace(cfg, sae=replace(cfg.sae, layer=args.layer, seed=args.seed))
+    run_demo(output_dir(args.out), cfg, progress=progress_bars())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ def add_commands(sub) -> None:
     lab.add_argument("--sae", required=True, help="SAE folder from mgsteer train")
     lab.add_argument("--acts", required=True, help="the activation store the SAE was trained on (or another)")
     model_args(lab, default=None, default_text="the store's model")
-    lab.add_argument("--labelers", default="descriptors", help="comma-separated: descriptors,clap,classifier,llm")
+    lab.add_argument(
+        "--labelers", default="descriptors", help="comma-separated: descriptors,notes,world,clap,classifier,llm"
+    )
     lab.add_argument(
         "--features",
         help="comma-separated ids, or 'all': every feature that fired (default: those filter.json kept)",
@@ -45,7 +47,12 @@ def add_commands(sub) -> None:
     ev.add_argument("--seconds", type=types.SECONDS, default=5.0, help="seconds per clip")
     ev.add_argument("--alpha", type=types.ALPHA, default=1.0, help="steering strength, in units of β")
     ev.add_argument("--no-prompt-baseline", action="store_true", help="skip the label-in-the-prompt baseline")
-    ev.add_argument("--scorer", default="clap", choices=("clap", "classifier"))
+    ev.add_argument(
+        "--scorer",
+        default="clap",
+        choices=("clap", "classifier", "descriptors", "notes", "world"),
+        help="what judges the clips (world: the planted grammar's exact posterior, for world models)",
+    )
     ev.add_argument("--out", default="eval_steer", help="folder for eval_steer.json and eval_steer.html")
     _labeler_args(ev)
     sampling_args(ev)
@@ -151,7 +158,7 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
     )
     catalog = load_catalog(args.sae) if (Path(args.sae) / CATALOG_FILE).is_file() else None
     for feature in cfg.features:  # every feature needs a concept: say so before loading models
-        concept_for(feature, catalog, cfg)
+        concept_for(feature, catalog, cfg, args.scorer)
     lm = load_musicgen(args.model, args.device, args.dtype)
     for prompt in prompts:
         limits.prompt_tokens(lm.tokenizer, prompt)

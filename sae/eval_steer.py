@@ -3,8 +3,10 @@
 The paper's Table 2 protocol with the baselines its reviewers asked for. For each chosen
 feature × prompt × seed, four clips: no steering; α·β·W_dec[j]; a random direction of the
 same norm at the same layer; and (optionally) no steering with the label written into the
-prompt. Each clip is scored for the concept (CLAP cosine to the label, or the classifier's
-probability of it). Per feature: the mean gain of steering over each baseline and a one-sided
+prompt. Each clip is scored for the concept (CLAP cosine to the label, the classifier's
+probability of it, a descriptor or transcribed-note measure, or, for a world model, the exact
+posterior of the planted attribute value the label names, read from the clip's tokens). Per
+feature: the mean gain of steering over each baseline and a one-sided
 Wilcoxon signed-rank test over the (prompt, seed) pairs; a feature is *steerable* when it
 beats both the unsteered and the random-direction clip at p < 0.05.
 """
@@ -27,9 +29,10 @@ from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
 from sae.files import LoadedSAE
 from sae.labelers import Labeler
+from sae.labelers.base import WindowCodes, window_scores
 
 DEFAULT_PROMPTS = ("simple melody", "a calm piano piece", "an upbeat pop song", "ambient pads")
-LABEL_PREFERENCE = ("llm", "classifier", "clap", "descriptors")
+LABEL_PREFERENCE = ("world", "llm", "classifier", "clap", "notes", "descriptors")
 BASELINES = ("none", "random", "prompt")
 
 
@@ -54,19 +57,26 @@ class EvalConfig:
             raise MgsteerError(f"--alpha must be a finite number, got {self.alpha}")
 
 
-def concept_for(feature: int, catalog: dict | None, cfg: EvalConfig) -> str:
-    """The label to score: an explicit one, else the catalog's best by labeler preference."""
+def concept_for(feature: int, catalog: dict | None, cfg: EvalConfig, scorer: str | None = None) -> str:
+    """The label to score: an explicit one, else the catalog's best from the scorer's own
+    labeler, else by labeler preference."""
     if feature in cfg.concepts:
         return cfg.concepts[feature]
     record = next((r for r in (catalog or {}).get("features", []) if r["id"] == feature), None)
     if record is not None:
-        for name in LABEL_PREFERENCE:
+        for name in dict.fromkeys([scorer, *LABEL_PREFERENCE] if scorer else LABEL_PREFERENCE):
             labels = record.get("labels", {}).get(name)
             if labels:
                 return labels[0]["label"]
     raise MgsteerError(
         f"feature {feature} has no label: label it (mgsteer label) or name it with --concept {feature}=TEXT"
     )
+
+
+@dataclass(frozen=True)
+class Clip:
+    audio: np.ndarray
+    codes: WindowCodes
 
 
 def random_direction(like: torch.Tensor, seed: int) -> torch.Tensor:
@@ -97,42 +107,51 @@ def evaluate_steering(
     from tqdm import tqdm
 
     stats = loaded.require_stats()
-    concepts = {loaded.check_feature(f): concept_for(f, catalog, cfg) for f in cfg.features}
+    concepts = {loaded.check_feature(f): concept_for(f, catalog, cfg, scorer.name) for f in cfg.features}
     pairs = [(p, s) for p in cfg.prompts for s in cfg.seeds]
     per_feature = 2 + int(cfg.prompt_baseline)
     bar = tqdm(total=len(pairs) * (1 + per_feature * len(concepts)), unit="clip", disable=not progress)
 
-    def clip(prompt: str, seed: int, **steer) -> np.ndarray:
+    def clip(prompt: str, seed: int, **steer) -> Clip:
         sampling = replace(cfg.sampling, seed=seed)
-        out = render(lm, prompt, cfg.seconds, sampling, sae=loaded if steer else None, **steer).audio
+        out = render(lm, prompt, cfg.seconds, sampling, sae=loaded if steer else None, **steer)
         bar.update(1)
-        return out
+        return Clip(out.audio, WindowCodes(out.codes.cpu().numpy()))
+
+    def score(concept: str, clips: list[Clip]) -> np.ndarray | None:
+        return window_scores(scorer, concept, [c.audio for c in clips], lm.sample_rate, [c.codes for c in clips])
 
     plain = [clip(p, s) for p, s in pairs]
     features = []
     for f, concept in concepts.items():
         direction = float(cfg.alpha) * stats.max_activation[f].cpu() * loaded.sae.W_dec[f].detach().cpu()
-        audio = {
+        clips = {
             "steered": [clip(p, s, spec=SteeringSpec((FeatureSteer(f, cfg.alpha),))) for p, s in pairs],
             "random": [clip(p, s, vector=random_direction(direction, 7919 * f + s)) for p, s in pairs],
         }
         if cfg.prompt_baseline:
-            audio["prompt"] = [clip(f"{p}, {concept}", s) for p, s in pairs]
-        scores = {"none": scorer.score(concept, plain, lm.sample_rate)}
+            clips["prompt"] = [clip(f"{p}, {concept}", s) for p, s in pairs]
+        scores = {"none": score(concept, plain)}
         if scores["none"] is None:
             features.append({"id": f, "concept": concept, "skipped": f"the {scorer.name} scorer cannot judge it"})
             continue
-        scores |= {name: scorer.score(concept, a, lm.sample_rate) for name, a in audio.items()}
+        scores |= {name: score(concept, c) for name, c in clips.items()}
         tests = {b: paired_test(scores["steered"], scores[b]) for b in BASELINES if b in scores}
         steerable = all(tests[b]["gain"] > 0 and tests[b]["p"] < cfg.significance for b in ("none", "random"))
-        features.append({
+        record = {
             "id": f,
             "concept": concept,
             "mean_score": {name: round(float(np.mean(v)), 5) for name, v in scores.items()},
             "vs": tests,
             "steerable": steerable,
             "scores": {name: [round(float(x), 5) for x in v] for name, v in scores.items()},
-        })  # fmt: skip
+        }
+        quality = {name: scorer.code_quality([c.codes for c in v]) for name, v in (clips | {"none": plain}).items()}
+        if all(q is not None for q in quality.values()):
+            record["quality"] = {
+                name: {k: round(float(np.mean(x)), 4) for k, x in q.items()} for name, q in quality.items()
+            }
+        features.append(record)
     bar.close()
     evaluated = [r for r in features if "skipped" not in r]
     return {

@@ -102,6 +102,7 @@ def label_features(
     audio = WindowAudio(store, lm)
     sr = audio.sample_rate
     negatives = [audio(w) for w in examples.negatives]
+    negative_codes = audio.codes(examples.negatives)
     _write_run(folder, store, lm, cfg, names, examples.negatives, negatives)
     clap = _clap_of(labelers)
     out = part_path(folder, worker, workers)
@@ -110,7 +111,8 @@ def label_features(
         top = [audio(w) for w in fx.top]
         snippets = [write_snippet(folder / SNIPPET_DIR / str(f) / str(r), a, sr) for r, a in enumerate(top)]
         record = _base_record(f, loaded, fx, store, lm.frame_rate, snippets)
-        heard = WindowSet(top[0::2], negatives[0::2], sr)
+        top_codes = audio.codes(fx.top)
+        heard = WindowSet(top[0::2], negatives[0::2], sr, *_halves(top_codes, negative_codes, 0))
         for labeler in labelers:
             record["labelers"].append(labeler.name)
             try:
@@ -122,14 +124,22 @@ def label_features(
             record["labels"][labeler.name] = [lab.to_json() for lab in labels]
             if labels:
                 record["validation"][labeler.name] = detection(
-                    labels[0], labeler.name, labelers, top[1::2], negatives[1::2], sr
-                )
+                    labels[0], labeler.name, labelers, top[1::2], negatives[1::2], sr,
+                    *_halves(top_codes, negative_codes, 1),
+                )  # fmt: skip
         if clap is not None and top:
             record["clap_embedding"] = clap.embed_audio(top, sr).mean(0).tolist()
         append_record(out, record)
         summary["labeled"] += 1
     merge(folder, clap)
     return summary
+
+
+def _halves(top, negatives, half: int) -> tuple[list | None, list | None]:
+    """The heard (0) or held-out (1) half of the windows' tokens, when the store kept them."""
+    if top is None or negatives is None:
+        return None, None
+    return top[half::2], negatives[half::2]
 
 
 def _clap_of(labelers: list[Labeler]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from sae.labelers.base import Label, Labeler
+from sae.labelers.base import Label, Labeler, WindowCodes, window_scores
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -29,6 +29,8 @@ def detection(
     top: list[np.ndarray],
     random: list[np.ndarray],
     sample_rate: int,
+    top_codes: list[WindowCodes] | None = None,
+    random_codes: list[WindowCodes] | None = None,
 ) -> dict:
     """AUROC of `label` (from labeler `source`) on held-out windows; the first other scorer that
     can judge the label is used, the source itself only when none can (`independent` false)."""
@@ -37,10 +39,10 @@ def detection(
         return result | {"reason": "too few windows held out"}
     order = [s for s in scorers if s.name != source] + [s for s in scorers if s.name == source]
     for scorer in order:
-        pos = scorer.score(label.label, top, sample_rate)
+        pos = window_scores(scorer, label.label, top, sample_rate, top_codes)
         if pos is None:
             continue
-        neg = scorer.score(label.label, random, sample_rate)
+        neg = window_scores(scorer, label.label, random, sample_rate, random_codes)
         return result | {
             "scorer": scorer.name,
             "auroc": round(auroc(pos, neg), 4),

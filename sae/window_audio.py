@@ -18,6 +18,7 @@ from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from sae.examples import Window
 from sae.harvest import Clip, load_audio
+from sae.labelers.base import WindowCodes
 from sae.store import ActivationStore
 
 CONTEXT_FRAMES = 10  # ≥ the codec's reach (4 frames, docs/STREAMING.md), with margin
@@ -40,6 +41,16 @@ class WindowAudio:
             )
             return load_audio(clip, self.sample_rate)
         return self._decoded(window)
+
+    def codes(self, windows: list[Window]) -> list[WindowCodes] | None:
+        """The windows' tokens, or None when the store kept no tokens for one of them."""
+        out = []
+        for w in windows:
+            codes = self.store.clip_codes(w.clip)
+            if codes is None:
+                return None
+            out.append(WindowCodes(codes[:, w.start : w.stop].cpu().numpy(), w.start))
+        return out
 
     @torch.no_grad()
     def _decoded(self, window: Window) -> np.ndarray:

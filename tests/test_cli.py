@@ -7,8 +7,10 @@ import json
 import soundfile as sf
 from conftest import alive_features
 
-from cli.demo import run_demo
+from cli.demo import DemoConfig, run_demo
 from cli.main import main
+from sae.world.pipeline import WorldSAEConfig
+from sae.world.train import WorldTrainConfig
 
 
 def test_render_writes_steered_wav(tiny_sae_dir, tiny_sae, tmp_path, capsys):
@@ -75,9 +77,17 @@ def test_info_reports_model_and_sae(tiny_sae_dir, capsys):
     assert "labels     none yet (mgsteer label" in out
 
 
+QUICK_DEMO = DemoConfig(
+    world=WorldTrainConfig(steps=4, batch_size=4, seconds=1.0, checkpoint_every=4, warmup_steps=2),
+    sae=WorldSAEConfig(clips=8, seconds=1.0, steps=50, batch_size=128),
+    seconds=1.0,
+)
+
+
 def test_demo_renders_plain_and_steered(tmp_path, capsys):
-    result = run_demo(tmp_path, seconds=1.0)
+    result = run_demo(tmp_path, QUICK_DEMO)
     printed = capsys.readouterr().out
+    assert "training the world model" in printed and "P(" in printed
     assert result["changed"] > 0
     for key in ("plain", "steered"):
         assert sf.info(str(result[key])).frames == 32000

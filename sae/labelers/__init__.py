@@ -1,4 +1,5 @@
-"""Labelers: descriptors (no weights), CLAP zero-shot, an audio classifier, a multimodal LLM."""
+"""Labelers: descriptors (no weights), notes (basic-pitch's transcriber), the planted world's exact
+scorer, CLAP zero-shot, an audio classifier, a multimodal LLM."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from engine.errors import MgsteerError
 from sae.labelers.base import Label, Labeler, LabelerError, WindowSet
 from sae.labelers.llm import LLMConfig
 
-NAMES = ("descriptors", "clap", "classifier", "llm")
+NAMES = ("descriptors", "notes", "world", "clap", "classifier", "llm")
 # defined here, not in their modules, so the CLI's help reads them without importing torch
 DEFAULT_CLAP = "laion/larger_clap_music"
 DEFAULT_CLASSIFIER = "MIT/ast-finetuned-audioset-10-10-0.4593"
@@ -41,6 +42,14 @@ def build_labelers(names: tuple[str, ...], settings: LabelerSettings | None = No
             from sae.labelers.descriptors import DescriptorLabeler
 
             out.append(DescriptorLabeler())
+        elif name == "notes":
+            from sae.labelers.notes import NotesLabeler
+
+            out.append(NotesLabeler())
+        elif name == "world":
+            from sae.labelers.world import WorldLabeler
+
+            out.append(WorldLabeler())
         elif name == "clap":
             from sae.labelers.clap import ClapLabeler
 

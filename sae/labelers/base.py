@@ -27,13 +27,24 @@ class Label:
         return {"label": self.label, "score": round(float(self.score), 4), "evidence": self.evidence}
 
 
+@dataclass(frozen=True)
+class WindowCodes:
+    """A window's codec tokens `[codebooks, frames]` and where it starts in its clip."""
+
+    codes: np.ndarray
+    start: int = 0
+
+
 @dataclass
 class WindowSet:
-    """Audio (mono float32) of a feature's top windows and of random windows."""
+    """Audio (mono float32) of a feature's top windows and of random windows, and their tokens
+    where the store kept them (for labelers that read tokens, not sound)."""
 
     top: list[np.ndarray]
     random: list[np.ndarray]
     sample_rate: int
+    top_codes: list[WindowCodes] | None = None
+    random_codes: list[WindowCodes] | None = None
 
 
 class LabelerError(Exception):
@@ -55,6 +66,33 @@ class Labeler(ABC):
     def score(self, label: str, audio: list[np.ndarray], sample_rate: int) -> np.ndarray | None:
         """How strongly each window shows `label`; None when this labeler cannot judge that label."""
         return None
+
+    def score_codes(self, label: str, codes: list[WindowCodes]) -> np.ndarray | None:
+        """The same from the windows' tokens, for labelers that read tokens; None otherwise."""
+        return None
+
+    def code_quality(self, codes: list[WindowCodes]) -> dict[str, np.ndarray] | None:
+        """Per-window quality measures computed from tokens (how well-formed the music is), for
+        labelers that know what well-formed means; None otherwise."""
+        return None
+
+
+def window_scores(
+    scorer: Labeler, label: str, audio: list[np.ndarray], sample_rate: int, codes: list[WindowCodes] | None = None
+) -> np.ndarray | None:
+    """`scorer`'s scores of `label` on the windows: from their tokens when it reads tokens and
+    they are known, else from their audio."""
+    if codes is not None:
+        from_codes = scorer.score_codes(label, codes)
+        if from_codes is not None:
+            return from_codes
+    return scorer.score(label, audio, sample_rate)
+
+
+def effect_size(top: np.ndarray, rand: np.ndarray) -> float:
+    """Standardised difference of means (top − random) over the pooled spread."""
+    spread = np.sqrt((top.var() + rand.var()) / 2) or 1e-9
+    return float((top.mean() - rand.mean()) / spread)
 
 
 def resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:

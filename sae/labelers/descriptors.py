@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 
 from sae.descriptors import Descriptors, describe
-from sae.labelers.base import Label, Labeler, WindowCache, WindowSet
+from sae.labelers.base import Label, Labeler, WindowCache, WindowSet, effect_size
 
 # categorical descriptor → label template
 CATEGORIES = {"key": "{} key", "chord": "{} chord", "note": "{}", "register": "{} register"}
@@ -69,8 +69,7 @@ class DescriptorLabeler(Labeler):
             r = np.array([getattr(d, attr) for d in rand])
             if len(r) < 2:
                 continue
-            spread = np.sqrt((t.var() + r.var()) / 2) or 1e-9
-            effect = float((t.mean() - r.mean()) / spread)
+            effect = effect_size(t, r)
             if attr == "centroid_hz":
                 ratio = max(t.mean(), 1.0) / max(r.mean(), 1.0)
                 audible = max(ratio, 1 / ratio) >= MIN_CENTROID_RATIO

@@ -4,15 +4,16 @@ Each clip draws five latent attributes, independently and uniformly:
 
 | attribute | values | what it fixes in the tokens |
 |---|---|---|
-| key | 12 tonics × major/minor | the pitch classes a note may take |
+| key | 4 tonics (C, D, F, A) × major/minor | the pitch classes a note may take |
 | register | low, mid, high | the octave notes start from (MIDI 48, 60, 72) |
 | tempo | slow, fast | note length: 25 or 10 frames (0.5 s, 0.2 s) |
 | timbre | dark, bright | the timbre token (a soft triangle, a bright saw) |
 | density | sparse, busy | a drum hit on every 4th note start, or on every note start |
 
-Within a clip every note lasts the tempo's length; every fourth note (the first of a bar)
-is the tonic, the others are drawn uniformly from the key's scale in the register (two
-octaves), so a key and its relative major or minor are told apart; loudness is constant. So the likelihood of a
+Within a clip every note lasts the tempo's length; a bar is four notes: the tonic, then the
+key's third (major or minor: the mode is heard from the second note on), then two drawn
+uniformly from the key's scale in the register (two octaves); so a key and its relative major
+or minor are told apart. Loudness is constant. So the likelihood of a
 token sequence under given attributes is a product over frames, and the posterior of every
 attribute given any sequence (a model's output included) is exact: each frame's token is
 explained by the grammar with probability 1 − ε and by noise (uniform over the vocabulary)
@@ -26,14 +27,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TONICS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+# Four tonics, not twelve: each key must be heard in enough clips for its features to be found
+# and tested on held-out ones, and eight keys keep that affordable on a laptop.
+TONICS = ("C", "D", "F", "A")
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 REGISTERS = {"low": 48, "mid": 60, "high": 72}
 TEMPOS = {"slow": 25, "fast": 10}
 TIMBRES = {"dark": 1, "bright": 3 + 4 * 6}  # triangle at brightness 0; saw at brightness 6
 DENSITIES = {"sparse": 4, "busy": 1}  # a hit every n note starts
 LOUD = 110
-BAR = 4  # notes per bar; a bar starts on the tonic
+BAR = 4  # notes per bar: the tonic, the third, two free notes
+THIRD = 2  # index of the third in scale_notes
 KICK, SNARE = 1, 2
 EPSILON = 0.01
 
@@ -66,7 +71,7 @@ class Attributes:
 def scale_notes(key: str, register: str) -> np.ndarray:
     """The MIDI notes a note may take: the key's scale over two octaves from the register."""
     tonic, mode = key.split()
-    base = REGISTERS[register] + TONICS.index(tonic)
+    base = REGISTERS[register] + PITCH_CLASSES.index(tonic)
     return np.array([base + 12 * octave + step for octave in (0, 1) for step in MODES[mode]])
 
 
@@ -81,8 +86,10 @@ def sample_clip(rng: np.random.Generator, attrs: Attributes, frames: int) -> np.
     notes = scale_notes(attrs.key, attrs.register)
     codes = np.zeros((4, frames), dtype=np.int64)
     codes[1], codes[2] = LOUD, TIMBRES[attrs.timbre]
+    fixed = {0: notes[0], 1: notes[THIRD]}
     for index, start in enumerate(range(0, frames, length)):
-        codes[0, start : start + length] = notes[0] if index % BAR == 0 else notes[rng.integers(len(notes))]
+        free = notes[rng.integers(len(notes))]
+        codes[0, start : start + length] = fixed.get(index % BAR, free)
     codes[3] = drum_track(attrs.tempo, attrs.density, frames)
     return codes
 
@@ -107,22 +114,31 @@ class ExactScorer:
         self.values = attribute_values()
         self.combos = list(itertools.product(*(self.values[name] for name in ATTRIBUTES)))
 
-    def log_likelihoods(self, codes: np.ndarray) -> np.ndarray:
-        """log P(codes | attributes) for every combination of attribute values: a sum of
-        independent per-codebook terms, each computed once per value it depends on."""
+    def log_likelihoods(self, codes: np.ndarray, start: int = 0) -> np.ndarray:
+        """log P(codes | attributes) for every combination of attribute values, for codes that
+        begin `start` frames into a clip: a sum of independent per-codebook terms, each
+        computed once per value it depends on."""
         codes = np.asarray(codes)
-        v = self.values
-        pitch = {(k, r, t): self._pitch(codes[0], k, r, t) for k in v["key"] for r in v["register"] for t in v["tempo"]}
-        loud = self._matches(codes[1], np.full(codes.shape[1], LOUD))
-        timbre = {name: self._matches(codes[2], np.full(codes.shape[1], TIMBRES[name])) for name in v["timbre"]}
+        v, frames = self.values, codes.shape[1]
+        pitch = {
+            (k, r, t): self._pitch(codes[0], start, k, r, t)
+            for k in v["key"]
+            for r in v["register"]
+            for t in v["tempo"]
+        }
+        loud = self._matches(codes[1], np.full(frames, LOUD))
+        timbre = {name: self._matches(codes[2], np.full(frames, TIMBRES[name])) for name in v["timbre"]}
         drums = {
-            (t, d): self._matches(codes[3], drum_track(t, d, codes.shape[1])) for t in v["tempo"] for d in v["density"]
+            (t, d): self._matches(codes[3], drum_track(t, d, start + frames)[start:])
+            for t in v["tempo"]
+            for d in v["density"]
         }
         return np.array([pitch[(k, r, t)] + loud + timbre[tb] + drums[(t, d)] for k, r, t, tb, d in self.combos])
 
-    def posterior(self, codes: np.ndarray) -> dict[str, dict[str, float]]:
-        """P(attribute = value | codes) for every attribute and value (uniform prior)."""
-        logl = self.log_likelihoods(codes)
+    def posterior(self, codes: np.ndarray, start: int = 0) -> dict[str, dict[str, float]]:
+        """P(attribute = value | codes) for every attribute and value (uniform prior), for codes
+        that begin `start` frames into a clip."""
+        logl = self.log_likelihoods(codes, start)
         weights = np.exp(logl - logl.max())
         weights /= weights.sum()
         out: dict[str, dict[str, float]] = {name: dict.fromkeys(self.values[name], 0.0) for name in ATTRIBUTES}
@@ -131,8 +147,8 @@ class ExactScorer:
                 out[name][value] += float(w)
         return out
 
-    def predict(self, codes: np.ndarray) -> Attributes:
-        post = self.posterior(codes)
+    def predict(self, codes: np.ndarray, start: int = 0) -> Attributes:
+        post = self.posterior(codes, start)
         return Attributes(*(max(post[name], key=post[name].get) for name in ATTRIBUTES))
 
     # ---- per-codebook log-likelihoods -------------------------------------------------------
@@ -140,13 +156,16 @@ class ExactScorer:
         """Σ log((1 − ε)·P_grammar + ε/V) over frames."""
         return float(np.log((1 - self.epsilon) * p_grammar + self.epsilon / self.vocab).sum())
 
-    def _pitch(self, pitch: np.ndarray, key: str, register: str, tempo: str) -> float:
-        notes = scale_notes(key, register)
-        frame = np.arange(len(pitch))
-        starts = frame % TEMPOS[tempo] == 0
-        bars = starts & ((frame // TEMPOS[tempo]) % BAR == 0)
+    def _pitch(self, pitch: np.ndarray, start: int, key: str, register: str, tempo: str) -> float:
+        notes, length = scale_notes(key, register), TEMPOS[tempo]
+        frame = start + np.arange(len(pitch))
+        # a note's first frame, or the first frame seen of a note that began before `start`:
+        # either way its value follows the grammar's draw for its place in the bar
+        starts = (frame % length == 0) | (frame == start)
+        place = (frame // length) % BAR
+        free = np.isin(pitch, notes) / len(notes)
+        p_start = np.select([place == 0, place == 1], [pitch == notes[0], pitch == notes[THIRD]], free)
         previous = np.concatenate([[-1], pitch[:-1]])
-        p_start = np.where(bars, (pitch == notes[0]).astype(float), np.isin(pitch, notes) / len(notes))
         return self._mix(np.where(starts, p_start, (pitch == previous).astype(float)))
 
     def _matches(self, tokens: np.ndarray, expected: np.ndarray) -> float:

@@ -62,6 +62,12 @@ class WorldTrainConfig:
     # Loss weight of each codebook's first token: it alone must come from the prompt (every
     # later token can also be read off the clip so far), so unweighted it teaches little.
     first_weight: float = 32.0
+    # Loss weight of every token in a clip's first `early_frames` frames: where the prompt
+    # decides the music (the third, which tells major from minor, is the second note: frame 10
+    # or 25), before the clip so far can tell the model. A weight that depends on the position
+    # only keeps the learned distribution calibrated (weighting note changes would not).
+    early_weight: float = 8.0
+    early_frames: int = 30
 
     def frames(self, frame_rate: int = 50) -> int:
         return round(self.seconds * frame_rate)
@@ -91,10 +97,16 @@ def batch_for(step: int, cfg: WorldTrainConfig, frames: int) -> tuple[list[str],
 
 
 def teacher_forced_loss(
-    lm: LoadedModel, prompts: list[str], codes: torch.Tensor, drop: torch.Tensor, first_weight: float = 1.0
+    lm: LoadedModel,
+    prompts: list[str],
+    codes: torch.Tensor,
+    drop: torch.Tensor,
+    first_weight: float = 1.0,
+    early: tuple[float, int] = (1.0, 0),
 ) -> torch.Tensor:
     """Cross-entropy of every non-padding delayed token (each codebook's first one weighted by
-    `first_weight`); rows in `drop` get the null condition."""
+    `first_weight`, the rest of its first `early[1]` frames by `early[0]`); rows in `drop` get
+    the null condition."""
     model, pad = lm.model, lm.pad_token_id
     ids, mask = tokenize_prompts(lm, prompts)
     states = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -111,7 +123,9 @@ def teacher_forced_loss(
     logits = out.logits.reshape(b, k, length, -1)
     valid = targets != pad
     weight = torch.ones(k, length)
-    weight[torch.arange(k), torch.arange(k)] = first_weight  # codebook q's first target is at q
+    for q in range(k):  # codebook q's first target is at q
+        weight[q, q : q + early[1]] = early[0]
+        weight[q, q] = first_weight
     weight = weight.expand(b, k, length)[valid]
     losses = torch.nn.functional.cross_entropy(logits[valid], targets[valid], reduction="none")
     return (losses * weight).sum() / weight.sum()
@@ -159,7 +173,9 @@ class WorldTrainer:
             drop = torch.rand(cfg.batch_size) < cfg.cfg_dropout
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * _cosine(step, cfg.steps)
-            value = teacher_forced_loss(lm, prompts, codes, drop, cfg.first_weight)
+            value = teacher_forced_loss(
+                lm, prompts, codes, drop, cfg.first_weight, (cfg.early_weight, cfg.early_frames)
+            )
             opt.zero_grad(set_to_none=True)
             value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
