@@ -36,7 +36,7 @@ class KnobPreset:
 @dataclass(frozen=True)
 class Preset:
     name: str = "untitled"
-    model: str = "tiny"
+    model: str = "tiny"  # a name, a hub id or a folder; "./" and "../" paths are relative to the preset file
     sae: str | None = None  # folder; relative paths are relative to the preset file
     prompt: str = "simple melody"
     smoothing_ms: float = 50.0
@@ -212,6 +212,8 @@ def load_preset(path: str | Path, feature_count: int | None = None, knob_count: 
     preset = parse_preset(raw, f"preset '{path.name}'", feature_count, knob_count)
     if preset.sae is not None and not Path(preset.sae).is_absolute():
         preset = Preset(**{**preset.__dict__, "sae": str((path.parent / preset.sae).resolve())})
+    if preset.model.startswith(("./", "../")):  # a model folder beside the preset (a hub id has no dots)
+        preset = Preset(**{**preset.__dict__, "model": str((path.parent / preset.model).resolve())})
     return preset
 
 

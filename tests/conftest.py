@@ -48,6 +48,23 @@ def tiny_sae_dir(tiny_lm, tiny_acts, tmp_path_factory):
     return save_sae(sae, tmp_path_factory.mktemp("sae"), measure(sae, tiny_acts))
 
 
+@pytest.fixture(scope="session")
+def world_demo_dir(tmp_path_factory):
+    """What `make demo` leaves for the bundled world preset, in miniature: a world model
+    trained for one step in `world/` and an SAE on its layer 2 in `sae/`."""
+    from sae.world.train import WorldTrainConfig, WorldTrainer
+
+    folder = tmp_path_factory.mktemp("demo_out")
+    WorldTrainer(folder / "world", WorldTrainConfig(steps=1, batch_size=2, seconds=0.5, warmup_steps=1)).run()
+    lm = load_musicgen(str(folder / "world"), "cpu")
+    acts, _ = harvest_generation(lm, ["melody", "fast melody, bright"], [SAE_LAYER], frames=40)
+    acts = acts[SAE_LAYER].reshape(-1, lm.hidden_size)
+    cfg = SAEConfig(d_in=lm.hidden_size, d_sae=256, k=8, hook_layer=SAE_LAYER, model_name=str(folder / "world"))
+    sae = init_from_activations(acts, cfg, seed=0)
+    save_sae(sae, folder / "sae", measure(sae, acts))
+    return folder
+
+
 @pytest.fixture()
 def tiny_sae(tiny_sae_dir) -> LoadedSAE:
     return load_sae(tiny_sae_dir)

@@ -121,7 +121,7 @@ def test_bundled_preset_midi_map_parses():
 
     from engine.presets import load_preset
 
-    preset = load_preset(Path(__file__).resolve().parents[1] / "presets" / "tiny-demo.json")
+    preset = load_preset(Path(__file__).resolve().parents[1] / "presets" / "world-demo.json")
     bindings = parse_bindings(preset.midi["map"], knob_count=8)
     assert [b.mode for b in bindings] == ["jump", "pickup"]
 

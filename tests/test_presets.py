@@ -17,7 +17,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "presets"
 
 
 def test_round_trip_through_the_bus(tmp_path):
-    preset = load_preset(BUNDLED / "tiny-demo.json")
+    preset = load_preset(BUNDLED / "world-demo.json")
     bus = ParameterBus(knob_count=8, feature_count=256)
     apply_preset(preset, bus)
     snap = bus.snapshot()
@@ -33,14 +33,15 @@ def test_round_trip_through_the_bus(tmp_path):
 
 def test_bundled_presets_load():
     names = sorted(p.name for p in BUNDLED.glob("*.json"))
-    assert names == ["tiny-demo.json", "tiny-plain.json"]
+    assert names == ["tiny-plain.json", "world-demo.json"]
     for path in BUNDLED.glob("*.json"):
-        preset = load_preset(path, feature_count=256)
-        assert preset.model == "tiny"
-    assert load_preset(BUNDLED / "tiny-demo.json").sae.endswith("demo_out/sae")
+        load_preset(path, feature_count=256)
+    assert load_preset(BUNDLED / "tiny-plain.json").model == "tiny"
+    demo = load_preset(BUNDLED / "world-demo.json")
+    assert demo.sae.endswith("demo_out/sae") and demo.model.endswith("demo_out/world")  # beside the preset
 
 
-GOOD = json.loads((BUNDLED / "tiny-demo.json").read_text())
+GOOD = json.loads((BUNDLED / "world-demo.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -94,13 +95,14 @@ def test_unreadable_presets(tmp_path):
         load_preset(tmp_path / "list.json")
 
 
-def test_play_with_a_bundled_preset(tiny_sae_dir, tmp_path, capsys):
+def test_play_with_a_bundled_preset(world_demo_dir, tmp_path, capsys):
     (tmp_path / "presets").mkdir()
-    shutil.copy(BUNDLED / "tiny-demo.json", tmp_path / "presets")
-    shutil.copytree(tiny_sae_dir, tmp_path / "demo_out" / "sae")
-    assert main(["play", "--preset", str(tmp_path / "presets" / "tiny-demo.json"), "--no-audio", "--seconds", "2"]) == 0
+    shutil.copy(BUNDLED / "world-demo.json", tmp_path / "presets")
+    shutil.copytree(world_demo_dir, tmp_path / "demo_out")
+    preset = str(tmp_path / "presets" / "world-demo.json")
+    assert main(["play", "--preset", preset, "--no-audio", "--seconds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "preset 'tiny demo knobs'" in out and "playing 'simple melody' with tiny" in out and "underruns 0" in out
+    assert "preset 'world demo knobs'" in out and "playing 'melody' with " in out and "underruns 0" in out
 
 
 def test_a_presets_folder_takes_names_never_paths(tmp_path):
