@@ -4,25 +4,23 @@
 2. Features: harvest prompted generations, train a TopK SAE, and for every planted attribute
    value the best feature's detection AUROC on held-out windows (sae/world/detect.py).
 3. Steering: per attribute, the best-detected value's feature steered under prompts that never
-   name the attribute (`eval-steer` with the world scorer): the share of (prompt, seed) pairs
-   whose exact posterior of the target moves up against the same seed unsteered, the Wilcoxon
+   name the attribute (`eval-steer` with the world scorer): of the (prompt, seed) pairs whose
+   unsteered clip is not at the target already, the share whose exact posterior of the target
+   rises by more than 0.01 against the same seed unsteered; the Wilcoxon
    p against the matched-norm random direction, the prompt baseline (the target named in the
    prompt), and how the quality proxies (grammar log-likelihood per token, token entropy) move
    with α.
 
-    python bench/world.py --model WORLD_DIR [--clips 96] [--alpha 4] [--alphas 1,2,4,8] [--out DIR]
+    python bench/world.py --model WORLD_DIR [--clips 96] [--alpha 2] [--alphas 1,2,4,8] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.model import load_musicgen
 from sae.eval_steer import EvalConfig, evaluate_steering
@@ -31,6 +29,19 @@ from sae.labelers.world import WorldLabeler, label_text
 from sae.world.detect import feature_detection
 from sae.world.pipeline import WorldSAEConfig, harvest_and_train, neutral_prompts, steering_targets
 from sae.world.train import prompted_accuracy
+
+AT_TARGET = 0.99  # an unsteered clip whose target posterior is above this cannot move toward it
+MIN_MOVE = 0.01  # a rise of the target posterior smaller than this is not a move (1e-9 → 1e-7 is not)
+
+
+def moves(plain: list[float], pushed: list[float]) -> dict:
+    """How many pairs could move toward the target, and the share of those that did."""
+    movable = [i for i, x in enumerate(plain) if x <= AT_TARGET]
+    moved = sum(pushed[i] - plain[i] > MIN_MOVE for i in movable)
+    return {
+        "pairs_already_at_target": len(plain) - len(movable),
+        "toward_target_share": round(moved / len(movable), 3) if movable else None,
+    }
 
 
 def steering(lm, loaded, targets: dict, args) -> dict:
@@ -50,7 +61,7 @@ def steering(lm, loaded, targets: dict, args) -> dict:
             r = evaluate_steering(lm, loaded, scorer, cfg)["features"][0]
             sweep[f"{alpha:g}"] = {
                 "target_posterior": r["mean_score"]["steered"],
-                "toward_target_share": round(r["vs"]["none"]["wins"] / r["vs"]["none"]["pairs"], 3),
+                **moves(r["scores"]["none"], r["scores"]["steered"]),
                 "quality": r["quality"],
             }
         out[attribute] = {
@@ -59,7 +70,7 @@ def steering(lm, loaded, targets: dict, args) -> dict:
             "detection_auroc": auroc,
             "alpha": args.alpha,
             "pairs": vs["none"]["pairs"],
-            "toward_target_share": round(vs["none"]["wins"] / vs["none"]["pairs"], 3),
+            **moves(report["scores"]["none"], report["scores"]["steered"]),
             "mean_target_posterior": report["mean_score"],
             "p_vs_none": vs["none"]["p"],
             "p_vs_random": vs["random"]["p"],
@@ -74,13 +85,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a world model folder (mgsteer world train)")
     p.add_argument("--clips", type=int, default=96, help="prompted clips harvested for the SAE")
-    p.add_argument("--sae-steps", type=int, default=1500)
+    p.add_argument("--sae-steps", type=int, default=1000)
+    p.add_argument("--expansion", type=int, default=2)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--window-s", type=float, default=2.0, help="window of the detection AUROC")
     p.add_argument("--layer", type=int, default=2)
     p.add_argument("--generations", type=int, default=50, help="prompted clips for the accuracy")
     p.add_argument("--prompts", type=int, default=8, help="neutral prompts per attribute")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per steering clip")
-    p.add_argument("--alpha", type=float, default=4.0, help="steering strength of the significance test")
+    p.add_argument("--alpha", type=float, default=2.0, help="steering strength of the significance test")
     p.add_argument("--alphas", default="1,2,4,8", help="strengths of the quality sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for the store and the SAE (default: a temporary one)")
@@ -91,11 +105,12 @@ def main() -> None:
     result: dict = {"model": args.model, "prompted_accuracy": prompted_accuracy(lm, args.generations, seed=args.seed)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
-        cfg = WorldSAEConfig(clips=args.clips, layer=args.layer, steps=args.sae_steps, seed=args.seed)
+        cfg = WorldSAEConfig(clips=args.clips, layer=args.layer, expansion=args.expansion, k=args.k,
+                             steps=args.sae_steps, seed=args.seed)  # fmt: skip
         store, sae_dir, last = harvest_and_train(lm, out, cfg)
         loaded = load_sae(sae_dir)
         result["sae"] = {"d_sae": loaded.cfg.d_sae, "k": loaded.cfg.k, "layer": args.layer, "fvu": last["fvu"]}
-        detection = feature_detection(store, loaded, args.layer, frame_rate=lm.frame_rate)
+        detection = feature_detection(store, loaded, args.layer, args.window_s, lm.frame_rate)
         result["features"] = detection
         result["steering"] = steering(lm, loaded, steering_targets(detection), args)
     result["wall_s"] = round(time.perf_counter() - started, 1)

@@ -14,9 +14,11 @@ attribute moved.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.errors import MgsteerError
 from engine.model import LoadedModel, load_musicgen
 from engine.render import render, write_wav
 from engine.steering import FeatureSteer, SteeringSpec
@@ -30,7 +32,7 @@ from sae.label import LabelConfig, choose_features, label_features
 from sae.labelers.world import label_text
 from sae.world.detect import feature_detection
 from sae.world.grammar import ExactScorer
-from sae.world.pipeline import WorldSAEConfig, harvest_and_train, steering_targets
+from sae.world.pipeline import WorldSAEConfig, detected, harvest_and_train
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
 # audible attribute values, most audible first: the demo steers the first one a feature detects
@@ -48,7 +50,7 @@ HEARD_AS = {
 @dataclass(frozen=True)
 class DemoConfig:
     world: WorldTrainConfig = field(default_factory=lambda: WorldTrainConfig(steps=600))
-    sae: WorldSAEConfig = field(default_factory=lambda: WorldSAEConfig(clips=48, steps=600))
+    sae: WorldSAEConfig = field(default_factory=lambda: WorldSAEConfig(clips=64, steps=600))
     alpha: float = 4.0
     seconds: float = 5.0
     seed: int = 0
@@ -71,6 +73,7 @@ def world_model(folder: Path, cfg: WorldTrainConfig, progress: bool = False) -> 
 def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -> dict:
     cfg = cfg or DemoConfig()
     lm = world_model(out / "world", cfg.world, progress)
+    shutil.rmtree(out / "acts", ignore_errors=True)  # the last run's, maybe from another world: harvest afresh
     store, sae_dir, last = harvest_and_train(lm, out, cfg.sae, progress)
     loaded = load_sae(sae_dir, lm.device)
     print(
@@ -79,10 +82,17 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     )
 
     detection = feature_detection(store, loaded, cfg.sae.layer, frame_rate=lm.frame_rate)
-    targets = steering_targets(detection, AUDIBLE)
-    attribute, (value, feature, auroc) = min(
-        targets.items(), key=lambda t: (AUDIBLE.index(t[1][0]) if t[1][0] in AUDIBLE else len(AUDIBLE), -t[1][2])
-    )
+    prompt = "melody"  # names no attribute: the model chooses, the steering pushes
+    sampling = SamplingConfig(seed=cfg.seed)
+    plain = render(lm, prompt, cfg.seconds, sampling, progress=progress)
+    scorer = ExactScorer(lm.codebook_size)
+    heard = scorer.posterior(plain.codes.numpy())
+    # the best-detected audible value that the plain clip does not have already
+    measured = detected(detection)
+    if not measured:
+        raise MgsteerError("no attribute value could be measured on held-out windows: harvest more or longer clips")
+    candidates = [r for r in measured if r[2] in AUDIBLE and heard[r[1]][r[2]] < 0.5]
+    auroc, attribute, value, feature = (candidates or measured)[0]
     concept = label_text(attribute, value)
     print(f"[3/5] feature {feature} detects '{concept}' on held-out windows with AUROC {auroc:.2f}")
 
@@ -94,19 +104,15 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     catalog = {r["id"]: r["labels"] for r in load_catalog(sae_dir)["features"]}
     print(f"[4/5] labeled {len(chosen)} features with the world's exact scorer and music descriptors: {page.resolve()}")
     for f in chosen:
-        labels = [lab["label"] for name in names for lab in catalog.get(f, {}).get(name, [])[:3]]
-        print(f"      feature {f}: {', '.join(labels) or '(nothing stands out)'}")
+        said = [f"{n}: {', '.join(lab['label'] for lab in catalog.get(f, {}).get(n, [])[:3])}" for n in names]
+        text = "; ".join(line for line in said if not line.endswith(": ")) or "(nothing stands out)"
+        print(f"      feature {f}: {text}")
 
-    prompt = "melody"  # names no attribute: the model chooses, the steering pushes
-    sampling = SamplingConfig(seed=cfg.seed)
-    spec = SteeringSpec((FeatureSteer(feature, cfg.alpha),))
-    plain = render(lm, prompt, cfg.seconds, sampling, progress=progress)
-    steered = render(lm, prompt, cfg.seconds, sampling, loaded, spec, progress=progress)
-    scorer = ExactScorer(lm.codebook_size)
-    before = scorer.posterior(plain.codes.numpy())[attribute][value]
+    steered = render(lm, prompt, cfg.seconds, sampling, loaded, SteeringSpec((FeatureSteer(feature, cfg.alpha),)))
+    before = heard[attribute][value]
     after = scorer.posterior(steered.codes.numpy())[attribute][value]
     measure, unit = HEARD_AS[attribute]
-    heard = [getattr(describe(r.audio, r.sample_rate), measure) for r in (plain, steered)]
+    described = [getattr(describe(r.audio, r.sample_rate), measure) for r in (plain, steered)]
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
     steered_path = write_wav(out / "steered.wav", steered.audio, steered.sample_rate)
     changed = (plain.codes != steered.codes).float().mean().item()
@@ -118,7 +124,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         f"      exact scorer, P({concept}): {before:.2f} plain → {after:.2f} steered "
         f"({100 * changed:.0f}% of tokens changed)"
     )
-    print(f"      descriptors: {_shown(heard[0])} → {_shown(heard[1])} {unit}")
+    print(f"      descriptors: {_shown(described[0])} → {_shown(described[1])} {unit}")
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
     print(
@@ -134,7 +140,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "browser": page,
         "target": {"attribute": attribute, "value": value, "feature": feature, "auroc": auroc},
         "posterior": {"plain": before, "steered": after},
-        "descriptors": {measure: heard},
+        "descriptors": {measure: described},
     }
 
 

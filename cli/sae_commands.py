@@ -158,7 +158,7 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
     )
     catalog = load_catalog(args.sae) if (Path(args.sae) / CATALOG_FILE).is_file() else None
     for feature in cfg.features:  # every feature needs a concept: say so before loading models
-        concept_for(feature, catalog, cfg, args.scorer)
+        concept_for(feature, catalog, cfg)
     lm = load_musicgen(args.model, args.device, args.dtype)
     for prompt in prompts:
         limits.prompt_tokens(lm.tokenizer, prompt)

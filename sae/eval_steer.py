@@ -57,14 +57,14 @@ class EvalConfig:
             raise MgsteerError(f"--alpha must be a finite number, got {self.alpha}")
 
 
-def concept_for(feature: int, catalog: dict | None, cfg: EvalConfig, scorer: str | None = None) -> str:
-    """The label to score: an explicit one, else the catalog's best from the scorer's own
-    labeler, else by labeler preference."""
+def concept_for(feature: int, catalog: dict | None, cfg: EvalConfig) -> str:
+    """The label to score: an explicit one, else the catalog's best by labeler preference (the
+    world's exact labels first: where they exist, they are the truth)."""
     if feature in cfg.concepts:
         return cfg.concepts[feature]
     record = next((r for r in (catalog or {}).get("features", []) if r["id"] == feature), None)
     if record is not None:
-        for name in dict.fromkeys([scorer, *LABEL_PREFERENCE] if scorer else LABEL_PREFERENCE):
+        for name in LABEL_PREFERENCE:
             labels = record.get("labels", {}).get(name)
             if labels:
                 return labels[0]["label"]
@@ -107,7 +107,7 @@ def evaluate_steering(
     from tqdm import tqdm
 
     stats = loaded.require_stats()
-    concepts = {loaded.check_feature(f): concept_for(f, catalog, cfg, scorer.name) for f in cfg.features}
+    concepts = {loaded.check_feature(f): concept_for(f, catalog, cfg) for f in cfg.features}
     pairs = [(p, s) for p in cfg.prompts for s in cfg.seeds]
     per_feature = 2 + int(cfg.prompt_baseline)
     bar = tqdm(total=len(pairs) * (1 + per_feature * len(concepts)), unit="clip", disable=not progress)

@@ -79,7 +79,7 @@ def test_info_reports_model_and_sae(tiny_sae_dir, capsys):
 
 QUICK_DEMO = DemoConfig(
     world=WorldTrainConfig(steps=4, batch_size=4, seconds=1.0, checkpoint_every=4, warmup_steps=2),
-    sae=WorldSAEConfig(clips=8, seconds=1.0, steps=50, batch_size=128),
+    sae=WorldSAEConfig(clips=8, seconds=2.0, steps=50, batch_size=128),
     seconds=1.0,
 )
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.synth_codec import SynthCodec
-from sae.world.grammar import ATTRIBUTES, TEMPOS, ExactScorer, prompt_for, sample_attributes, sample_clip
+from sae.world.grammar import ATTRIBUTES, TEMPOS, Attributes, ExactScorer, prompt_for, sample_attributes, sample_clip
 
 
 def test_the_scorer_recovers_every_planted_attribute():
@@ -54,3 +54,22 @@ def test_prompts_name_the_chosen_attributes():
     attrs = sample_attributes(np.random.default_rng(4))
     text = prompt_for(attrs, ("tempo", "key", "timbre"))
     assert attrs.tempo in text and attrs.key in text and attrs.timbre in text and "drums" not in text
+
+
+def test_the_second_note_of_a_bar_is_the_third_and_tells_the_mode():
+    rng = np.random.default_rng(5)
+    for mode, third in (("major", 4), ("minor", 3)):
+        attrs = Attributes(**{**sample_attributes(rng).as_dict(), "key": f"C {mode}", "tempo": "fast"})
+        pitch = sample_clip(rng, attrs, 40)[0]
+        assert pitch[10] - pitch[0] == third  # frame 10 starts the bar's second note
+
+
+def test_a_window_from_mid_clip_is_scored_from_where_it_starts():
+    rng, scorer = np.random.default_rng(6), ExactScorer()
+    for _ in range(20):
+        attrs = sample_attributes(rng)
+        clip = sample_clip(rng, attrs, 400)
+        start = int(rng.integers(1, 200))
+        assert scorer.predict(clip[:, start : start + 200], start) == attrs
+        aligned = scorer.log_likelihoods(clip[:, start : start + 200], start).max()
+        assert aligned > scorer.log_likelihoods(clip[:, start : start + 200], start + 3).max()

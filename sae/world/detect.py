@@ -62,7 +62,7 @@ def feature_detection(
     store: ActivationStore,
     loaded: LoadedSAE,
     layer: int,
-    window_s: float = 1.0,
+    window_s: float = 2.0,
     frame_rate: int = 50,
     codebook_size: int = 128,
 ) -> dict:

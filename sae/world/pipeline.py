@@ -22,9 +22,9 @@ class WorldSAEConfig:
     clips: int = 96
     seconds: float = 4.0
     layer: int = 2
-    expansion: int = 8
-    k: int = 8
-    steps: int = 1500
+    expansion: int = 2  # 256 features for the world's 128-wide residual: few, broad ones
+    k: int = 16
+    steps: int = 1000
     batch_size: int = 1024
     seed: int = 0
 
@@ -66,17 +66,19 @@ def neutral_prompts(attribute: str, count: int = 8, seed: int = 0) -> list[str]:
     return prompts
 
 
-def steering_targets(detection: dict, prefer: tuple[str, ...] = ()) -> dict[str, tuple[str, int, float]]:
-    """Per attribute: (value, feature, held-out AUROC) of its best-detected value; `prefer`
-    lists values to take when they are detected at least as well as 0.9."""
-    best: dict[str, tuple[str, int, float]] = {}
+def detected(detection: dict) -> list[tuple[float, str, str, int]]:
+    """(held-out AUROC, attribute, value, feature) of every measured value, best first."""
+    rows = []
     for key, result in detection["values"].items():
-        if "feature" not in result:
-            continue
-        name, value = key.split("=", 1)
-        auroc = result["auroc_held_out"]
-        current = best.get(name)
-        preferred = value in prefer and auroc >= 0.9
-        if current is None or preferred or (current[0] not in prefer and auroc > current[2]):
-            best[name] = (value, result["feature"], auroc)
+        if "feature" in result:
+            name, value = key.split("=", 1)
+            rows.append((result["auroc_held_out"], name, value, result["feature"]))
+    return sorted(rows, key=lambda r: -r[0])
+
+
+def steering_targets(detection: dict) -> dict[str, tuple[str, int, float]]:
+    """Per attribute: (value, feature, held-out AUROC) of its best-detected value."""
+    best: dict[str, tuple[str, int, float]] = {}
+    for auroc, name, value, feature in detected(detection):
+        best.setdefault(name, (value, feature, auroc))
     return best
