@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from sae.store import StoreMeta, StoreWriter
+from sae.topk import SAEConfig, TopKSAE
 
 
 def planted_dictionary(d: int = 64, features: int = 512, seed: int = 0) -> torch.Tensor:
@@ -43,3 +44,15 @@ def recovery(w_dec: torch.Tensor, true: torch.Tensor, threshold: float = 0.9) ->
     """Share of true features whose best-matching decoder row has cosine ≥ threshold."""
     rows = w_dec / w_dec.norm(dim=1, keepdim=True)
     return float(((true @ rows.T).max(dim=1).values >= threshold).float().mean())
+
+
+def identity_topk(d: int) -> TopKSAE:
+    """Codes = ReLU(x): feature j reads coordinate j and writes it back, so planted
+    coordinates are the ground truth of the features."""
+    sae = TopKSAE(SAEConfig(d_in=d, d_sae=d, k=d, hook_layer=0, model_name="planted"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from planted import identity_topk
 
 from sae.examples import ExampleConfig, find_examples, window_around
 from sae.files import FeatureStats, LoadedSAE
 from sae.store import ActivationStore, StoreMeta, StoreWriter
-from sae.topk import SAEConfig, TopKSAE
 
 D = 6
 FRAME_RATE = 10  # window_s 1.0 → 10 frames
@@ -15,14 +15,8 @@ FRAME_RATE = 10  # window_s 1.0 → 10 frames
 
 def identity_sae(peaks: torch.Tensor) -> LoadedSAE:
     """Codes = ReLU(x): feature j reads coordinate j, so planted rows are the ground truth."""
-    sae = TopKSAE(SAEConfig(d_in=D, d_sae=D, k=D, hook_layer=0, model_name="planted"))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(D))
-        sae.W_dec.copy_(torch.eye(D))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
     zeros = torch.zeros(D)
-    return LoadedSAE(sae.eval(), FeatureStats(zeros, zeros, peaks), path=None)
+    return LoadedSAE(identity_topk(D), FeatureStats(zeros, zeros, peaks), path=None)
 
 
 def planted(tmp_path, workers: int = 2):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from planted import identity_topk
 
 from cli.main import main
 from engine.model import load_musicgen
@@ -62,14 +63,8 @@ def planted_store(folder, rng, clips: int = 40, frames: int = 100) -> Activation
 
 
 def identity_sae(folder, d: int = 8):
-    sae = TopKSAE(SAEConfig(d_in=d, d_sae=d, k=d, hook_layer=0, model_name="planted"))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(d))
-        sae.W_dec.copy_(torch.eye(d))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
     ones = torch.ones(d)
-    return load_sae(save_sae(sae, folder, FeatureStats(ones, ones.clone(), ones.clone())))
+    return load_sae(save_sae(identity_topk(d), folder, FeatureStats(ones, ones.clone(), ones.clone())))
 
 
 def test_feature_detection_finds_the_planted_features_on_held_out_windows(tmp_path):
