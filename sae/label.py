@@ -102,7 +102,9 @@ def label_features(
     audio = WindowAudio(store, lm)
     sr = audio.sample_rate
     negatives = [audio(w) for w in examples.negatives]
-    negative_codes = audio.codes(examples.negatives)
+    # tokens only for labelers that read them: a store's tokens live in its activation shards
+    tokens = any(lab.reads_tokens for lab in labelers)
+    negative_codes = audio.codes(examples.negatives) if tokens else None
     _write_run(folder, store, lm, cfg, names, examples.negatives, negatives)
     clap = _clap_of(labelers)
     out = part_path(folder, worker, workers)
@@ -111,7 +113,7 @@ def label_features(
         top = [audio(w) for w in fx.top]
         snippets = [write_snippet(folder / SNIPPET_DIR / str(f) / str(r), a, sr) for r, a in enumerate(top)]
         record = _base_record(f, loaded, fx, store, lm.frame_rate, snippets)
-        top_codes = audio.codes(fx.top)
+        top_codes = audio.codes(fx.top) if tokens else None
         heard = WindowSet(top[0::2], negatives[0::2], sr, *_halves(top_codes, negative_codes, 0))
         for labeler in labelers:
             record["labelers"].append(labeler.name)

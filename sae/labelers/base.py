@@ -58,6 +58,7 @@ class LabelerError(Exception):
 
 class Labeler(ABC):
     name: str = ""
+    reads_tokens: bool = False  # labels from the windows' tokens (the store's), not their sound
 
     @abstractmethod
     def label(self, windows: WindowSet) -> list[Label]:

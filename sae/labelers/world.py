@@ -40,6 +40,7 @@ def parse_label(text: str) -> tuple[str, str] | None:
 
 class WorldLabeler(Labeler):
     name = "world"
+    reads_tokens = True
 
     def __init__(self, codebook_size: int = 128) -> None:
         self.scorer = ExactScorer(codebook_size)
