@@ -11,7 +11,7 @@
    prompt), and how the quality proxies (grammar log-likelihood per token, token entropy) move
    with α.
 
-    python bench/world.py --model WORLD_DIR [--clips 96] [--alpha 2] [--alphas 1,2,4,8] [--out DIR]
+    python bench/world.py --model WORLD_DIR [--clips 256] [--alpha 2] [--alphas 1,2,4,8] [--out DIR]
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def steering(lm, loaded, targets: dict, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a world model folder (mgsteer world train)")
-    p.add_argument("--clips", type=int, default=96, help="prompted clips harvested for the SAE")
+    p.add_argument("--clips", type=int, default=256, help="prompted clips harvested for the SAE")
     p.add_argument("--sae-steps", type=int, default=1000)
-    p.add_argument("--expansion", type=int, default=2)
+    p.add_argument("--expansion", type=int, default=4)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--window-s", type=float, default=2.0, help="window of the detection AUROC")
     p.add_argument("--layer", type=int, default=2)
