@@ -321,6 +321,8 @@ class MainWindow(QMainWindow):
     def _apply_prompt(self) -> None:
         text = self.prompt.text()
         self._bus_call("set_prompt", text)
+        if self.session is not None and self.session.bus.snapshot().prompt == text:
+            self.prompt.setModified(False)  # taken: what the bus says next may show again
 
     # ---- engine → window ----------------------------------------------------------------------
     def _on_feedback(self, feedback: Feedback) -> None:
@@ -328,7 +330,9 @@ class MainWindow(QMainWindow):
             self._show_knobs(feedback.knobs)
         if feedback.meters is not None:
             self._show_meters(feedback.meters)
-        if feedback.prompt is not None and not self.prompt.hasFocus():
+        # the bus's prompt (a preset's, OSC's) shows unless the musician is typing a new one:
+        # a focused but untouched field (as at start-up) must not keep showing a stale prompt
+        if feedback.prompt is not None and not self.prompt.isModified():
             self.prompt.setText(feedback.prompt)
 
     def _show_knobs(self, knobs: tuple[Knob, ...]) -> None:

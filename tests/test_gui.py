@@ -111,12 +111,19 @@ def test_loading_a_preset_updates_every_knob(qtbot, tmp_path, tiny_sae_dir, tiny
         {"label": f"k{i}", "features": [[f1 if i % 2 else f2, 1.0]], "range": [0, 2], "curve": "exp", "value": i / 4}
         for i in range(4)
     ]
+    window.prompt.setFocus()  # focused but untouched, as at start-up: the preset's prompt must still show
     assert window.open_preset(_preset(tmp_path / "p.json", tiny_sae_dir, knobs, prompt="new tune"))
     qtbot.waitUntil(lambda: [k.title.text() for k in window.bank.knobs] == ["k0", "k1", "k2", "k3"], timeout=5000)
+    qtbot.waitUntil(lambda: window.prompt.text() == "new tune", timeout=5000)
     assert [k.dial.value() for k in window.bank.knobs] == [round(i / 4 * STEPS) for i in range(4)]
     assert all("exp" in k.detail.text() for k in window.bank.knobs)
     assert window.session.bus.snapshot().prompt == "new tune"
     assert window.settings.value("recent", [], type=list)[0] == str(tmp_path / "p.json")
+    window.prompt.setText("half-typed")  # the musician's own text is never overwritten
+    window.prompt.setModified(True)
+    window.session.bus.set_prompt("from OSC")
+    qtbot.wait(300)
+    assert window.prompt.text() == "half-typed"
     window.close()
 
 
