@@ -1,0 +1,110 @@
+"""OSC flood while playing: how many messages a second reach the server, and whether the
+engine keeps real time meanwhile.
+
+A second process floods four knob addresses over UDP at `--rate` messages a second while the
+engine plays the tiny model into a null sink with those knobs steering. Prints one JSON object:
+the rate actually sent (`sent_per_s`), what the server received, coalesced and applied,
+the underruns during the flood and the engine's speed (`x_realtime`, audio seconds per wall
+second). A rate or an underrun count depends on how busy the machine is, so these are
+figures to read here, not assertions in the tests (tests/test_osc.py checks the behaviour).
+
+    python bench/osc_flood.py [--seconds 10] [--rate 11000]
+    python bench/osc_flood.py --send PORT SECONDS RATE     # the flooding process alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+
+def send(port: int, seconds: float, rate: int) -> float:
+    """Send knob values to 127.0.0.1:`port` at about `rate` messages a second; the rate sent."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    msgs = []
+    for i in range(100):
+        builder = OscMessageBuilder(address=f"/mgsteer/knob/{i % 4}")
+        builder.add_arg(i / 100.0)
+        msgs.append(builder.build().dgram)
+    sent, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for m in msgs:
+            sock.sendto(m, ("127.0.0.1", port))
+        sent += len(msgs)
+        ahead = sent / rate - (time.perf_counter() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    return sent / (time.perf_counter() - start)
+
+
+def flood_process(port: int, seconds: float, rate: int) -> subprocess.Popen:
+    """The flood, from another process so that it does not share this one's interpreter lock."""
+    command = [sys.executable, __file__, "--send", str(port), str(seconds), str(rate)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def measure(seconds: float, rate: int) -> dict:
+    from stream import make_sae
+
+    from engine.audio import NullSink
+    from engine.host import Host, HostConfig
+    from engine.model import load_musicgen
+    from engine.params import ParameterBus
+    from osc.server import OscServer
+
+    lm = load_musicgen("tiny", "cpu")
+    sae = make_sae(lm, expansion=4, k=8)
+    bus = ParameterBus(knob_count=4, feature_count=sae.cfg.d_sae)
+    for knob in range(4):
+        bus.configure_knob(knob, features=[(knob, 0.5)])
+    host = Host(lm, bus, NullSink(lm.sample_rate), sae, HostConfig())
+    server = OscServer(bus, port=0, status=lambda: {"underruns": host.status().underruns})
+    host.start()
+    server.start()
+    try:
+        time.sleep(1.0)
+        before = host.status()
+        flood = flood_process(server.address[1], seconds, rate)
+        sent_per_s = float(flood.communicate(timeout=seconds + 60)[0].strip())
+        after = host.status()
+        alive = host.alive
+    finally:
+        server.stop()
+        host.stop()
+        bus.close()
+    stats = server.stats
+    return {
+        "seconds": seconds,
+        "rate_asked": rate,
+        "sent_per_s": round(sent_per_s),
+        "received": stats.received,
+        "coalesced": stats.coalesced,
+        "applied": stats.applied,
+        "failed": stats.failed,
+        "engine_alive": alive,
+        "underruns_during_flood": after.underruns - before.underruns,
+        "x_realtime": round(after.x_realtime, 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--rate", type=int, default=11_000, help="messages a second to send")
+    p.add_argument("--send", nargs=3, metavar=("PORT", "SECONDS", "RATE"), help="only flood, print the rate sent")
+    args = p.parse_args()
+    if args.send:
+        port, seconds, rate = args.send
+        print(send(int(port), float(seconds), int(rate)))
+        return
+    print(json.dumps(measure(args.seconds, args.rate), indent=1))
+
+
+if __name__ == "__main__":
+    main()
