@@ -3,15 +3,17 @@
 1. Prompt following: the exact scorer's per-attribute accuracy on prompted generations.
 2. Features: harvest prompted generations, train a TopK SAE, and for every planted attribute
    value the best feature's detection AUROC on held-out windows (sae/world/detect.py).
-3. Steering: per attribute, the best-detected value's feature steered under prompts that never
-   name the attribute (`eval-steer` with the world scorer): of the (prompt, seed) pairs whose
-   unsteered clip is not at the target already, the share whose exact posterior of the target
-   rises by more than 0.01 against the same seed unsteered; the Wilcoxon
-   p against the matched-norm random direction, the prompt baseline (the target named in the
-   prompt), and how the quality proxies (grammar log-likelihood per token, token entropy) move
-   with α.
+3. Steering: per attribute, a value, a feature and an α chosen on selection pairs of their own
+   (sae/world/pipeline.py `choose_steering`: among each value's best detectors, the one that
+   moves the most pairs toward its value without breaking the grammar), then tested on other
+   prompts and seeds that never name the attribute (`eval-steer` with the world scorer): of
+   the (prompt, seed) pairs whose unsteered clip is not at the target already, the share whose
+   exact posterior of the target rises by more than 0.01 against the same seed unsteered; the
+   Wilcoxon p against the unsteered and the matched-norm random direction, the prompt baseline
+   (the target named in the prompt), and how the quality proxies (grammar log-likelihood per
+   token, token entropy) move with α.
 
-    python bench/world.py --model WORLD_DIR [--clips 256] [--alpha 2] [--alphas 1,2,4,8] [--out DIR]
+    python bench/world.py --model WORLD_DIR [--clips 256] [--select-alphas 2,4,8] [--alphas 1,2,4,8] [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,55 +24,65 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from engine.model import load_musicgen
 from sae.eval_steer import EvalConfig, evaluate_steering
 from sae.files import load_sae
 from sae.labelers.world import WorldLabeler, label_text
 from sae.world.detect import feature_detection
-from sae.world.pipeline import WorldSAEConfig, harvest_and_train, neutral_prompts, steering_targets
+from sae.world.grammar import ATTRIBUTES
+from sae.world.pipeline import (
+    MIN_MOVE,
+    SteerSelection,
+    WorldSAEConfig,
+    choose_steering,
+    harvest_and_train,
+    moves,
+    neutral_prompts,
+)
 from sae.world.train import prompted_accuracy
 
-AT_TARGET = 0.99  # an unsteered clip whose target posterior is above this cannot move toward it
-MIN_MOVE = 0.01  # a rise of the target posterior smaller than this is not a move (1e-9 → 1e-7 is not)
 
-
-def moves(plain: list[float], pushed: list[float]) -> dict:
-    """How many pairs could move toward the target, and the share of those that did."""
-    movable = [i for i, x in enumerate(plain) if x <= AT_TARGET]
-    moved = sum(pushed[i] - plain[i] > MIN_MOVE for i in movable)
-    return {
-        "pairs_already_at_target": len(plain) - len(movable),
-        "toward_target_share": round(moved / len(movable), 3) if movable else None,
-    }
-
-
-def steering(lm, loaded, targets: dict, args) -> dict:
+def steering(lm, loaded, detection: dict, args) -> dict:
     scorer, out = WorldLabeler(lm.codebook_size), {}
-    for attribute, (value, feature, auroc) in targets.items():
-        concept = label_text(attribute, value)
+    selection = SteerSelection(prompts=args.selection_prompts, seconds=args.seconds, alphas=tuple(args.select_alphas))
+    for attribute in ATTRIBUTES:
+        choice = choose_steering(lm, loaded, detection, attribute, selection)
+        chosen = choice["chosen"]
+        if chosen is None:
+            out[attribute] = {"skipped": "no candidate feature detects a value at the selection AUROC", **choice}
+            continue
+        feature, alpha = chosen["feature"], chosen["alpha"]
+        concept = label_text(attribute, chosen["value"])
         prompts = tuple(neutral_prompts(attribute, args.prompts, args.seed))
         seeds = tuple(range(args.seeds))
         base = EvalConfig(features=(feature,), concepts={feature: concept}, prompts=prompts, seeds=seeds,
-                          seconds=args.seconds, alpha=args.alpha, significance=0.01)  # fmt: skip
+                          seconds=args.seconds, alpha=alpha, significance=0.01)  # fmt: skip
         report = evaluate_steering(lm, loaded, scorer, base)["features"][0]
         vs = report["vs"]
         sweep = {}
-        for alpha in args.alphas:  # fewer pairs: the quality curve, not the significance test
+        for a in args.alphas:  # fewer pairs: the quality curve, not the significance test
             cfg = EvalConfig(features=(feature,), concepts={feature: concept}, prompts=prompts[:2], seeds=seeds,
-                             seconds=args.seconds, alpha=alpha, prompt_baseline=False)  # fmt: skip
+                             seconds=args.seconds, alpha=a, prompt_baseline=False)  # fmt: skip
             r = evaluate_steering(lm, loaded, scorer, cfg)["features"][0]
-            sweep[f"{alpha:g}"] = {
+            sweep[f"{a:g}"] = {
                 "target_posterior": r["mean_score"]["steered"],
                 **moves(r["scores"]["none"], r["scores"]["steered"]),
                 "quality": r["quality"],
             }
+        value = detection["values"][f"{attribute}={chosen['value']}"]
         out[attribute] = {
             "target": concept,
             "feature": feature,
-            "detection_auroc": auroc,
-            "alpha": args.alpha,
+            "detection_auroc": value["auroc_held_out"] if value["feature"] == feature else None,
+            "alpha": alpha,
+            "selection": {k: choice[k] for k in ("chosen", "selection_pairs")} | {"tried": len(choice["tried"])},
             "pairs": vs["none"]["pairs"],
             **moves(report["scores"]["none"], report["scores"]["steered"]),
+            "moved_share_of_all_pairs": round(
+                float(np.mean(np.array(report["scores"]["steered"]) - np.array(report["scores"]["none"]) > MIN_MOVE)), 3
+            ),
             "mean_target_posterior": report["mean_score"],
             "p_vs_none": vs["none"]["p"],
             "p_vs_random": vs["random"]["p"],
@@ -94,12 +106,14 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="neutral prompts per attribute")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per steering clip")
-    p.add_argument("--alpha", type=float, default=2.0, help="steering strength of the significance test")
+    p.add_argument("--select-alphas", default="2,4,8", help="strengths tried when choosing each attribute's feature")
+    p.add_argument("--selection-prompts", type=int, default=4, help="neutral prompts (× seeds 100–103) to choose on")
     p.add_argument("--alphas", default="1,2,4,8", help="strengths of the quality sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for the store and the SAE (default: a temporary one)")
     args = p.parse_args()
     args.alphas = [float(a) for a in args.alphas.split(",")]
+    args.select_alphas = [float(a) for a in args.select_alphas.split(",")]
     lm = load_musicgen(args.model, "cpu")
     started = time.perf_counter()
     result: dict = {"model": args.model, "prompted_accuracy": prompted_accuracy(lm, args.generations, seed=args.seed)}
@@ -112,7 +126,7 @@ def main() -> None:
         result["sae"] = {"d_sae": loaded.cfg.d_sae, "k": loaded.cfg.k, "layer": args.layer, "fvu": last["fvu"]}
         detection = feature_detection(store, loaded, args.layer, args.window_s, lm.frame_rate)
         result["features"] = detection
-        result["steering"] = steering(lm, loaded, steering_targets(detection), args)
+        result["steering"] = steering(lm, loaded, detection, args)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
 

@@ -4,6 +4,7 @@ held-out windows, and eval-steer judged by the exact scorer on a model with a pl
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from sae.store import ActivationStore, StoreMeta, StoreWriter
 from sae.topk import SAEConfig, TopKSAE
 from sae.world.detect import feature_detection
 from sae.world.grammar import TIMBRES, Attributes, sample_attributes, sample_clip
+from sae.world.pipeline import SteerSelection, choose_steering
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
 BRIGHT, DARK = TIMBRES["bright"], TIMBRES["dark"]
@@ -78,6 +80,15 @@ def test_feature_detection_finds_the_planted_features_on_held_out_windows(tmp_pa
     keys = [v["auroc_held_out"] for k, v in result["values"].items() if k.startswith("key=") and "feature" in v]
     assert keys and min(keys) < 0.9
     assert result["windows"] == 40 * 4  # 100 frames in 25-frame windows
+    # the probe reads the residual itself: the planted value is there, the key is not
+    assert result["values"]["timbre=bright"]["probe_auroc_held_out"] == 1.0
+    key_probes = [
+        v["probe_auroc_held_out"] for k, v in result["values"].items() if k.startswith("key=") and "feature" in v
+    ]
+    assert max(key_probes) < 0.9
+    pairs = result["conjunctions"]
+    assert all(name.startswith("key×register=") for name in pairs)
+    assert result["conjunctions_measured"] == sum("auroc_held_out" in v for v in pairs.values())
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +137,25 @@ def test_eval_steer_with_the_exact_scorer_reproduces_the_planted_effect(planted_
     assert set(quality) == {"none", "steered", "random", "prompt"}
     assert set(quality["none"]) == {"grammar_loglik", "token_entropy"}
     assert quality["steered"]["token_entropy"] <= quality["none"]["token_entropy"] + 1e-9  # one timbre token
+
+
+def test_the_feature_chosen_to_steer_with_is_the_one_that_moves_the_music(planted_effect):
+    """Both features detect bright equally well on paper; only feature 0 makes music bright."""
+    lm, loaded = planted_effect
+    detection = {"values": {
+        "timbre=bright": {"feature": 1, "candidates": [[1, 1.0], [0, 0.95]]},
+        "timbre=dark": {"feature": 1, "candidates": [[1, 0.5]]},  # below the AUROC bar: not tried
+        "tempo=fast": {"feature": 0, "candidates": [[0, 1.0]]},  # another attribute: not tried
+    }}  # fmt: skip
+    sel = SteerSelection(prompts=2, seeds=(100, 101), seconds=0.5, alphas=(1.0, 2.0), quality_floor=-100.0)
+    choice = choose_steering(lm, loaded, detection, "timbre", sel)
+    assert [(t["feature"], t["alpha"]) for t in choice["tried"]] == [(1, 1.0), (1, 2.0), (0, 1.0), (0, 2.0)]
+    chosen = choice["chosen"]
+    assert (chosen["value"], chosen["feature"]) == ("bright", 0) and chosen["moved_share"] > 0.5
+    assert all(t["moved_share"] == 0.0 for t in choice["tried"] if t["feature"] == 1)
+    assert chosen["alpha"] == 1.0  # as good as α 2 here, so the gentler one
+    # music below the quality floor is never chosen (0 is the grammar's best log-likelihood)
+    assert choose_steering(lm, loaded, detection, "timbre", replace(sel, quality_floor=0.5))["chosen"] is None
 
 
 def test_eval_steer_cli_takes_the_world_scorer(planted_effect, tmp_path, capsys):

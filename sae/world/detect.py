@@ -6,6 +6,10 @@ clip is cut into windows, and a window's feature activations are their means ove
 For every attribute value, the best feature is chosen on the windows of half of the clips and
 its AUROC reported on the other half's windows, so the figure is not the maximum of many noisy
 ones measured on the same data.
+
+Two comparisons say what a miss means: a logistic probe on the residual windows themselves
+(is the information there at all?), and the same measure for every key × register pair (does
+the SAE spend its features on the pair instead of on the key?).
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ class Windows:
 
 
 @torch.no_grad()
-def window_activations(store: ActivationStore, loaded: LoadedSAE, layer: int, frames: int) -> Windows:
-    """Mean SAE activations over consecutive `frames`-frame windows of every clip."""
+def window_activations(store: ActivationStore, loaded: LoadedSAE | None, layer: int, frames: int) -> Windows:
+    """Mean SAE activations (or, with no SAE, mean residual activations) over consecutive
+    `frames`-frame windows of every clip."""
     acts, clips = [], []
     for shard, offset in store.iter_shards(store.check_layer(layer)):
-        codes = loaded.sae.encode(shard["acts"].float().to(loaded.sae.W_enc.device)).cpu()
+        x = shard["acts"].float()
+        codes = x if loaded is None else loaded.sae.encode(x.to(loaded.sae.W_enc.device)).cpu()
         clip, frame = shard["clip"].long() + offset, shard["frame"].long()
         key = clip * 1_000_000 + frame // frames  # one id per (clip, window)
         ids, inverse = torch.unique(key, return_inverse=True)
@@ -42,6 +48,30 @@ def window_activations(store: ActivationStore, loaded: LoadedSAE, layer: int, fr
         acts.append((sums / counts[:, None])[whole].numpy())
         clips.append((ids // 1_000_000)[whole].numpy())
     return Windows(np.concatenate(acts), np.concatenate(clips))
+
+
+def probe_auroc(x: np.ndarray, positive: np.ndarray, chosen: np.ndarray, l2: float = 1e-3) -> float:
+    """Held-out AUROC of an L2-regularised logistic probe fitted on the `chosen` rows of `x`:
+    how well the information is there at all, in any direction, for comparison with the best
+    single feature."""
+    train = torch.from_numpy(x[chosen]).double()
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    train = (train - mean) / std
+    target = torch.from_numpy(positive[chosen]).double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(train @ w + b, target) + l2 * w.square().sum()
+        value.backward()
+        return value
+
+    opt.step(loss)
+    with torch.no_grad():
+        held = ((torch.from_numpy(x[~chosen]).double() - mean) / std @ w + b).numpy()
+    return float(aurocs(held[:, None], positive[~chosen])[0])
 
 
 def clip_truth(store: ActivationStore, codebook_size: int = 128) -> list[dict[str, str]]:
@@ -65,31 +95,48 @@ def feature_detection(
     window_s: float = 2.0,
     frame_rate: int = 50,
     codebook_size: int = 128,
+    candidates: int = 3,
 ) -> dict:
     """Per attribute value: the best feature (chosen on even clips) and its held-out AUROC (odd
-    clips); JSON-ready."""
-    windows = window_activations(store, loaded, layer, max(1, round(window_s * frame_rate)))
+    clips), with the `candidates` best by their selection AUROC (for choosing a feature to
+    steer with), and a logistic probe's held-out AUROC on the residual itself; the same for
+    every key × register pair (`conjunctions`); JSON-ready."""
+    frames = max(1, round(window_s * frame_rate))
+    windows = window_activations(store, loaded, layer, frames)
+    residual = window_activations(store, None, layer, frames).activations
     truth = clip_truth(store, codebook_size)
     chosen = windows.clip % 2 == 0
-    values: dict[str, dict] = {}
-    for name in ATTRIBUTES:
-        labels = np.array([truth[c][name] for c in windows.clip])
+
+    def detect(labels: np.ndarray) -> dict[str, dict]:
+        found = {}
         for value in sorted(set(labels)):
             positive = labels == value
             if any(half.all() or not half.any() for half in (positive[chosen], positive[~chosen])):
-                values[f"{name}={value}"] = {"skipped": "too few clips with and without it in both halves"}
+                found[value] = {"skipped": "too few clips with and without it in both halves"}
                 continue
             scores = aurocs(windows.activations[chosen], positive[chosen])
-            best = int(np.argmax(scores))
+            ranked = np.argsort(-scores)[:candidates]
+            best = int(ranked[0])
             held = float(aurocs(windows.activations[~chosen][:, [best]], positive[~chosen])[0])
-            values[f"{name}={value}"] = {
+            found[value] = {
                 "feature": best,
+                "candidates": [[int(f), round(float(scores[f]), 4)] for f in ranked],
                 "auroc_selection": round(float(scores[best]), 4),
                 "auroc_held_out": round(held, 4),
+                "probe_auroc_held_out": round(probe_auroc(residual, positive, chosen), 4),
                 "held_out_windows": int((~chosen).sum()),
                 "held_out_positive": int(positive[~chosen].sum()),
             }
+        return found
+
+    values: dict[str, dict] = {}
+    for name in ATTRIBUTES:
+        labels = np.array([truth[c][name] for c in windows.clip])
+        values |= {f"{name}={value}": result for value, result in detect(labels).items()}
+    pairs = np.array([f"{truth[c]['key']}, {truth[c]['register']}" for c in windows.clip])
+    conjunctions = {f"key×register={value}": result for value, result in detect(pairs).items()}
     measured = [v["auroc_held_out"] for v in values.values() if "auroc_held_out" in v]
+    paired = [v["auroc_held_out"] for v in conjunctions.values() if "auroc_held_out" in v]
     return {
         "window_s": window_s,
         "windows": len(windows.clip),
@@ -98,4 +145,7 @@ def feature_detection(
         "values_at_least_0.9": sum(a >= 0.9 for a in measured),
         "min_auroc_held_out": round(min(measured), 4) if measured else None,
         "values": values,
+        "conjunctions_measured": len(paired),
+        "conjunctions_at_least_0.9": sum(a >= 0.9 for a in paired),
+        "conjunctions": conjunctions,
     }

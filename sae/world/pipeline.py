@@ -10,11 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from engine.model import LoadedModel
+from engine.render import render
+from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
+from sae.files import LoadedSAE
 from sae.harvest import Clip, harvest_to_store, prompt_inputs
+from sae.labelers.base import WindowCodes
+from sae.labelers.world import WorldLabeler, label_text
 from sae.store import ActivationStore
 from sae.train import TrainConfig, Trainer
 from sae.world.grammar import ATTRIBUTES, prompt_for, sample_attributes
+
+AT_TARGET = 0.99  # an unsteered clip whose target posterior is above this cannot move toward it
+MIN_MOVE = 0.01  # a rise of the target posterior smaller than this is not a move (1e-9 → 1e-7 is not)
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,73 @@ def detected(detection: dict) -> list[tuple[float, str, str, int]]:
     return sorted(rows, key=lambda r: -r[0])
 
 
-def steering_targets(detection: dict) -> dict[str, tuple[str, int, float]]:
-    """Per attribute: (value, feature, held-out AUROC) of its best-detected value."""
-    best: dict[str, tuple[str, int, float]] = {}
-    for auroc, name, value, feature in detected(detection):
-        best.setdefault(name, (value, feature, auroc))
-    return best
+def moves(plain: list[float] | np.ndarray, pushed: list[float] | np.ndarray) -> dict:
+    """How many pairs could move toward the target, and the share of those that did."""
+    movable = [i for i, x in enumerate(plain) if x <= AT_TARGET]
+    moved = sum(pushed[i] - plain[i] > MIN_MOVE for i in movable)
+    return {
+        "pairs_already_at_target": len(plain) - len(movable),
+        "toward_target_share": round(moved / len(movable), 3) if movable else None,
+    }
+
+
+@dataclass(frozen=True)
+class SteerSelection:
+    """How the feature to steer an attribute with is chosen, on pairs of its own."""
+
+    prompts: int = 4
+    seeds: tuple[int, ...] = (100, 101, 102, 103)  # never the test's seeds
+    seconds: float = 3.0
+    alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
+    candidates: int = 2  # a value's best detectors tried
+    min_auroc: float = 0.9  # a candidate must detect its value this well on the selection clips
+    quality_floor: float = -1.0  # grammar log-likelihood per token a choice may not fall below
+    seed: int = 1  # of the selection prompts
+
+
+def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribute: str, sel: SteerSelection) -> dict:
+    """The (value, feature, α) that steers `attribute` best on selection pairs, for a test on
+    other pairs.
+
+    The feature that best *detects* a value need not be the one that *causes* it (a feature of
+    note onsets detects fast music and does not make music fast), so every value's candidate
+    detectors are tried at each α under neutral prompts, and the choice is the one that moves
+    the most pairs toward its value (of all pairs: a value the model already writes leaves no
+    room to show anything), then the larger mean rise, then the smaller α; a choice whose
+    music falls below the quality floor is never taken. None when no candidate qualifies."""
+    scorer = WorldLabeler(lm.codebook_size)
+    pairs = [(p, s) for p in neutral_prompts(attribute, sel.prompts, sel.seed) for s in sel.seeds]
+
+    def codes(prompt: str, seed: int, spec: SteeringSpec | None = None) -> WindowCodes:
+        out = render(lm, prompt, sel.seconds, SamplingConfig(seed=seed), sae=loaded if spec else None, spec=spec)
+        return WindowCodes(out.codes.cpu().numpy())
+
+    plain = [codes(p, s) for p, s in pairs]
+    tried = []
+    for key, result in detection["values"].items():
+        name, value = key.split("=", 1)
+        if name != attribute or "candidates" not in result:
+            continue
+        concept = label_text(name, value)
+        before = scorer.score_codes(concept, plain)
+        for feature, auroc in result["candidates"][: sel.candidates]:
+            if auroc < sel.min_auroc:
+                continue
+            for alpha in sel.alphas:
+                steered = [codes(p, s, SteeringSpec((FeatureSteer(feature, alpha),))) for p, s in pairs]
+                after = scorer.score_codes(concept, steered)
+                moved = (before <= AT_TARGET) & (after - before > MIN_MOVE)
+                tried.append({
+                    "value": value,
+                    "feature": int(feature),
+                    "alpha": alpha,
+                    "auroc_selection": auroc,
+                    "moved_share": round(float(moved.mean()), 3),
+                    "mean_rise": round(float((after - before).mean()), 4),
+                    "grammar_loglik": round(float(scorer.code_quality(steered)["grammar_loglik"].mean()), 3),
+                })  # fmt: skip
+    allowed = [t for t in tried if t["grammar_loglik"] >= sel.quality_floor]
+    if not allowed:
+        return {"attribute": attribute, "chosen": None, "tried": tried}
+    best = max(allowed, key=lambda t: (t["moved_share"], t["mean_rise"], -t["alpha"]))
+    return {"attribute": attribute, "chosen": best, "selection_pairs": len(pairs), "tried": tried}
