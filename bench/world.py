@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from engine.model import load_musicgen
 from sae.eval_steer import EvalConfig, evaluate_steering
 from sae.files import load_sae
@@ -33,7 +31,6 @@ from sae.labelers.world import WorldLabeler, label_text
 from sae.world.detect import feature_detection
 from sae.world.grammar import ATTRIBUTES
 from sae.world.pipeline import (
-    MIN_MOVE,
     SteerSelection,
     WorldSAEConfig,
     choose_steering,
@@ -80,9 +77,6 @@ def steering(lm, loaded, detection: dict, args) -> dict:
             "selection": {k: choice[k] for k in ("chosen", "selection_pairs")} | {"tried": len(choice["tried"])},
             "pairs": vs["none"]["pairs"],
             **moves(report["scores"]["none"], report["scores"]["steered"]),
-            "moved_share_of_all_pairs": round(
-                float(np.mean(np.array(report["scores"]["steered"]) - np.array(report["scores"]["none"]) > MIN_MOVE)), 3
-            ),
             "mean_target_posterior": report["mean_score"],
             "p_vs_none": vs["none"]["p"],
             "p_vs_random": vs["random"]["p"],

@@ -28,26 +28,29 @@ from sae.world.grammar import ATTRIBUTES, ExactScorer
 @dataclass(frozen=True)
 class Windows:
     activations: np.ndarray  # [windows, d_sae]: mean feature activation over the window's frames
+    residual: np.ndarray  # [windows, d_in]: mean residual activation (what the SAE reads)
     clip: np.ndarray  # [windows]: store clip index
 
 
 @torch.no_grad()
-def window_activations(store: ActivationStore, loaded: LoadedSAE | None, layer: int, frames: int) -> Windows:
-    """Mean SAE activations (or, with no SAE, mean residual activations) over consecutive
-    `frames`-frame windows of every clip."""
-    acts, clips = [], []
+def window_activations(store: ActivationStore, loaded: LoadedSAE, layer: int, frames: int) -> Windows:
+    """Mean SAE activations, and mean residual activations, over consecutive `frames`-frame
+    windows of every clip."""
+    acts, residual, clips = [], [], []
     for shard, offset in store.iter_shards(store.check_layer(layer)):
         x = shard["acts"].float()
-        codes = x if loaded is None else loaded.sae.encode(x.to(loaded.sae.W_enc.device)).cpu()
+        both = torch.cat([loaded.sae.encode(x.to(loaded.sae.W_enc.device)).cpu(), x], dim=1)
         clip, frame = shard["clip"].long() + offset, shard["frame"].long()
         key = clip * 1_000_000 + frame // frames  # one id per (clip, window)
         ids, inverse = torch.unique(key, return_inverse=True)
-        sums = torch.zeros(len(ids), codes.shape[1]).index_add_(0, inverse, codes)
+        sums = torch.zeros(len(ids), both.shape[1]).index_add_(0, inverse, both)
         counts = torch.bincount(inverse, minlength=len(ids)).clamp(min=1)
         whole = counts == frames  # a clip's last, shorter window is left out
-        acts.append((sums / counts[:, None])[whole].numpy())
+        means = (sums / counts[:, None])[whole].numpy()
+        acts.append(means[:, : loaded.cfg.d_sae])
+        residual.append(means[:, loaded.cfg.d_sae :])
         clips.append((ids // 1_000_000)[whole].numpy())
-    return Windows(np.concatenate(acts), np.concatenate(clips))
+    return Windows(np.concatenate(acts), np.concatenate(residual), np.concatenate(clips))
 
 
 def probe_auroc(x: np.ndarray, positive: np.ndarray, chosen: np.ndarray, l2: float = 1e-3) -> float:
@@ -103,7 +106,6 @@ def feature_detection(
     every key × register pair (`conjunctions`); JSON-ready."""
     frames = max(1, round(window_s * frame_rate))
     windows = window_activations(store, loaded, layer, frames)
-    residual = window_activations(store, None, layer, frames).activations
     truth = clip_truth(store, codebook_size)
     chosen = windows.clip % 2 == 0
 
@@ -123,7 +125,7 @@ def feature_detection(
                 "candidates": [[int(f), round(float(scores[f]), 4)] for f in ranked],
                 "auroc_selection": round(float(scores[best]), 4),
                 "auroc_held_out": round(held, 4),
-                "probe_auroc_held_out": round(probe_auroc(residual, positive, chosen), 4),
+                "probe_auroc_held_out": round(probe_auroc(windows.residual, positive, chosen), 4),
                 "held_out_windows": int((~chosen).sum()),
                 "held_out_positive": int(positive[~chosen].sum()),
             }

@@ -85,12 +85,14 @@ def detected(detection: dict) -> list[tuple[float, str, str, int]]:
 
 
 def moves(plain: list[float] | np.ndarray, pushed: list[float] | np.ndarray) -> dict:
-    """How many pairs could move toward the target, and the share of those that did."""
+    """How many pairs could move toward the target, and the share of those, and of all pairs,
+    that did."""
     movable = [i for i, x in enumerate(plain) if x <= AT_TARGET]
     moved = sum(pushed[i] - plain[i] > MIN_MOVE for i in movable)
     return {
         "pairs_already_at_target": len(plain) - len(movable),
         "toward_target_share": round(moved / len(movable), 3) if movable else None,
+        "moved_share_of_all_pairs": round(moved / len(plain), 3),
     }
 
 
@@ -139,13 +141,12 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
             for alpha in sel.alphas:
                 steered = [codes(p, s, SteeringSpec((FeatureSteer(feature, alpha),))) for p, s in pairs]
                 after = scorer.score_codes(concept, steered)
-                moved = (before <= AT_TARGET) & (after - before > MIN_MOVE)
                 tried.append({
                     "value": value,
                     "feature": int(feature),
                     "alpha": alpha,
                     "auroc_selection": auroc,
-                    "moved_share": round(float(moved.mean()), 3),
+                    "moved_share": moves(before, after)["moved_share_of_all_pairs"],
                     "mean_rise": round(float((after - before).mean()), 4),
                     "grammar_loglik": round(float(scorer.code_quality(steered)["grammar_loglik"].mean()), 3),
                 })  # fmt: skip
