@@ -55,6 +55,7 @@ gpu-check:
 	PYTHONPATH=. $(GPU_PY) -m pytest -q -m cuda -p no:cacheprovider
 	PYTHONPATH=. $(GPU_PY) bench/stream.py --device cuda --dtype float16 --model random-small
 	PYTHONPATH=. $(GPU_PY) bench/stream.py --device cuda --dtype bfloat16 --model random-small,random-medium,random-large
+	PYTHONPATH=. $(GPU_PY) bench/live.py --device cuda --dtype float16 --model random-small --seconds 120
 	PYTHONPATH=. $(GPU_PY) bench/harvest.py --model random-small --device cuda --clips 64 --layers 6,12,18 --batch-clips 1,16
 	-PYTHONPATH=. $(GPU_PY) bench/sae_train.py --device cuda --d 1024 --expansion 32 --k 100 --steps 300 --against sparsify
 

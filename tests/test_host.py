@@ -93,7 +93,7 @@ def test_latency_is_measured_while_playing(tiny_lm, tiny_sae):
         host.stop()
     assert status.latency_ms_p50 is not None
     # at least the lookahead (200 ms) minus a chunk: how much more depends on this machine's
-    # speed, as do underruns, so neither is asserted here (bench/stream.py measures them)
+    # speed, as do underruns, so neither is asserted here (bench/live.py measures them)
     assert status.latency_ms_p50 > 150 and status.latency_ms_p95 >= status.latency_ms_p50
     assert status.x_realtime > 0 and f"underruns {status.underruns}" in status.line()
 
@@ -152,7 +152,7 @@ def test_ninety_seconds_of_endless_play(tiny_lm, tiny_sae):
     finally:
         host.stop()
     # 92 s of wall time: at least half of it played (a busy machine may underrun; the speed
-    # and underruns are bench/stream.py's figures, not this test's)
+    # and underruns are bench/live.py's figures, not this test's)
     assert status.position_s >= 45
     assert status.reprimes >= 1
     assert rss["late"] - rss["early"] < 40, rss

@@ -1,0 +1,108 @@
+"""A live set, measured: the engine plays for `--seconds` into a null sink (a sound card's
+clock without sound) while a knob turns every `--knob-every-ms`, steering an SAE feature, with
+4 meters on. Prints one JSON object: underruns, speed (`x_realtime`: audio seconds generated
+per second of compute; real time needs ≥ 1), step ms and knob→sound latency p50/p95, time to
+first audio, re-primes, and memory early and late (process RSS; GPU memory on CUDA).
+
+Underruns and speed depend on how busy the machine is, so they are this benchmark's figures,
+not assertions in the tests (tests/test_host.py checks that play goes on).
+
+    python bench/live.py [--model tiny|random-small|random-large] [--device auto] [--dtype auto]
+                         [--seconds 120] [--knob-every-ms 500] [--no-graph]
+                         [--lookahead-ms 300] [--chunk 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from stream import make_sae
+
+from engine.audio import NullSink
+from engine.codec_stream import ChunkConfig
+from engine.host import Host, HostConfig
+from engine.model import load_musicgen
+from engine.params import ParameterBus
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def memory_mb(device: torch.device) -> dict:
+    out = {"rss_mb": round(rss_mb(), 1)}
+    if device.type == "cuda":
+        out["gpu_allocated_mb"] = round(torch.cuda.memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--seconds", type=float, default=120.0, help="wall seconds to play")
+    p.add_argument("--knob-every-ms", type=float, default=500.0)
+    p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=True, help="CUDA graph replay")
+    p.add_argument("--lookahead-ms", type=float, default=HostConfig.lookahead_ms, help="audio kept queued")
+    p.add_argument("--chunk", type=int, default=ChunkConfig.chunk, help="frames decoded at a time")
+    args = p.parse_args()
+    lm = load_musicgen(args.model, args.device, args.dtype)
+    sae = make_sae(lm, expansion=8, k=32)
+    bus = ParameterBus(knob_count=1, feature_count=sae.cfg.d_sae, smoothing_ms=50.0)
+    bus.configure_knob(0, features=[(0, 1.0)])
+    host = Host(
+        lm,
+        bus,
+        NullSink(lm.sample_rate),
+        sae,
+        HostConfig(
+            lookahead_ms=args.lookahead_ms, chunk=ChunkConfig(chunk=args.chunk), meters=[0, 1, 2, 3], graph=args.graph
+        ),
+    )
+    started = time.perf_counter()
+    host.start()
+    try:
+        while host.status().generated_s == 0 and host.error is None:
+            time.sleep(0.005)
+        first_audio_ms = 1000 * (time.perf_counter() - started)
+        memory, turns, period = {}, 0, args.knob_every_ms / 1000
+        while (elapsed := time.perf_counter() - started) < args.seconds and host.error is None:
+            time.sleep(period)
+            turns += 1
+            bus.set_knob(0, (turns % 10) / 10)
+            if "early" not in memory and elapsed >= min(25.0, args.seconds / 4):
+                memory["early"] = memory_mb(lm.device)
+        memory["late"] = memory_mb(lm.device)
+        status = host.status()
+    finally:
+        host.stop()
+    print(json.dumps({
+        "model": args.model,
+        "device": str(lm.device),
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "graph": args.graph,
+        "lookahead_ms": args.lookahead_ms,
+        "chunk_frames": args.chunk,
+        "seconds": args.seconds,
+        "knob_turns": turns,
+        "error": None if host.error is None else str(host.error),
+        "played_s": round(status.position_s, 1),
+        "underruns": status.underruns,
+        "x_realtime": round(status.x_realtime, 2),
+        "step_ms_p50": round(status.step_ms_p50, 2),
+        "step_ms_p95": round(status.step_ms_p95, 2),
+        "knob_to_sound_ms_p50": None if status.latency_ms_p50 is None else round(status.latency_ms_p50),
+        "knob_to_sound_ms_p95": None if status.latency_ms_p95 is None else round(status.latency_ms_p95),
+        "first_audio_ms": round(first_audio_ms),
+        "reprimes": status.reprimes,
+        "memory": memory,
+    }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
