@@ -4,14 +4,15 @@
 2. Features: harvest prompted generations, train a TopK SAE, and for every planted attribute
    value the best feature's detection AUROC on held-out windows (sae/world/detect.py).
 3. Steering: per attribute, a value, a feature and an α chosen on selection pairs of their own
-   (sae/world/pipeline.py `choose_steering`: among each value's best detectors, the one that
-   moves the most pairs toward its value without breaking the grammar), then tested on other
-   prompts and seeds that never name the attribute (`eval-steer` with the world scorer): of
-   the (prompt, seed) pairs whose unsteered clip is not at the target already, the share whose
-   exact posterior of the target rises by more than 0.01 against the same seed unsteered; the
-   Wilcoxon p against the unsteered and the matched-norm random direction, the prompt baseline
-   (the target named in the prompt), and how the quality proxies (grammar log-likelihood per
-   token, token entropy) move with α.
+   (sae/world/pipeline.py `choose_steering`: among each value's best detectors and the features
+   aligned with the direction its clips' openings take, the one that moves the most pairs
+   toward its value without breaking the grammar), then tested on other prompts and seeds that
+   never name the attribute (`eval-steer` with the world scorer): of the (prompt, seed) pairs
+   whose unsteered clip is not at the target already, the share whose exact posterior of the
+   target rises by more than 0.01 against the same seed unsteered; the Wilcoxon p against the
+   unsteered and the matched-norm random direction, the prompt baseline (the target named in
+   the prompt), and how the quality proxies (grammar log-likelihood per token, token entropy)
+   move with α.
 
     python bench/world.py --model WORLD_DIR [--clips 256] [--select-alphas 2,4,8] [--alphas 1,2,4,8] [--out DIR]
 """
@@ -25,8 +26,11 @@ import time
 from pathlib import Path
 
 from engine.model import load_musicgen
-from sae.eval_steer import EvalConfig, evaluate_steering
+from engine.render import render
+from engine.tokenloop import SamplingConfig
+from sae.eval_steer import EvalConfig, evaluate_steering, paired_test
 from sae.files import load_sae
+from sae.labelers.base import WindowCodes
 from sae.labelers.world import WorldLabeler, label_text
 from sae.world.detect import feature_detection
 from sae.world.grammar import ATTRIBUTES
@@ -34,6 +38,7 @@ from sae.world.pipeline import (
     SteerSelection,
     WorldSAEConfig,
     choose_steering,
+    contrast_direction,
     harvest_and_train,
     moves,
     neutral_prompts,
@@ -48,12 +53,14 @@ def steering(lm, loaded, detection: dict, args) -> dict:
         choice = choose_steering(lm, loaded, detection, attribute, selection)
         chosen = choice["chosen"]
         if chosen is None:
-            out[attribute] = {"skipped": "no candidate feature detects a value at the selection AUROC", **choice}
+            why = "no detector reaches the selection AUROC and no aligned feature is listed"
+            out[attribute] = {"skipped": why, **choice}
             continue
         feature, alpha = chosen["feature"], chosen["alpha"]
         concept = label_text(attribute, chosen["value"])
         prompts = tuple(neutral_prompts(attribute, args.prompts, args.seed))
         seeds = tuple(range(args.seeds))
+        pairs = [(p, s) for p in prompts for s in seeds]
         base = EvalConfig(features=(feature,), concepts={feature: concept}, prompts=prompts, seeds=seeds,
                           seconds=args.seconds, alpha=alpha, significance=0.01)  # fmt: skip
         report = evaluate_steering(lm, loaded, scorer, base)["features"][0]
@@ -69,6 +76,7 @@ def steering(lm, loaded, detection: dict, args) -> dict:
                 "quality": r["quality"],
             }
         value = detection["values"][f"{attribute}={chosen['value']}"]
+        contrast = contrast_baseline(lm, loaded, attribute, chosen, pairs, report, args)
         out[attribute] = {
             "target": concept,
             "feature": feature,
@@ -82,9 +90,31 @@ def steering(lm, loaded, detection: dict, args) -> dict:
             "p_vs_random": vs["random"]["p"],
             "steered_minus_prompt": vs["prompt"]["gain"],
             "quality": report["quality"],
+            "contrast_direction": contrast,
             "alpha_sweep": sweep,
         }
     return out
+
+
+def contrast_baseline(lm, loaded, attribute: str, chosen: dict, pairs, report: dict, args) -> dict:
+    """The same test pairs pushed along the target's prompt-contrast direction at the chosen
+    feature's norm: the best one direction at this layer could do, to compare the feature with."""
+    feature, alpha = chosen["feature"], chosen["alpha"]
+    pushed = alpha * loaded.require_stats().max_activation[feature] * loaded.sae.W_dec[feature].detach().cpu()
+    direction = contrast_direction(lm, loaded.cfg.hook_layer, attribute, chosen["value"], seed=args.seed)
+    vector = direction / direction.norm() * pushed.norm()
+    concept = label_text(attribute, chosen["value"])
+    codes = [
+        WindowCodes(render(lm, p, args.seconds, SamplingConfig(seed=s), sae=loaded, vector=vector).codes.numpy())
+        for p, s in pairs
+    ]
+    scores = WorldLabeler(lm.codebook_size).score_codes(concept, codes)
+    return {
+        "cosine_with_feature": round(float(direction @ pushed / (direction.norm() * pushed.norm())), 3),
+        **moves(report["scores"]["none"], scores),
+        "mean_target_posterior": round(float(scores.mean()), 5),
+        "p_vs_none": paired_test(scores, report["scores"]["none"])["p"],
+    }
 
 
 def main() -> None:

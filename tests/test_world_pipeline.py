@@ -20,8 +20,8 @@ from sae.labelers.world import WorldLabeler, parse_label
 from sae.store import ActivationStore, StoreMeta, StoreWriter
 from sae.topk import SAEConfig, TopKSAE
 from sae.world.detect import feature_detection
-from sae.world.grammar import TIMBRES, Attributes, sample_attributes, sample_clip
-from sae.world.pipeline import SteerSelection, choose_steering
+from sae.world.grammar import OPENING_FRAMES, TIMBRES, Attributes, sample_attributes, sample_clip
+from sae.world.pipeline import SteerSelection, choose_steering, contrast_direction
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
 BRIGHT, DARK = TIMBRES["bright"], TIMBRES["dark"]
@@ -52,13 +52,15 @@ def test_the_world_labeler_names_what_the_top_windows_share():
 
 
 def planted_store(folder, rng, clips: int = 40, frames: int = 100) -> ActivationStore:
-    """Activations whose dimension 0 is on exactly in bright clips and dimension 1 in fast
-    ones (plus noise), beside the clips' real tokens."""
+    """Activations whose dimension 0 is on exactly in bright clips, and in fast ones dimension 2
+    during the opening (the plan) and dimension 1 after it (the music showing it), plus noise,
+    beside the clips' real tokens."""
     writer = StoreWriter(folder, StoreMeta("planted", (0,), 8, "float32", "generation", 4))
     for i, (attrs, codes) in enumerate(clips_with(rng, frames, clips)):
         acts = torch.from_numpy(rng.normal(0, 0.1, (frames, 8))).float().abs()
         acts[:, 0] += float(attrs.timbre == "bright")
-        acts[:, 1] += float(attrs.tempo == "fast")
+        acts[OPENING_FRAMES:, 1] += float(attrs.tempo == "fast")
+        acts[:OPENING_FRAMES, 2] += float(attrs.tempo == "fast")
         writer.add_clip(f"c{i}", {0: acts}, torch.from_numpy(codes))
     writer.flush()
     return ActivationStore(folder)
@@ -76,6 +78,10 @@ def test_feature_detection_finds_the_planted_features_on_held_out_windows(tmp_pa
     assert result["values"]["timbre=bright"]["auroc_held_out"] == 1.0
     assert result["values"]["tempo=fast"]["feature"] == 1
     assert result["values"]["tempo=fast"]["auroc_held_out"] == 1.0
+    # what the openings differ by is the plan, not what best detects the music
+    (first, cosine), *_ = result["values"]["tempo=fast"]["aligned"]
+    assert first == 2 and cosine > 0.9
+    assert result["values"]["timbre=bright"]["aligned"][0][0] == 0
     # the key is planted nowhere: no feature detects it reliably on held-out windows
     keys = [v["auroc_held_out"] for k, v in result["values"].items() if k.startswith("key=") and "feature" in v]
     assert keys and min(keys) < 0.9
@@ -156,6 +162,21 @@ def test_the_feature_chosen_to_steer_with_is_the_one_that_moves_the_music(plante
     assert chosen["alpha"] == 1.0  # as good as α 2 here, so the gentler one
     # music below the quality floor is never chosen (0 is the grammar's best log-likelihood)
     assert choose_steering(lm, loaded, detection, "timbre", replace(sel, quality_floor=0.5))["chosen"] is None
+    # a feature aligned with the value's opening direction is tried beside the detectors
+    aligned = {"values": {"timbre=bright": {"feature": 1, "candidates": [[1, 1.0]], "aligned": [[1, 0.9], [0, 0.8]]}}}
+    choice = choose_steering(lm, loaded, aligned, "timbre", replace(sel, alphas=(1.0,)))
+    assert [(t["feature"], t["source"]) for t in choice["tried"]] == [(1, "detector"), (0, "aligned")]
+    assert choice["chosen"]["feature"] == 0
+
+
+def test_the_contrast_direction_is_what_the_prompt_changes_at_the_opening(planted_effect):
+    lm, _ = planted_effect
+    fast = contrast_direction(lm, 0, "tempo", "fast", draws=2)
+    slow = contrast_direction(lm, 0, "tempo", "slow", draws=2)
+    assert fast.shape == (lm.hidden_size,) and fast.norm() > 0  # the prompt reaches the residual
+    assert torch.allclose(fast, -slow, atol=1e-5)  # paired draws: only the asked value differs
+    keys = [contrast_direction(lm, 0, "key", key, draws=2) for key in ("C major", "A minor")]
+    assert not torch.allclose(keys[0], -keys[1], atol=1e-3)  # eight keys: each against the other seven
 
 
 def test_eval_steer_cli_takes_the_world_scorer(planted_effect, tmp_path, capsys):

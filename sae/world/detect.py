@@ -10,6 +10,12 @@ ones measured on the same data.
 Two comparisons say what a miss means: a logistic probe on the residual windows themselves
 (is the information there at all?), and the same measure for every key × register pair (does
 the SAE spend its features on the pair instead of on the key?).
+
+Beside the detectors, each value lists the features whose decoder directions best align with
+the direction by which its clips' *openings* differ from the others' (the mean residual of the
+first `OPENING_FRAMES` frames): candidates to steer with. A detector fires on what the music shows
+(a fast clip's note onsets); the model decides an attribute at the opening (its tempo at the
+first note change) and then copies its own past, so what steers is what it reads then.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from scipy.stats import rankdata
 
 from sae.files import LoadedSAE
 from sae.store import ActivationStore
-from sae.world.grammar import ATTRIBUTES, ExactScorer
+from sae.world.grammar import ATTRIBUTES, OPENING_FRAMES, ExactScorer
 
 
 @dataclass(frozen=True)
@@ -30,17 +36,25 @@ class Windows:
     activations: np.ndarray  # [windows, d_sae]: mean feature activation over the window's frames
     residual: np.ndarray  # [windows, d_in]: mean residual activation (what the SAE reads)
     clip: np.ndarray  # [windows]: store clip index
+    opening: np.ndarray  # [clips, d_in]: each clip's mean residual over its first opening frames
 
 
 @torch.no_grad()
-def window_activations(store: ActivationStore, loaded: LoadedSAE, layer: int, frames: int) -> Windows:
+def window_activations(
+    store: ActivationStore, loaded: LoadedSAE, layer: int, frames: int, opening_frames: int = 1
+) -> Windows:
     """Mean SAE activations, and mean residual activations, over consecutive `frames`-frame
-    windows of every clip."""
+    windows of every clip; and each clip's mean residual over its first `opening_frames`."""
     acts, residual, clips = [], [], []
+    open_sums = torch.zeros(len(store.clips), loaded.cfg.d_in, dtype=torch.float64)
+    open_counts = torch.zeros(len(store.clips), dtype=torch.float64)
     for shard, offset in store.iter_shards(store.check_layer(layer)):
         x = shard["acts"].float()
         both = torch.cat([loaded.sae.encode(x.to(loaded.sae.W_enc.device)).cpu(), x], dim=1)
         clip, frame = shard["clip"].long() + offset, shard["frame"].long()
+        early = frame < opening_frames
+        open_sums.index_add_(0, clip[early], x[early].double())
+        open_counts.index_add_(0, clip[early], torch.ones(int(early.sum()), dtype=torch.float64))
         key = clip * 1_000_000 + frame // frames  # one id per (clip, window)
         ids, inverse = torch.unique(key, return_inverse=True)
         sums = torch.zeros(len(ids), both.shape[1]).index_add_(0, inverse, both)
@@ -50,7 +64,17 @@ def window_activations(store: ActivationStore, loaded: LoadedSAE, layer: int, fr
         acts.append(means[:, : loaded.cfg.d_sae])
         residual.append(means[:, loaded.cfg.d_sae :])
         clips.append((ids // 1_000_000)[whole].numpy())
-    return Windows(np.concatenate(acts), np.concatenate(residual), np.concatenate(clips))
+    opening = (open_sums / open_counts.clamp(min=1)[:, None]).float().numpy()
+    return Windows(np.concatenate(acts), np.concatenate(residual), np.concatenate(clips), opening)
+
+
+def aligned_features(loaded: LoadedSAE, opening: np.ndarray, positive: np.ndarray, count: int) -> list[list]:
+    """The `count` features whose decoder directions have the largest cosine with the mean
+    opening residual of the `positive` clips minus that of the others, with the cosines."""
+    direction = torch.from_numpy(opening[positive].mean(0) - opening[~positive].mean(0)).float()
+    w_dec = loaded.sae.W_dec.detach().float().cpu()
+    cosine = (w_dec @ direction) / (w_dec.norm(dim=1) * direction.norm()).clamp(min=1e-12)
+    return [[int(f), round(float(cosine[f]), 4)] for f in torch.argsort(-cosine)[:count]]
 
 
 def probe_auroc(x: np.ndarray, positive: np.ndarray, chosen: np.ndarray, l2: float = 1e-3) -> float:
@@ -101,13 +125,15 @@ def feature_detection(
     candidates: int = 3,
 ) -> dict:
     """Per attribute value: the best feature (chosen on even clips) and its held-out AUROC (odd
-    clips), with the `candidates` best by their selection AUROC (for choosing a feature to
-    steer with), and a logistic probe's held-out AUROC on the residual itself; the same for
+    clips), with the `candidates` best by their selection AUROC and as many `aligned` with the
+    value's opening direction on the even clips (for choosing a feature to steer with), and a
+    logistic probe's held-out AUROC on the residual itself; the same, but for `aligned`, for
     every key × register pair (`conjunctions`); JSON-ready."""
     frames = max(1, round(window_s * frame_rate))
-    windows = window_activations(store, loaded, layer, frames)
+    windows = window_activations(store, loaded, layer, frames, OPENING_FRAMES)
     truth = clip_truth(store, codebook_size)
     chosen = windows.clip % 2 == 0
+    even_clips = np.arange(len(truth)) % 2 == 0
 
     def detect(labels: np.ndarray) -> dict[str, dict]:
         found = {}
@@ -134,7 +160,12 @@ def feature_detection(
     values: dict[str, dict] = {}
     for name in ATTRIBUTES:
         labels = np.array([truth[c][name] for c in windows.clip])
-        values |= {f"{name}={value}": result for value, result in detect(labels).items()}
+        per_clip = np.array([t[name] for t in truth])[even_clips]
+        for value, result in detect(labels).items():
+            if "feature" in result:
+                positive = per_clip == value
+                result["aligned"] = aligned_features(loaded, windows.opening[even_clips], positive, candidates)
+            values[f"{name}={value}"] = result
     pairs = np.array([f"{truth[c]['key']}, {truth[c]['register']}" for c in windows.clip])
     conjunctions = {f"key×register={value}": result for value, result in detect(pairs).items()}
     measured = [v["auroc_held_out"] for v in values.values() if "auroc_held_out" in v]

@@ -41,6 +41,7 @@ BAR = 4  # notes per bar: the tonic, the third, two free notes
 THIRD = 2  # index of the third in scale_notes
 KICK, SNARE = 1, 2
 EPSILON = 0.01
+OPENING_FRAMES = min(TEMPOS.values())  # the shortest note: a clip's opening, before any note changes
 
 ATTRIBUTES = ("key", "register", "tempo", "timbre", "density")
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from engine.hooks import recording
 from engine.model import LoadedModel
 from engine.render import render
 from engine.steering import FeatureSteer, SteeringSpec
@@ -19,7 +21,7 @@ from sae.labelers.base import WindowCodes
 from sae.labelers.world import WorldLabeler, label_text
 from sae.store import ActivationStore
 from sae.train import TrainConfig, Trainer
-from sae.world.grammar import ATTRIBUTES, prompt_for, sample_attributes
+from sae.world.grammar import ATTRIBUTES, OPENING_FRAMES, Attributes, attribute_values, prompt_for, sample_attributes
 
 AT_TARGET = 0.99  # an unsteered clip whose target posterior is above this cannot move toward it
 MIN_MOVE = 0.01  # a rise of the target posterior smaller than this is not a move (1e-9 → 1e-7 is not)
@@ -105,7 +107,8 @@ class SteerSelection:
     seconds: float = 3.0
     alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
     candidates: int = 2  # a value's best detectors tried
-    min_auroc: float = 0.9  # a candidate must detect its value this well on the selection clips
+    min_auroc: float = 0.9  # a detector must detect its value this well on the selection clips
+    aligned: int = 2  # and a value's features best aligned with its opening direction
     quality_floor: float = -1.0  # grammar log-likelihood per token a choice may not fall below
     seed: int = 1  # of the selection prompts
 
@@ -116,10 +119,12 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
 
     The feature that best *detects* a value need not be the one that *causes* it (a feature of
     note onsets detects fast music and does not make music fast), so every value's candidate
-    detectors are tried at each α under neutral prompts, and the choice is the one that moves
-    the most pairs toward its value (of all pairs: a value the model already writes leaves no
-    room to show anything), then the larger mean rise, then the smaller α; a choice whose
-    music falls below the quality floor is never taken. None when no candidate qualifies."""
+    detectors, and the features aligned with the direction its clips' openings take (where
+    the model decides), are tried at each α under neutral prompts, and the choice is the one
+    that moves the most pairs toward its value (of all pairs: a value the model already writes
+    leaves no room to show anything), then the larger mean rise, then the smaller α; a choice
+    whose music falls below the quality floor is never taken. None when no candidate
+    qualifies."""
     scorer = WorldLabeler(lm.codebook_size)
     pairs = [(p, s) for p in neutral_prompts(attribute, sel.prompts, sel.seed) for s in sel.seeds]
 
@@ -135,9 +140,7 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
             continue
         concept = label_text(name, value)
         before = scorer.score_codes(concept, plain)
-        for feature, auroc in result["candidates"][: sel.candidates]:
-            if auroc < sel.min_auroc:
-                continue
+        for feature, source in candidates(result, sel):
             for alpha in sel.alphas:
                 steered = [codes(p, s, SteeringSpec((FeatureSteer(feature, alpha),))) for p, s in pairs]
                 after = scorer.score_codes(concept, steered)
@@ -145,7 +148,7 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
                     "value": value,
                     "feature": int(feature),
                     "alpha": alpha,
-                    "auroc_selection": auroc,
+                    "source": source,
                     "moved_share": moves(before, after)["moved_share_of_all_pairs"],
                     "mean_rise": round(float((after - before).mean()), 4),
                     "grammar_loglik": round(float(scorer.code_quality(steered)["grammar_loglik"].mean()), 3),
@@ -155,3 +158,33 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
         return {"attribute": attribute, "chosen": None, "tried": tried}
     best = max(allowed, key=lambda t: (t["moved_share"], t["mean_rise"], -t["alpha"]))
     return {"attribute": attribute, "chosen": best, "selection_pairs": len(pairs), "tried": tried}
+
+
+def candidates(result: dict, sel: SteerSelection) -> list[tuple[int, str]]:
+    """(feature, why it is tried) for one value: its best detectors above the AUROC bar, then
+    its best-aligned features not already among them."""
+    out = [(int(f), "detector") for f, auroc in result["candidates"][: sel.candidates] if auroc >= sel.min_auroc]
+    seen = {f for f, _ in out}
+    out += [(int(f), "aligned") for f, _ in result.get("aligned", [])[: sel.aligned] if int(f) not in seen]
+    return out
+
+
+@torch.no_grad()
+def contrast_direction(lm: LoadedModel, layer: int, attribute: str, value: str, draws: int = 16, seed: int = 0):
+    """The residual direction at `layer` by which the model's opening (its first
+    `OPENING_FRAMES` frames) differs when the prompt asks for `value` instead of the attribute's
+    other values, everything else drawn alike, seed for seed. A direction, not a feature: what
+    a push at this layer reaches when the SAE has no feature for it, so a miss can be told
+    apart as the dictionary's or the layer's."""
+    rng = np.random.default_rng([seed, 31])
+    values = attribute_values()[attribute]
+    sums = {v: torch.zeros(lm.hidden_size) for v in values}
+    for draw in range(draws):
+        drawn = sample_attributes(rng).as_dict()
+        for v in values:
+            prompt = prompt_for(Attributes(**(drawn | {attribute: v})), (attribute,))
+            with recording(lm, [layer], cfg_doubled=True) as taps:
+                render(lm, prompt, OPENING_FRAMES / lm.frame_rate, SamplingConfig(seed=draw), graph=False)
+                sums[v] += taps[layer].take()[0].float().mean(0).cpu()
+    others = torch.stack([sums[v] for v in values if v != value]).mean(0)
+    return (sums[value] - others) / draws
