@@ -25,8 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from engine.model import load_musicgen
 from engine.render import render
+from engine.steering import FeatureSteer, SteeringSpec, build_plan
 from engine.tokenloop import SamplingConfig
 from sae.eval_steer import EvalConfig, evaluate_steering, paired_test
 from sae.files import load_sae
@@ -99,8 +102,8 @@ def steering(lm, loaded, detection: dict, args) -> dict:
 def contrast_baseline(lm, loaded, attribute: str, chosen: dict, pairs, report: dict, args) -> dict:
     """The same test pairs pushed along the target's prompt-contrast direction at the chosen
     feature's norm: the best one direction at this layer could do, to compare the feature with."""
-    feature, alpha = chosen["feature"], chosen["alpha"]
-    pushed = alpha * loaded.require_stats().max_activation[feature] * loaded.sae.W_dec[feature].detach().cpu()
+    spec = SteeringSpec((FeatureSteer(chosen["feature"], chosen["alpha"]),))
+    pushed = build_plan(spec, loaded, torch.device("cpu"), torch.float32).vector
     direction = contrast_direction(lm, loaded.cfg.hook_layer, attribute, chosen["value"], seed=args.seed)
     vector = direction / direction.norm() * pushed.norm()
     concept = label_text(attribute, chosen["value"])

@@ -13,9 +13,9 @@ the SAE spend its features on the pair instead of on the key?).
 
 Beside the detectors, each value lists the features whose decoder directions best align with
 the direction by which its clips' *openings* differ from the others' (the mean residual of the
-first `OPENING_FRAMES` frames): candidates to steer with. A detector fires on what the music shows
-(a fast clip's note onsets); the model decides an attribute at the opening (its tempo at the
-first note change) and then copies its own past, so what steers is what it reads then.
+first `OPENING_FRAMES` frames): candidates to steer with. A detector fires on what the music
+shows (a fast clip's note onsets); the model decides an attribute at the opening (its tempo at
+the first note change) and then copies its own past, so what steers is what it reads then.
 """
 
 from __future__ import annotations
