@@ -134,6 +134,7 @@ def feature_detection(
     truth = clip_truth(store, codebook_size)
     chosen = windows.clip % 2 == 0
     even_clips = np.arange(len(truth)) % 2 == 0
+    openings = windows.opening[even_clips]
 
     def detect(labels: np.ndarray) -> dict[str, dict]:
         found = {}
@@ -164,7 +165,7 @@ def feature_detection(
         for value, result in detect(labels).items():
             if "feature" in result:
                 positive = per_clip == value
-                result["aligned"] = aligned_features(loaded, windows.opening[even_clips], positive, candidates)
+                result["aligned"] = aligned_features(loaded, openings, positive, candidates)
             values[f"{name}={value}"] = result
     pairs = np.array([f"{truth[c]['key']}, {truth[c]['register']}" for c in windows.clip])
     conjunctions = {f"key×register={value}": result for value, result in detect(pairs).items()}
