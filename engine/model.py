@@ -132,12 +132,19 @@ def _own_codec(spec: str):
     marker = Path(spec).expanduser() / WORLD_FILE
     if not marker.is_file():
         return None
-    from engine.synth_codec import SynthCodec
+    from engine.synth_codec import TOKEN_LAYOUT, SynthCodec
 
     try:
-        return SynthCodec(int(json.loads(marker.read_text())["codebook_size"]))
+        world = json.loads(marker.read_text())
+        codec = SynthCodec(int(world["codebook_size"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise MgsteerError(f"{marker} is damaged ({exc}): train the world again with mgsteer world train") from exc
+    if world.get("tokens", 1) != TOKEN_LAYOUT:
+        raise MgsteerError(
+            f"{marker.parent} was trained on an older synth codec's tokens: train it again "
+            f"(mgsteer world train --out {marker.parent} --overwrite)"
+        )
+    return codec
 
 
 # Older versions build MusicGen's positional arange on the CPU while a static cache's length

@@ -4,10 +4,16 @@ Four codebooks at 50 Hz, each token a direct instruction to a small synthesizer:
 
 | codebook | token t means |
 |---|---|
-| 0 pitch | 0: rest; otherwise MIDI note t (f0 = 440 · 2^((t − 69) / 12)) |
-| 1 loudness | 0: silent; otherwise a level of (t / (V − 1) − 1) · 48 dB (V − 1: 0 dB) |
+| 0 pitch class | 0: rest; otherwise pitch class (t − 1) mod 12 (0: C … 11: B) |
+| 1 octave, level | 0: silent; otherwise octave (t − 1) div 16 and level step (t − 1) mod 16 |
 | 2 timbre | t mod 4 is the waveform (sine, triangle, square, saw); t div 4 the brightness step |
 | 3 percussion | t mod 4: none, kick, snare, hat; struck at the frame's start |
+
+A sounding frame's MIDI note is 12 · (octave + 1) + pitch class (octave 4 holds middle C, f0 =
+440 · 2^((note − 69) / 12)); its level is (step / 15 − 1) · 48 dBFS (step 15: 0 dB). Pitch class
+and octave are separate codebooks so that what a key allows (its pitch classes) is the same
+tokens in every register: a model, and a dictionary of its features, can then hold a key
+apart from the octave it is played in.
 
 Rendering is additive synthesis with a phase-continuous oscillator, frequency and level
 interpolated across each frame (so notes glide and swell rather than click), a one-frame
@@ -31,7 +37,11 @@ from engine.errors import MgsteerError
 
 WAVEFORMS = ("sine", "triangle", "square", "saw")
 DRUMS = ("none", "kick", "snare", "hat")
+# Which token meanings a world was trained on (its world.json says): 1 had codebook 0 a MIDI
+# note and codebook 1 a level; 2 is the layout above. A model's tokens mean nothing in another.
+TOKEN_LAYOUT = 2
 RANGE_DB = 48.0
+LEVEL_STEPS = 16
 HARMONICS = 24
 
 
@@ -39,9 +49,25 @@ def midi_hz(note: float) -> float:
     return 440.0 * 2.0 ** ((note - 69.0) / 12.0)
 
 
-def level_db(token: int, vocab: int) -> float | None:
-    """The loudness token's level in dBFS (None: silent)."""
-    return None if token <= 0 else (token / (vocab - 1) - 1.0) * RANGE_DB
+def note_tokens(notes: np.ndarray, level: int) -> np.ndarray:
+    """Codebooks 0 and 1 (`[2, frames]`) of a MIDI note per frame (12–107; 0: a rest) at level
+    step `level` (0–15)."""
+    notes = np.asarray(notes, dtype=np.int64)
+    octave, pitch_class = np.divmod(notes, 12)
+    tokens = np.stack([1 + pitch_class, 1 + LEVEL_STEPS * (octave - 1) + level])
+    return np.where(notes > 0, tokens, 0)
+
+
+def token_notes(pitch: np.ndarray, octave_level: np.ndarray) -> np.ndarray:
+    """MIDI notes of codebooks 0 and 1 frame by frame (0 where a frame is a rest or silent)."""
+    pitch, octave_level = np.asarray(pitch), np.asarray(octave_level)
+    notes = 12 * ((octave_level - 1) // LEVEL_STEPS + 1) + (pitch - 1) % 12
+    return np.where((pitch > 0) & (octave_level > 0), notes, 0)
+
+
+def level_db(token: int) -> float | None:
+    """The octave-level token's level in dBFS (None: silent)."""
+    return None if token <= 0 else ((token - 1) % LEVEL_STEPS / (LEVEL_STEPS - 1) - 1.0) * RANGE_DB
 
 
 def harmonic_weights(timbre: int, count: int = HARMONICS) -> np.ndarray:
@@ -88,12 +114,12 @@ class SynthCodec:
         drums = self._drums(codes[3])
         return np.clip(tone + drums, -1.0, 1.0)
 
-    def _tone(self, pitch: np.ndarray, loud: np.ndarray, timbre: np.ndarray) -> np.ndarray:
+    def _tone(self, pitch: np.ndarray, octave_level: np.ndarray, timbre: np.ndarray) -> np.ndarray:
         hop, frames, sr = self.hop, len(pitch), self.sample_rate
-        sounding = (pitch > 0) & (loud > 0)
-        f0 = np.array([midi_hz(p) if p > 0 else 0.0 for p in pitch])
-        amp = np.array([10 ** (level_db(int(v), self.codebook_size) / 20) if v > 0 else 0.0 for v in loud])
-        amp = np.where(sounding, amp, 0.0)
+        notes = token_notes(pitch, octave_level)
+        f0 = np.array([midi_hz(n) if n > 0 else 0.0 for n in notes])
+        levels = [level_db(int(v)) for v in octave_level]
+        amp = np.array([10 ** (db / 20) if n > 0 else 0.0 for n, db in zip(notes, levels, strict=True)])
         # Hold a rest's frequency at the next note's, so a note starts on pitch.
         for i in range(frames - 2, -1, -1):
             if f0[i] == 0.0:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.errors import MgsteerError
-from engine.synth_codec import SynthCodec
+from engine.synth_codec import SynthCodec, note_tokens
 from sae.labelers import build_labelers
 from sae.labelers.base import WindowSet
 from sae.labelers.notes import NotesLabeler, NoteTranscriber
@@ -21,9 +21,8 @@ MELODY = (60, 64, 67, 72, 57, 62, 65, 69)  # MIDI notes, 0.5 s each
 def rendered(notes, frames_per_note: int = 25, timbre: int = 1) -> tuple[np.ndarray, int]:
     codec = SynthCodec(128)
     codes = np.zeros((4, frames_per_note * len(notes)), np.int64)
-    codes[1], codes[2] = 110, timbre
-    for i, note in enumerate(notes):
-        codes[0, i * frames_per_note : (i + 1) * frames_per_note] = note
+    codes[:2] = note_tokens(np.repeat(notes, frames_per_note), level=13)
+    codes[2] = timbre
     return codec.decode(torch.from_numpy(codes)[None])[0].numpy(), codec.sample_rate
 
 

@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from engine.synth_codec import SynthCodec
-from sae.world.grammar import ATTRIBUTES, TEMPOS, Attributes, ExactScorer, prompt_for, sample_attributes, sample_clip
+from engine.synth_codec import SynthCodec, token_notes
+from sae.world.grammar import (
+    ATTRIBUTES,
+    REGISTERS,
+    TEMPOS,
+    Attributes,
+    ExactScorer,
+    attribute_values,
+    prompt_for,
+    sample_attributes,
+    sample_clip,
+)
 
 
 def test_the_scorer_recovers_every_planted_attribute():
@@ -44,7 +54,7 @@ def test_the_tempo_is_audible_as_note_changes_in_the_rendered_audio():
         attrs = sample_attributes(rng)
         attrs = type(attrs)(**{**attrs.as_dict(), "tempo": tempo})
         codes = sample_clip(rng, attrs, 100)
-        changes = np.count_nonzero(np.diff(codes[0]))
+        changes = np.count_nonzero(np.diff(token_notes(codes[0], codes[1])))
         assert changes <= 100 // length  # notes change only on the tempo's grid
         audio = codec.decode(torch.from_numpy(codes)[None])[0]
         assert audio.abs().max() > 0.1
@@ -60,8 +70,9 @@ def test_the_second_note_of_a_bar_is_the_third_and_tells_the_mode():
     rng = np.random.default_rng(5)
     for mode, third in (("major", 4), ("minor", 3)):
         attrs = Attributes(**{**sample_attributes(rng).as_dict(), "key": f"C {mode}", "tempo": "fast"})
-        pitch = sample_clip(rng, attrs, 40)[0]
-        assert pitch[10] - pitch[0] == third  # frame 10 starts the bar's second note
+        codes = sample_clip(rng, attrs, 40)
+        notes = token_notes(codes[0], codes[1])
+        assert notes[10] - notes[0] == third  # frame 10 starts the bar's second note
 
 
 def test_a_window_from_mid_clip_is_scored_from_where_it_starts():
@@ -73,3 +84,21 @@ def test_a_window_from_mid_clip_is_scored_from_where_it_starts():
         assert scorer.predict(clip[:, start : start + 200], start) == attrs
         aligned = scorer.log_likelihoods(clip[:, start : start + 200], start).max()
         assert aligned > scorer.log_likelihoods(clip[:, start : start + 200], start + 3).max()
+
+
+def test_a_key_writes_the_same_pitch_class_tokens_in_every_register():
+    """The key fixes codebook 0 alone, the register codebook 1 alone: neither is a conjunction."""
+    rng = np.random.default_rng(7)
+    for key in attribute_values()["key"]:
+        classes, octaves = {}, {}
+        for register in REGISTERS:
+            attrs = Attributes(key, register, "fast", "dark", "sparse")
+            codes = np.concatenate([sample_clip(rng, attrs, 400) for _ in range(5)], axis=1)
+            classes[register], octaves[register] = set(codes[0]), set(codes[1])
+        assert classes["low"] == classes["mid"] == classes["high"] and len(classes["low"]) == 7
+        assert octaves["low"] != octaves["mid"] != octaves["high"]
+    lows = {
+        frozenset(sample_clip(rng, Attributes(k, "low", "fast", "dark", "sparse"), 2000)[1])
+        for k in ("C major", "A minor")
+    }
+    assert len(lows) == 1  # the register's octaves whatever the key

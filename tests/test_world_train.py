@@ -9,10 +9,11 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from cli.demo import world_model
 from cli.main import main
 from engine.errors import MgsteerError
 from engine.model import load_musicgen
-from engine.synth_codec import SynthCodec
+from engine.synth_codec import TOKEN_LAYOUT, SynthCodec
 from sae.harvest import delayed_inputs, delayed_sequence
 from sae.world.train import WorldTrainConfig, WorldTrainer, prompted_accuracy
 
@@ -36,6 +37,24 @@ def test_a_trained_world_loads_with_its_synth_codec_and_renders(tmp_path, capsys
     assert sf.info(str(wav)).frames == 32000
     accuracy = prompted_accuracy(lm, generations=4, seconds=1.0)
     assert set(accuracy) >= {"key", "register", "tempo", "timbre", "density"}
+
+
+def test_a_world_on_an_older_token_layout_is_refused_in_one_line_and_the_demo_retrains_it(tmp_path):
+    """A world trained when codebook 0 was a MIDI note would decode to wrong pitches: loading
+    says so, and the demo's cached world is trained again rather than reused."""
+    out = tmp_path / "world"
+    cfg = WorldTrainConfig(steps=2, **SMALL)
+    WorldTrainer(out, cfg).run()
+    for name in ("world.json", "train_state.json"):  # what a world of the older layout has on disk
+        data = json.loads((out / name).read_text())
+        data.pop("tokens", None), data.get("config", {}).pop("tokens", None)
+        (out / name).write_text(json.dumps(data))
+    with pytest.raises(MgsteerError, match="older synth codec's tokens: train it again") as err:
+        load_musicgen(str(out), "cpu")
+    assert "\n" not in str(err.value)
+    lm = world_model(out, cfg)
+    assert isinstance(lm.own_codec, SynthCodec)
+    assert json.loads((out / "world.json").read_text())["tokens"] == TOKEN_LAYOUT
 
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -5,19 +5,22 @@ Each clip draws five latent attributes, independently and uniformly:
 | attribute | values | what it fixes in the tokens |
 |---|---|---|
 | key | 4 tonics (C, D, F, A) × major/minor | the pitch classes a note may take |
-| register | low, mid, high | the octave notes start from (MIDI 48, 60, 72) |
+| register | low, mid, high | the two octaves notes lie in (C3–B4, C4–B5, C5–B6) |
 | tempo | slow, fast | note length: 25 or 10 frames (0.5 s, 0.2 s) |
 | timbre | dark, bright | the timbre token (a soft triangle, a bright saw) |
 | density | sparse, busy | a drum hit on every 4th note start, or on every note start |
 
-Within a clip every note lasts the tempo's length; a bar is four notes: the tonic, then the
-key's third (major or minor: the mode is heard from the second note on), then two drawn
-uniformly from the key's scale in the register (two octaves); so a key and its relative major
-or minor are told apart. Loudness is constant. So the likelihood of a
-token sequence under given attributes is a product over frames, and the posterior of every
-attribute given any sequence (a model's output included) is exact: each frame's token is
-explained by the grammar with probability 1 − ε and by noise (uniform over the vocabulary)
-with probability ε, so sequences that break the grammar still get a posterior.
+Within a clip every note lasts the tempo's length; a bar is four notes: the tonic (its lower
+octave in the register), then the key's third above it (major or minor: the mode is heard
+from the second note on), then two drawn uniformly from the key's notes in the register's two
+octaves; so a key and its relative major or minor are told apart. A register is the same
+range for every key, so the key fixes only the pitch-class codebook and the register only the
+octave: neither is written as a conjunction of the two. Loudness is constant. So the
+likelihood of a token sequence under given attributes is a product over frames, and the
+posterior of every attribute given any sequence (a model's output included) is exact: each
+frame's note (its pitch-class and octave-level tokens together) and each of its other tokens
+is explained by the grammar with probability 1 − ε and by noise (uniform over the
+vocabulary) with probability ε, so sequences that break the grammar still get a posterior.
 """
 
 from __future__ import annotations
@@ -27,18 +30,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.synth_codec import LEVEL_STEPS, note_tokens, token_notes
+
 # Four tonics, not twelve: each key must be heard in enough clips for its features to be found
 # and tested on held-out ones, and eight keys keep that affordable on a laptop.
 TONICS = ("C", "D", "F", "A")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
-REGISTERS = {"low": 48, "mid": 60, "high": 72}
+REGISTERS = {"low": 48, "mid": 60, "high": 72}  # the lowest note of each two-octave range
 TEMPOS = {"slow": 25, "fast": 10}
 TIMBRES = {"dark": 1, "bright": 3 + 4 * 6}  # triangle at brightness 0; saw at brightness 6
 DENSITIES = {"sparse": 4, "busy": 1}  # a hit every n note starts
-LOUD = 110
+LEVEL = 13  # the octave-level token's level step: −6.4 dBFS
 BAR = 4  # notes per bar: the tonic, the third, two free notes
-THIRD = 2  # index of the third in scale_notes
 KICK, SNARE = 1, 2
 EPSILON = 0.01
 OPENING_FRAMES = min(TEMPOS.values())  # the shortest note: a clip's opening, before any note changes
@@ -70,10 +74,19 @@ class Attributes:
 
 
 def scale_notes(key: str, register: str) -> np.ndarray:
-    """The MIDI notes a note may take: the key's scale over two octaves from the register."""
+    """The MIDI notes a note may take: the key's pitch classes in the register's two octaves."""
     tonic, mode = key.split()
-    base = REGISTERS[register] + PITCH_CLASSES.index(tonic)
-    return np.array([base + 12 * octave + step for octave in (0, 1) for step in MODES[mode]])
+    classes = {(PITCH_CLASSES.index(tonic) + step) % 12 for step in MODES[mode]}
+    low = REGISTERS[register]
+    return np.array([n for n in range(low, low + 24) if n % 12 in classes])
+
+
+def bar_opening(key: str, register: str) -> tuple[int, int]:
+    """The MIDI notes of a bar's first two notes: the tonic in the register's lower octave, and
+    the key's third above it."""
+    tonic, mode = key.split()
+    root = REGISTERS[register] + PITCH_CLASSES.index(tonic)
+    return root, root + MODES[mode][2]
 
 
 def sample_attributes(rng: np.random.Generator) -> Attributes:
@@ -85,12 +98,14 @@ def sample_clip(rng: np.random.Generator, attrs: Attributes, frames: int) -> np.
     """Synth-codec codes `[4, frames]` of one clip under `attrs`."""
     length = TEMPOS[attrs.tempo]
     notes = scale_notes(attrs.key, attrs.register)
-    codes = np.zeros((4, frames), dtype=np.int64)
-    codes[1], codes[2] = LOUD, TIMBRES[attrs.timbre]
-    fixed = {0: notes[0], 1: notes[THIRD]}
+    melody = np.zeros(frames, dtype=np.int64)
+    fixed = dict(enumerate(bar_opening(attrs.key, attrs.register)))
     for index, start in enumerate(range(0, frames, length)):
         free = notes[rng.integers(len(notes))]
-        codes[0, start : start + length] = fixed.get(index % BAR, free)
+        melody[start : start + length] = fixed.get(index % BAR, free)
+    codes = np.zeros((4, frames), dtype=np.int64)
+    codes[:2] = note_tokens(melody, LEVEL)
+    codes[2] = TIMBRES[attrs.timbre]
     codes[3] = drum_track(attrs.tempo, attrs.density, frames)
     return codes
 
@@ -121,20 +136,19 @@ class ExactScorer:
         computed once per value it depends on."""
         codes = np.asarray(codes)
         v, frames = self.values, codes.shape[1]
+        # a note is its two tokens together; one at another level is no note of the grammar's
+        at_level = (codes[1] - 1) % LEVEL_STEPS == LEVEL
+        notes = np.where(at_level, token_notes(codes[0], codes[1]), -1)
         pitch = {
-            (k, r, t): self._pitch(codes[0], start, k, r, t)
-            for k in v["key"]
-            for r in v["register"]
-            for t in v["tempo"]
+            (k, r, t): self._pitch(notes, start, k, r, t) for k in v["key"] for r in v["register"] for t in v["tempo"]
         }
-        loud = self._matches(codes[1], np.full(frames, LOUD))
         timbre = {name: self._matches(codes[2], np.full(frames, TIMBRES[name])) for name in v["timbre"]}
         drums = {
             (t, d): self._matches(codes[3], drum_track(t, d, start + frames)[start:])
             for t in v["tempo"]
             for d in v["density"]
         }
-        return np.array([pitch[(k, r, t)] + loud + timbre[tb] + drums[(t, d)] for k, r, t, tb, d in self.combos])
+        return np.array([pitch[(k, r, t)] + timbre[tb] + drums[(t, d)] for k, r, t, tb, d in self.combos])
 
     def posterior(self, codes: np.ndarray, start: int = 0) -> dict[str, dict[str, float]]:
         """P(attribute = value | codes) for every attribute and value (uniform prior), for codes
@@ -153,24 +167,27 @@ class ExactScorer:
         return Attributes(*(max(post[name], key=post[name].get) for name in ATTRIBUTES))
 
     # ---- per-codebook log-likelihoods -------------------------------------------------------
-    def _mix(self, p_grammar: np.ndarray) -> float:
-        """Σ log((1 − ε)·P_grammar + ε/V) over frames."""
-        return float(np.log((1 - self.epsilon) * p_grammar + self.epsilon / self.vocab).sum())
+    def _mix(self, p_grammar: np.ndarray, vocab: int) -> float:
+        """Σ log((1 − ε)·P_grammar + ε/vocab) over frames."""
+        return float(np.log((1 - self.epsilon) * p_grammar + self.epsilon / vocab).sum())
 
     def _pitch(self, pitch: np.ndarray, start: int, key: str, register: str, tempo: str) -> float:
+        """The note track's term: `pitch` holds each frame's MIDI note (0 rest, −1 off level)."""
         notes, length = scale_notes(key, register), TEMPOS[tempo]
+        tonic, third = bar_opening(key, register)
         frame = start + np.arange(len(pitch))
         # a note's first frame, or the first frame seen of a note that began before `start`:
         # either way its value follows the grammar's draw for its place in the bar
         starts = (frame % length == 0) | (frame == start)
         place = (frame // length) % BAR
         free = np.isin(pitch, notes) / len(notes)
-        p_start = np.select([place == 0, place == 1], [pitch == notes[0], pitch == notes[THIRD]], free)
-        previous = np.concatenate([[-1], pitch[:-1]])
-        return self._mix(np.where(starts, p_start, (pitch == previous).astype(float)))
+        p_start = np.select([place == 0, place == 1], [pitch == tonic, pitch == third], free)
+        previous = np.concatenate([[-2], pitch[:-1]])
+        held = (pitch == previous) & (pitch > 0)
+        return self._mix(np.where(starts, p_start, held.astype(float)), self.vocab**2)
 
     def _matches(self, tokens: np.ndarray, expected: np.ndarray) -> float:
-        return self._mix((tokens == expected).astype(float))
+        return self._mix((tokens == expected).astype(float), self.vocab)
 
 
 def drum_track(tempo: str, density: str, frames: int) -> np.ndarray:

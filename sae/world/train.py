@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from engine.errors import MgsteerError
 from engine.model import WORLD_FILE, LoadedModel, load_musicgen
 from engine.prompts import tokenize_prompts
+from engine.synth_codec import TOKEN_LAYOUT
 from engine.tiny import ArchSpec, build_random_musicgen
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.harvest import delayed_sequence
@@ -68,6 +69,9 @@ class WorldTrainConfig:
     # only keeps the learned distribution calibrated (weighting note changes would not).
     early_weight: float = 8.0
     early_frames: int = 30
+    # The synth codec's token layout the clips are written in: a folder trained on another one
+    # is neither resumed nor reused.
+    tokens: int = TOKEN_LAYOUT
 
     def frames(self, frame_rate: int = 50) -> int:
         return round(self.seconds * frame_rate)
@@ -199,7 +203,8 @@ class WorldTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         lm.model.save_pretrained(self.out)
         lm.tokenizer.save_pretrained(self.out)
-        marker = {"format": FORMAT, "codec": "synth", "codebook_size": lm.codebook_size, "steps": step}
+        marker = {"format": FORMAT, "codec": "synth", "tokens": TOKEN_LAYOUT, "codebook_size": lm.codebook_size,
+                  "steps": step}  # fmt: skip
         (self.out / WORLD_FILE).write_text(json.dumps(marker, indent=1))
         tensors = {}
         for i, p in enumerate(params):
