@@ -32,7 +32,7 @@ from sae.label import LabelConfig, choose_features, label_features
 from sae.labelers.world import label_text
 from sae.world.detect import feature_detection
 from sae.world.grammar import ExactScorer
-from sae.world.pipeline import WorldSAEConfig, detected, harvest_and_train
+from sae.world.pipeline import SteerSelection, WorldSAEConfig, detected, harvest_and_train
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
 # audible attribute values, most audible first: the demo steers the first one a feature detects
@@ -51,7 +51,9 @@ HEARD_AS = {
 class DemoConfig:
     world: WorldTrainConfig = field(default_factory=lambda: WorldTrainConfig(steps=600))
     sae: WorldSAEConfig = field(default_factory=lambda: WorldSAEConfig(clips=64, steps=600))
-    alpha: float = 4.0
+    # strengths tried, weakest first: the demo steers with the first that moves the attribute
+    # and keeps the music grammatical (a push too strong for a layer writes noise)
+    alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
     seconds: float = 5.0
     seed: int = 0
 
@@ -108,9 +110,10 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         text = "; ".join(line for line in said if not line.endswith(": ")) or "(nothing stands out)"
         print(f"      feature {f}: {text}")
 
-    steered = render(lm, prompt, cfg.seconds, sampling, loaded, SteeringSpec((FeatureSteer(feature, cfg.alpha),)))
+    steered, alpha = _steer(lm, loaded, prompt, cfg, attribute, value, feature)
     before = heard[attribute][value]
     after = scorer.posterior(steered.codes.numpy())[attribute][value]
+    quality = [_grammar_loglik(scorer, r) for r in (plain, steered)]
     measure, unit = HEARD_AS[attribute]
     described = [getattr(describe(r.audio, r.sample_rate), measure) for r in (plain, steered)]
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
@@ -118,18 +121,19 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     changed = (plain.codes != steered.codes).float().mean().item()
     print(
         f"[5/5] rendered '{prompt}' for {plain.seconds:.1f} s, seed {cfg.seed}: plain, and with feature {feature} "
-        f"at α {cfg.alpha:g}"
+        f"at α {alpha:g} (the weakest of {', '.join(f'{a:g}' for a in cfg.alphas)} that moves it and keeps the grammar)"
     )
     print(
         f"      exact scorer, P({concept}): {before:.2f} plain → {after:.2f} steered "
         f"({100 * changed:.0f}% of tokens changed)"
     )
+    print(f"      grammar log-likelihood per token: {quality[0]:.2f} plain → {quality[1]:.2f} steered (noise: −9.5)")
     print(f"      descriptors: {_shown(described[0])} → {_shown(described[1])} {unit}")
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
     print(
         f"again by hand: mgsteer render --model {out / 'world'} --sae {sae_dir} --prompt {prompt} "
-        f"--steer {feature}={cfg.alpha:g} --seconds {cfg.seconds:g} --seed {cfg.seed} --out steered.wav"
+        f"--steer {feature}={alpha:g} --seconds {cfg.seconds:g} --seed {cfg.seed} --out steered.wav"
     )
     return {
         "sae": sae_dir,
@@ -138,10 +142,34 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "changed": changed,
         "features": list(chosen),
         "browser": page,
-        "target": {"attribute": attribute, "value": value, "feature": feature, "auroc": auroc},
+        "target": {"attribute": attribute, "value": value, "feature": feature, "auroc": auroc, "alpha": alpha},
+        "grammar_loglik": {"plain": quality[0], "steered": quality[1]},
         "posterior": {"plain": before, "steered": after},
         "descriptors": {measure: described},
     }
+
+
+def _grammar_loglik(scorer: ExactScorer, rendered) -> float:
+    codes = rendered.codes.numpy()
+    return float(scorer.log_likelihoods(codes).max() / codes.size)
+
+
+def _steer(lm: LoadedModel, loaded, prompt: str, cfg: DemoConfig, attribute: str, value: str, feature: int):
+    """The clip steered at the weakest α whose music reaches the value (posterior ≥ 0.5) above
+    the selection's quality floor; failing that, the grammatical one that comes closest (the
+    weakest α if none stays grammatical). Returns (rendered, α)."""
+    scorer, floor = ExactScorer(lm.codebook_size), SteerSelection().quality_floor
+    tried = []
+    for alpha in cfg.alphas:
+        out = render(lm, prompt, cfg.seconds, SamplingConfig(seed=cfg.seed), loaded,
+                     SteeringSpec((FeatureSteer(feature, alpha),)))  # fmt: skip
+        grammatical = _grammar_loglik(scorer, out) >= floor
+        reached = scorer.posterior(out.codes.numpy())[attribute][value]
+        if grammatical and reached >= 0.5:
+            return out, alpha
+        tried.append((grammatical, reached if grammatical else -alpha, out, alpha))
+    _, _, out, alpha = max(tried, key=lambda t: (t[0], t[1]))
+    return out, alpha
 
 
 def _shown(value) -> str:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import soundfile as sf
+import torch
 from conftest import alive_features
 
+from cli import demo
 from cli.demo import DemoConfig, run_demo
 from cli.main import main
+from sae.world.grammar import Attributes, sample_clip
 from sae.world.pipeline import WorldSAEConfig
 from sae.world.train import WorldTrainConfig
 
@@ -96,3 +101,24 @@ def test_demo_renders_plain_and_steered(tmp_path, capsys):
     catalog = json.loads((result["sae"] / "features.json").read_text())
     assert set(result["features"]) <= {f["id"] for f in catalog["features"]}
     assert str(result["browser"].resolve()) in printed and "__DATA__" not in result["browser"].read_text()
+    assert result["target"]["alpha"] in QUICK_DEMO.alphas and "grammar log-likelihood per token" in printed
+
+
+def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_the_grammar(monkeypatch):
+    """α 1 leaves the clip low, α 4 writes noise that the scorer happens to call high; α 2
+    makes a grammatical high-register clip, and is the one the demo plays."""
+    rng = np.random.default_rng(0)
+    low, high = (Attributes("C major", r, "fast", "dark", "sparse") for r in ("low", "high"))
+    clips = {1.0: sample_clip(rng, low, 50), 2.0: sample_clip(rng, high, 50), 4.0: rng.integers(0, 128, (4, 50))}
+    clips[4.0][:2] = sample_clip(rng, high, 50)[:2]  # the notes say high, everything else is noise
+
+    def fake_render(lm, prompt, seconds, sampling, sae, spec):
+        return SimpleNamespace(codes=torch.from_numpy(clips[spec.steers[0].alpha]))
+
+    monkeypatch.setattr(demo, "render", fake_render)
+    lm = SimpleNamespace(codebook_size=128)
+    _, alpha = demo._steer(lm, None, "melody", QUICK_DEMO, "register", "high", 3)
+    assert alpha == 2.0
+    del clips[2.0]
+    _, alpha = demo._steer(lm, None, "melody", DemoConfig(alphas=(1.0, 4.0)), "register", "high", 3)
+    assert alpha == 1.0  # nothing reaches it grammatically: the grammatical clip, not the noise
