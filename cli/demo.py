@@ -110,10 +110,10 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         text = "; ".join(line for line in said if not line.endswith(": ")) or "(nothing stands out)"
         print(f"      feature {f}: {text}")
 
-    steered, alpha = _steer(lm, loaded, prompt, cfg, attribute, value, feature)
+    steered, alpha = _steer(lm, loaded, scorer, prompt, cfg, (attribute, value, feature))
     before = heard[attribute][value]
     after = scorer.posterior(steered.codes.numpy())[attribute][value]
-    quality = [_grammar_loglik(scorer, r) for r in (plain, steered)]
+    quality = [scorer.loglik_per_token(r.codes.numpy()) for r in (plain, steered)]
     measure, unit = HEARD_AS[attribute]
     described = [getattr(describe(r.audio, r.sample_rate), measure) for r in (plain, steered)]
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
@@ -149,21 +149,18 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     }
 
 
-def _grammar_loglik(scorer: ExactScorer, rendered) -> float:
-    codes = rendered.codes.numpy()
-    return float(scorer.log_likelihoods(codes).max() / codes.size)
-
-
-def _steer(lm: LoadedModel, loaded, prompt: str, cfg: DemoConfig, attribute: str, value: str, feature: int):
-    """The clip steered at the weakest α whose music reaches the value (posterior ≥ 0.5) above
-    the selection's quality floor; failing that, the grammatical one that comes closest (the
-    weakest α if none stays grammatical). Returns (rendered, α)."""
-    scorer, floor = ExactScorer(lm.codebook_size), SteerSelection().quality_floor
+def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoConfig, target: tuple[str, str, int]):
+    """The clip steered with `target`'s (attribute, value, feature) at the weakest α whose music
+    reaches the value (posterior ≥ 0.5) above the selection's quality floor; failing that, the
+    grammatical one that comes closest (the weakest α if none stays grammatical). Returns
+    (rendered, α)."""
+    attribute, value, feature = target
+    floor = SteerSelection().quality_floor
     tried = []
     for alpha in cfg.alphas:
         out = render(lm, prompt, cfg.seconds, SamplingConfig(seed=cfg.seed), loaded,
                      SteeringSpec((FeatureSteer(feature, alpha),)))  # fmt: skip
-        grammatical = _grammar_loglik(scorer, out) >= floor
+        grammatical = scorer.loglik_per_token(out.codes.numpy()) >= floor
         reached = scorer.posterior(out.codes.numpy())[attribute][value]
         if grammatical and reached >= 0.5:
             return out, alpha

@@ -13,7 +13,7 @@ from conftest import alive_features
 from cli import demo
 from cli.demo import DemoConfig, run_demo
 from cli.main import main
-from sae.world.grammar import Attributes, sample_clip
+from sae.world.grammar import Attributes, ExactScorer, sample_clip
 from sae.world.pipeline import WorldSAEConfig
 from sae.world.train import WorldTrainConfig
 
@@ -116,9 +116,9 @@ def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_
         return SimpleNamespace(codes=torch.from_numpy(clips[spec.steers[0].alpha]))
 
     monkeypatch.setattr(demo, "render", fake_render)
-    lm = SimpleNamespace(codebook_size=128)
-    _, alpha = demo._steer(lm, None, "melody", QUICK_DEMO, "register", "high", 3)
+    lm, scorer = SimpleNamespace(codebook_size=128), ExactScorer()
+    _, alpha = demo._steer(lm, None, scorer, "melody", QUICK_DEMO, ("register", "high", 3))
     assert alpha == 2.0
     del clips[2.0]
-    _, alpha = demo._steer(lm, None, "melody", DemoConfig(alphas=(1.0, 4.0)), "register", "high", 3)
+    _, alpha = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 4.0)), ("register", "high", 3))
     assert alpha == 1.0  # nothing reaches it grammatically: the grammatical clip, not the noise

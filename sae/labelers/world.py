@@ -75,7 +75,7 @@ class WorldLabeler(Labeler):
         """`grammar_loglik`: the best attributes' log-likelihood per token (0 for music the
         grammar writes with certainty, log(ε/V) ≈ −9.5 for noise); `token_entropy`: bits of
         each codebook's token histogram, averaged over codebooks (grammatical clips use few)."""
-        loglik = [self.scorer.log_likelihoods(w.codes, w.start).max() / w.codes.size for w in codes]
+        loglik = [self.scorer.loglik_per_token(w.codes, w.start) for w in codes]
         return {"grammar_loglik": np.array(loglik), "token_entropy": np.array([_entropy(w.codes) for w in codes])}
 
 
