@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from engine.synth_codec import SynthCodec, token_notes
+from sae.descriptors import describe
 from sae.world.grammar import (
     ATTRIBUTES,
+    DENSITIES,
     REGISTERS,
     TEMPOS,
     Attributes,
@@ -102,3 +104,21 @@ def test_a_key_writes_the_same_pitch_class_tokens_in_every_register():
         for k in ("C major", "A minor")
     }
     assert len(lows) == 1  # the register's octaves whatever the key
+
+
+def test_each_drum_density_writes_hits_the_other_does_not_and_busy_is_heard_busier():
+    """Neither density is only the other's silence (a feature can detect only what is there):
+    sparse bars have a snare, busy ones kicks on every note; and busy drums give more onsets."""
+    rng, codec = np.random.default_rng(8), SynthCodec(128)
+    for tempo in TEMPOS:
+        heard, starts = {}, np.arange(0, 400, TEMPOS[tempo])
+        for density in DENSITIES:
+            attrs = Attributes("C major", "mid", tempo, "dark", density)
+            codes = sample_clip(rng, attrs, 400)
+            heard[density] = describe(codec.decode(torch.from_numpy(codes)[None])[0].numpy(), codec.sample_rate)
+            hits = codes[3][starts]
+            if density == "sparse":
+                assert set(hits[2::4]) == {2} and set(hits[1::2]) == {0}  # a snare on each bar's third note
+            else:
+                assert set(hits) == {1}  # a kick on every note, and no snare
+        assert heard["busy"].onset_rate > 1.5 * heard["sparse"].onset_rate

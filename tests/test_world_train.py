@@ -15,6 +15,7 @@ from engine.errors import MgsteerError
 from engine.model import load_musicgen
 from engine.synth_codec import TOKEN_LAYOUT, SynthCodec
 from sae.harvest import delayed_inputs, delayed_sequence
+from sae.world.grammar import GRAMMAR
 from sae.world.train import WorldTrainConfig, WorldTrainer, prompted_accuracy
 
 SMALL = {"batch_size": 4, "seconds": 1.0, "checkpoint_every": 2, "warmup_steps": 2}
@@ -55,6 +56,22 @@ def test_a_world_on_an_older_token_layout_is_refused_in_one_line_and_the_demo_re
     lm = world_model(out, cfg)
     assert isinstance(lm.own_codec, SynthCodec)
     assert json.loads((out / "world.json").read_text())["tokens"] == TOKEN_LAYOUT
+
+
+def test_a_world_of_an_older_grammar_is_trained_again_by_the_demo_and_not_resumed(tmp_path):
+    """It decodes fine, but it learned other music than the scorer now knows: the demo trains
+    its cached world again, and resuming it is refused."""
+    out = tmp_path / "world"
+    cfg = WorldTrainConfig(steps=2, **SMALL)
+    WorldTrainer(out, cfg).run()
+    state = json.loads((out / "train_state.json").read_text())
+    state["config"]["grammar"] = GRAMMAR - 1
+    (out / "train_state.json").write_text(json.dumps(state))
+    with pytest.raises(MgsteerError, match="trained with other settings"):
+        WorldTrainer(out, WorldTrainConfig(steps=4, **SMALL)).run(resume=True)
+    world_model(out, cfg)
+    assert json.loads((out / "train_state.json").read_text())["config"]["grammar"] == GRAMMAR
+    assert json.loads((out / "world.json").read_text())["grammar"] == GRAMMAR
 
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ Each clip draws five latent attributes, independently and uniformly:
 | register | low, mid, high | the two octaves notes lie in (C3–B4, C4–B5, C5–B6) |
 | tempo | slow, fast | note length: 25 or 10 frames (0.5 s, 0.2 s) |
 | timbre | dark, bright | the timbre token (a soft triangle, a bright saw) |
-| density | sparse, busy | a drum hit on every 4th note start, or on every note start |
+| density | sparse, busy | per bar, a kick on its first note and a snare on its third; or a kick on every note |
 
 Within a clip every note lasts the tempo's length; a bar is four notes: the tonic (its lower
 octave in the register), then the key's third above it (major or minor: the mode is heard
@@ -40,14 +40,19 @@ MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 REGISTERS = {"low": 48, "mid": 60, "high": 72}  # the lowest note of each two-octave range
 TEMPOS = {"slow": 25, "fast": 10}
 TIMBRES = {"dark": 1, "bright": 3 + 4 * 6}  # triangle at brightness 0; saw at brightness 6
-DENSITIES = {"sparse": 4, "busy": 1}  # a hit every n note starts
+# Each bar's drum hits, note by note (0 = none). Both values are something heard, not one the
+# other's silence: a value that is only an absence of hits has no feature to detect it, since a
+# sparse dictionary's features fire for what is there (docs/WORLD.md).
+DENSITIES = {"sparse": (1, 0, 2, 0), "busy": (1, 1, 1, 1)}  # kick 1, snare 2
 LEVEL = 13  # the octave-level token's level step: −6.4 dBFS
 BAR = 4  # notes per bar: the tonic, the third, two free notes
-KICK, SNARE = 1, 2
 EPSILON = 0.01
 OPENING_FRAMES = min(TEMPOS.values())  # the shortest note: a clip's opening, before any note changes
 
 ATTRIBUTES = ("key", "register", "tempo", "timbre", "density")
+# Raised with every change to the music the grammar writes: a world trained on another version
+# learned other music, so it is neither resumed nor reused.
+GRAMMAR = 2
 
 
 def attribute_values() -> dict[str, tuple[str, ...]]:
@@ -197,10 +202,9 @@ class ExactScorer:
 
 
 def drum_track(tempo: str, density: str, frames: int) -> np.ndarray:
-    """The percussion codebook the grammar fixes: kick and snare alternating on hit notes."""
+    """The percussion codebook the grammar fixes: the density's bar pattern on note starts."""
     track = np.zeros(frames, dtype=np.int64)
-    every = DENSITIES[density]
+    pattern = DENSITIES[density]
     for index, start in enumerate(range(0, frames, TEMPOS[tempo])):
-        if index % every == 0:
-            track[start] = KICK if (index // every) % 2 == 0 else SNARE
+        track[start] = pattern[index % BAR]
     return track

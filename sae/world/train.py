@@ -31,7 +31,15 @@ from engine.synth_codec import TOKEN_LAYOUT
 from engine.tiny import ArchSpec, build_random_musicgen
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.harvest import delayed_sequence
-from sae.world.grammar import ATTRIBUTES, ExactScorer, attribute_values, prompt_for, sample_attributes, sample_clip
+from sae.world.grammar import (
+    ATTRIBUTES,
+    GRAMMAR,
+    ExactScorer,
+    attribute_values,
+    prompt_for,
+    sample_attributes,
+    sample_clip,
+)
 
 FORMAT = "mgsteer-world/1"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -69,9 +77,10 @@ class WorldTrainConfig:
     # only keeps the learned distribution calibrated (weighting note changes would not).
     early_weight: float = 8.0
     early_frames: int = 30
-    # The synth codec's token layout the clips are written in: a folder trained on another one
-    # is neither resumed nor reused.
+    # The synth codec's token layout and the grammar version the clips are written in: a folder
+    # trained on another is neither resumed nor reused.
     tokens: int = TOKEN_LAYOUT
+    grammar: int = GRAMMAR
 
     def frames(self, frame_rate: int = 50) -> int:
         return round(self.seconds * frame_rate)
@@ -203,7 +212,8 @@ class WorldTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         lm.model.save_pretrained(self.out)
         lm.tokenizer.save_pretrained(self.out)
-        marker = {"format": FORMAT, "codec": "synth", "tokens": TOKEN_LAYOUT, "codebook_size": lm.codebook_size,
+        marker = {"format": FORMAT, "codec": "synth", "tokens": TOKEN_LAYOUT, "grammar": GRAMMAR,
+                  "codebook_size": lm.codebook_size,
                   "steps": step}  # fmt: skip
         (self.out / WORLD_FILE).write_text(json.dumps(marker, indent=1))
         tensors = {}
