@@ -14,7 +14,7 @@
    the prompt), and how the quality proxies (grammar log-likelihood per token, token entropy)
    move with α.
 
-    python bench/world.py --model WORLD_DIR [--clips 256] [--select-alphas 2,4,8] [--alphas 1,2,4,8] [--out DIR]
+    python bench/world.py --model WORLD_DIR [--clips 256] [--layer 2] [--sae-seed 0] [--alphas 1,2,4,8] [--out DIR]
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def main() -> None:
     p.add_argument("--select-alphas", default="2,4,8", help="strengths tried when choosing each attribute's feature")
     p.add_argument("--selection-prompts", type=int, default=4, help="neutral prompts (× seeds 100–103) to choose on")
     p.add_argument("--alphas", default="1,2,4,8", help="strengths of the quality sweep")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="harvest, prompts and sampling")
+    p.add_argument("--sae-seed", type=int, default=0, help="the SAE's initialisation and batch order alone")
     p.add_argument("--out", help="folder for the store and the SAE (default: a temporary one)")
     args = p.parse_args()
     args.alphas = [float(a) for a in args.alphas.split(",")]
@@ -147,10 +148,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         cfg = WorldSAEConfig(clips=args.clips, layer=args.layer, expansion=args.expansion, k=args.k,
-                             steps=args.sae_steps, seed=args.seed)  # fmt: skip
+                             steps=args.sae_steps, seed=args.seed, sae_seed=args.sae_seed)  # fmt: skip
         store, sae_dir, last = harvest_and_train(lm, out, cfg)
         loaded = load_sae(sae_dir)
-        result["sae"] = {"d_sae": loaded.cfg.d_sae, "k": loaded.cfg.k, "layer": args.layer, "fvu": last["fvu"]}
+        result["sae"] = {"d_sae": loaded.cfg.d_sae, "k": loaded.cfg.k, "layer": args.layer, "seed": args.sae_seed,
+                         "fvu": last["fvu"]}  # fmt: skip
         detection = feature_detection(store, loaded, args.layer, args.window_s, lm.frame_rate)
         result["features"] = detection
         result["steering"] = steering(lm, loaded, detection, args)

@@ -21,7 +21,13 @@ from sae.store import ActivationStore, StoreMeta, StoreWriter
 from sae.topk import SAEConfig, TopKSAE
 from sae.world.detect import feature_detection
 from sae.world.grammar import OPENING_FRAMES, TIMBRES, Attributes, sample_attributes, sample_clip
-from sae.world.pipeline import SteerSelection, choose_steering, contrast_direction
+from sae.world.pipeline import (
+    SteerSelection,
+    WorldSAEConfig,
+    choose_steering,
+    contrast_direction,
+    harvest_and_train,
+)
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
 BRIGHT, DARK = TIMBRES["bright"], TIMBRES["dark"]
@@ -189,3 +195,14 @@ def test_eval_steer_cli_takes_the_world_scorer(planted_effect, tmp_path, capsys)
     report = json.loads((out / "eval_steer.json").read_text())
     assert report["scorer"] == "world" and report["features"][0]["steerable"]
     assert "steerable: 100 %" in capsys.readouterr().out
+
+
+def test_the_sae_seed_changes_the_dictionary_and_not_the_harvested_clips(planted_effect, tmp_path):
+    """Several dictionaries on the same activations tell the SAE's luck from the data's."""
+    lm, _ = planted_effect
+    cfg = WorldSAEConfig(clips=2, seconds=0.5, layer=0, steps=3, batch_size=16)
+    runs = {seed: harvest_and_train(lm, tmp_path / str(seed), replace(cfg, sae_seed=seed)) for seed in (0, 1)}
+    stores = {seed: [codes.numpy() for codes in store.iter_codes()] for seed, (store, _, _) in runs.items()}
+    assert all((a == b).all() for a, b in zip(stores[0], stores[1], strict=True))
+    weights = {seed: load_sae(sae_dir).sae.W_enc for seed, (_, sae_dir, _) in runs.items()}
+    assert not torch.equal(weights[0], weights[1])

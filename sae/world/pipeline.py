@@ -36,7 +36,10 @@ class WorldSAEConfig:
     k: int = 16
     steps: int = 1000
     batch_size: int = 1024
-    seed: int = 0
+    seed: int = 0  # the harvested clips' prompts and sampling
+    # The dictionary's initialisation and batch order, apart from the clips: which features an
+    # SAE learns is partly luck, and telling that apart needs several on the same activations.
+    sae_seed: int = 0
 
 
 def world_clips(count: int, seconds: float, seed: int = 0) -> list[Clip]:
@@ -58,7 +61,7 @@ def harvest_and_train(
                      progress=progress)  # fmt: skip
     store = ActivationStore(out / "acts")
     train = TrainConfig(k=cfg.k, expansion=cfg.expansion, steps=cfg.steps, batch_size=cfg.batch_size, lr=2e-3,
-                        log_every=max(1, cfg.steps // 4), ce_clips=0, seed=cfg.seed, device="cpu")  # fmt: skip
+                        log_every=max(1, cfg.steps // 4), ce_clips=0, seed=cfg.sae_seed, device="cpu")  # fmt: skip
     last = Trainer(store, out / "sae", train).run(progress=progress, overwrite=True)
     return store, out / "sae", last
 
