@@ -213,8 +213,7 @@ class WorldTrainer:
         lm.model.save_pretrained(self.out)
         lm.tokenizer.save_pretrained(self.out)
         marker = {"format": FORMAT, "codec": "synth", "tokens": TOKEN_LAYOUT, "grammar": GRAMMAR,
-                  "codebook_size": lm.codebook_size,
-                  "steps": step}  # fmt: skip
+                  "codebook_size": lm.codebook_size, "steps": step}  # fmt: skip
         (self.out / WORLD_FILE).write_text(json.dumps(marker, indent=1))
         tensors = {}
         for i, p in enumerate(params):
