@@ -12,6 +12,7 @@ from sae.world.grammar import (
     ATTRIBUTES,
     DENSITIES,
     REGISTERS,
+    RELEASES,
     TEMPOS,
     Attributes,
     ExactScorer,
@@ -50,16 +51,26 @@ def test_a_short_clip_is_honestly_uncertain():
     assert max(post["key"].values()) < 0.5
 
 
-def test_the_tempo_is_audible_as_note_changes_in_the_rendered_audio():
+def test_the_tempo_is_audible_as_note_starts_and_slow_notes_as_release_rests():
+    """Both tempos are something heard: fast notes start every 10 frames, and slow ones end in
+    a rest that the rendered audio leaves silent."""
     rng, codec = np.random.default_rng(3), SynthCodec(128)
     for tempo, length in TEMPOS.items():
-        attrs = sample_attributes(rng)
-        attrs = type(attrs)(**{**attrs.as_dict(), "tempo": tempo})
+        attrs = Attributes(**{**sample_attributes(rng).as_dict(), "tempo": tempo, "density": "busy"})
         codes = sample_clip(rng, attrs, 100)
-        changes = np.count_nonzero(np.diff(token_notes(codes[0], codes[1])))
-        assert changes <= 100 // length  # notes change only on the tempo's grid
-        audio = codec.decode(torch.from_numpy(codes)[None])[0]
-        assert audio.abs().max() > 0.1
+        notes = token_notes(codes[0], codes[1])
+        onsets = np.flatnonzero((notes > 0) & (np.concatenate([[0], notes[:-1]]) != notes))
+        assert set(onsets % length) == {0}  # notes start only on the tempo's grid
+        rests = np.flatnonzero(notes == 0)
+        assert set(rests % length) == set(range(length - RELEASES[tempo], length))
+        audio = codec.decode(torch.from_numpy(codes)[None])[0].numpy()
+        hop = codec.hop
+        assert np.abs(audio).max() > 0.1
+        if RELEASES[tempo]:  # the rest's inner frames are silent but for the drums' tails
+            tone = codec.decode(torch.from_numpy(np.concatenate([codes[:3], 0 * codes[3:]]))[None])[0].numpy()
+            inner = [r for r in rests if {r - 1, r + 1} <= set(rests)]  # no fade in or out
+            inner = np.concatenate([tone[r * hop : (r + 1) * hop] for r in inner])
+            assert np.sqrt(np.mean(inner**2)) < 0.01 * np.sqrt(np.mean(tone**2))
 
 
 def test_prompts_name_the_chosen_attributes():

@@ -6,11 +6,12 @@ Each clip draws five latent attributes, independently and uniformly:
 |---|---|---|
 | key | 4 tonics (C, D, F, A) × major/minor | the pitch classes a note may take |
 | register | low, mid, high | the two octaves notes lie in (C3–B4, C4–B5, C5–B6) |
-| tempo | slow, fast | note length: 25 or 10 frames (0.5 s, 0.2 s) |
+| tempo | slow, fast | a note every 25 or 10 frames (0.5 s, 0.2 s); a slow note's last 5 frames are a rest |
 | timbre | dark, bright | the timbre token (a soft triangle, a bright saw) |
 | density | sparse, busy | per bar, a kick on its first note and a snare on its third; or a kick on every note |
 
-Within a clip every note lasts the tempo's length; a bar is four notes: the tonic (its lower
+Within a clip a note starts every tempo's length (slow notes detached by a release rest, fast
+ones legato); a bar is four notes: the tonic (its lower
 octave in the register), then the key's third above it (major or minor: the mode is heard
 from the second note on), then two drawn uniformly from the key's notes in the register's two
 octaves; so a key and its relative major or minor are told apart. A register is the same
@@ -39,6 +40,10 @@ PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"
 MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 REGISTERS = {"low": 48, "mid": 60, "high": 72}  # the lowest note of each two-octave range
 TEMPOS = {"slow": 25, "fast": 10}
+# Frames of rest that end each note. Slow is heard by a rest of its own, not only by the note
+# change that does not come at a fast note's length: like a drum density, a tempo that is only
+# another's absence gives a sparse dictionary's features nothing to fire on (docs/WORLD.md).
+RELEASES = {"slow": 5, "fast": 0}
 TIMBRES = {"dark": 1, "bright": 3 + 4 * 6}  # triangle at brightness 0; saw at brightness 6
 # Each bar's drum hits, note by note (0 = none). Both values are something heard, not one the
 # other's silence: a value that is only an absence of hits has no feature to detect it, since a
@@ -52,7 +57,7 @@ OPENING_FRAMES = min(TEMPOS.values())  # the shortest note: a clip's opening, be
 ATTRIBUTES = ("key", "register", "tempo", "timbre", "density")
 # Raised with every change to the music the grammar writes: a world trained on another version
 # learned other music, so it is neither resumed nor reused.
-GRAMMAR = 2
+GRAMMAR = 3
 
 
 def attribute_values() -> dict[str, tuple[str, ...]]:
@@ -105,9 +110,10 @@ def sample_clip(rng: np.random.Generator, attrs: Attributes, frames: int) -> np.
     notes = scale_notes(attrs.key, attrs.register)
     melody = np.zeros(frames, dtype=np.int64)
     fixed = dict(enumerate(bar_opening(attrs.key, attrs.register)))
+    sounding = length - RELEASES[attrs.tempo]
     for index, start in enumerate(range(0, frames, length)):
         free = notes[rng.integers(len(notes))]
-        melody[start : start + length] = fixed.get(index % BAR, free)
+        melody[start : start + sounding] = fixed.get(index % BAR, free)
     codes = np.zeros((4, frames), dtype=np.int64)
     codes[:2] = note_tokens(melody, LEVEL)
     codes[2] = TIMBRES[attrs.timbre]
@@ -141,9 +147,11 @@ class ExactScorer:
         computed once per value it depends on."""
         codes = np.asarray(codes)
         v, frames = self.values, codes.shape[1]
-        # a note is its two tokens together; one at another level is no note of the grammar's
-        at_level = (codes[1] - 1) % LEVEL_STEPS == LEVEL
-        notes = np.where(at_level, token_notes(codes[0], codes[1]), -1)
+        # a note is its two tokens together; one at another level is no note of the grammar's,
+        # and a rest is both tokens 0
+        at_level = ((codes[1] - 1) % LEVEL_STEPS == LEVEL) & (codes[0] > 0)
+        rest = (codes[0] == 0) & (codes[1] == 0)
+        notes = np.where(at_level, token_notes(codes[0], codes[1]), np.where(rest, 0, -1))
         pitch = {
             (k, r, t): self._pitch(notes, start, k, r, t) for k in v["key"] for r in v["register"] for t in v["tempo"]
         }
@@ -187,15 +195,17 @@ class ExactScorer:
         notes, length = scale_notes(key, register), TEMPOS[tempo]
         tonic, third = bar_opening(key, register)
         frame = start + np.arange(len(pitch))
+        released = frame % length >= length - RELEASES[tempo]
         # a note's first frame, or the first frame seen of a note that began before `start`:
         # either way its value follows the grammar's draw for its place in the bar
-        starts = (frame % length == 0) | (frame == start)
+        starts = ((frame % length == 0) | (frame == start)) & ~released
         place = (frame // length) % BAR
         free = np.isin(pitch, notes) / len(notes)
         p_start = np.select([place == 0, place == 1], [pitch == tonic, pitch == third], free)
         previous = np.concatenate([[-2], pitch[:-1]])
         held = (pitch == previous) & (pitch > 0)
-        return self._mix(np.where(starts, p_start, held.astype(float)), self.vocab**2)
+        p = np.select([released, starts], [pitch == 0, p_start], held.astype(float))
+        return self._mix(p, self.vocab**2)
 
     def _matches(self, tokens: np.ndarray, expected: np.ndarray) -> float:
         return self._mix((tokens == expected).astype(float), self.vocab)
