@@ -5,17 +5,16 @@ Each clip draws five latent attributes, independently and uniformly:
 | attribute | values | what it fixes in the tokens |
 |---|---|---|
 | key | 4 tonics (C, D, F, A) × major/minor | the pitch classes a note may take |
-| register | low, mid, high | the two octaves notes lie in (C3–B4, C4–B5, C5–B6) |
+| register | low, mid, high | the octave notes lie in (C3–B3, C4–B4, C5–B5) |
 | tempo | slow, fast | a note every 25 or 10 frames (0.5 s, 0.2 s); a slow note's last 5 frames are a rest |
 | timbre | dark, bright | the timbre token (a soft triangle, a bright saw) |
 | density | sparse, busy | per bar, a kick on its first note and a snare on its third; or a kick on every note |
 
 Within a clip a note starts every tempo's length (slow notes detached by a release rest, fast
-ones legato); a bar is four notes: the tonic (its lower
-octave in the register), then the key's third above it (major or minor: the mode is heard
-from the second note on), then two drawn uniformly from the key's notes in the register's two
-octaves; so a key and its relative major or minor are told apart. A register is the same
-range for every key, so the key fixes only the pitch-class codebook and the register only the
+ones legato); a bar is four notes: the tonic, then the key's third (major or minor: the mode
+is heard from the second note on), then two drawn uniformly from the key's notes, all in the
+register's octave; so a key and its relative major or minor are told apart. A register is the
+same octave for every key, so the key fixes only the pitch-class codebook and the register only the
 octave: neither is written as a conjunction of the two. Loudness is constant. So the
 likelihood of a token sequence under given attributes is a product over frames, and the
 posterior of every attribute given any sequence (a model's output included) is exact: each
@@ -38,7 +37,10 @@ from engine.synth_codec import LEVEL_STEPS, note_tokens, token_notes
 TONICS = ("C", "D", "F", "A")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MODES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
-REGISTERS = {"low": 48, "mid": 60, "high": 72}  # the lowest note of each two-octave range
+# The lowest note of each register's octave. Registers do not overlap: each is an octave token
+# of its own, where two-octave ranges left the middle one only the conjunction of two octaves
+# that its neighbours also play (docs/WORLD.md).
+REGISTERS = {"low": 48, "mid": 60, "high": 72}
 TEMPOS = {"slow": 25, "fast": 10}
 # Frames of rest that end each note. Slow is heard by a rest of its own, not only by the note
 # change that does not come at a fast note's length: like a drum density, a tempo that is only
@@ -84,19 +86,21 @@ class Attributes:
 
 
 def scale_notes(key: str, register: str) -> np.ndarray:
-    """The MIDI notes a note may take: the key's pitch classes in the register's two octaves."""
+    """The MIDI notes a note may take: the key's pitch classes in the register's octave."""
     tonic, mode = key.split()
     classes = {(PITCH_CLASSES.index(tonic) + step) % 12 for step in MODES[mode]}
     low = REGISTERS[register]
-    return np.array([n for n in range(low, low + 24) if n % 12 in classes])
+    return np.array([n for n in range(low, low + 12) if n % 12 in classes])
 
 
 def bar_opening(key: str, register: str) -> tuple[int, int]:
-    """The MIDI notes of a bar's first two notes: the tonic in the register's lower octave, and
-    the key's third above it."""
+    """The MIDI notes of a bar's first two notes: the tonic and the key's third, both in the
+    register's octave (the third below the tonic where the octave ends before it)."""
     tonic, mode = key.split()
-    root = REGISTERS[register] + PITCH_CLASSES.index(tonic)
-    return root, root + MODES[mode][2]
+    low = REGISTERS[register]
+    root = low + PITCH_CLASSES.index(tonic)
+    third = root + MODES[mode][2]
+    return root, third if third < low + 12 else third - 12
 
 
 def sample_attributes(rng: np.random.Generator) -> Attributes:
