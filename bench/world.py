@@ -133,7 +133,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="neutral prompts per attribute")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per steering clip")
-    p.add_argument("--select-alphas", default="2,4,8", help="strengths tried when choosing each attribute's feature")
+    p.add_argument("--select-alphas", default=",".join(f"{a:g}" for a in SteerSelection.alphas),
+                   help="strengths tried when choosing each attribute's feature")  # fmt: skip
     p.add_argument("--selection-prompts", type=int, default=4, help="neutral prompts (× seeds 100–103) to choose on")
     p.add_argument("--alphas", default="1,2,4,8", help="strengths of the quality sweep")
     p.add_argument("--seed", type=int, default=0, help="harvest, prompts and sampling")

@@ -108,7 +108,10 @@ class SteerSelection:
     prompts: int = 4
     seeds: tuple[int, ...] = (100, 101, 102, 103)  # never the test's seeds
     seconds: float = 3.0
-    alphas: tuple[float, ...] = (2.0, 4.0, 8.0)
+    # A push is α × the feature's largest activation, and a strong detector's is large: on the
+    # grammar-3 world a sparse-drums detector moved 11 of 16 pairs at α 0.5 and wrote noise from
+    # α 2 on, so the weak strengths are tried too (docs/WORLD.md).
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     candidates: int = 2  # a value's best detectors tried
     min_auroc: float = 0.9  # a detector must detect its value this well on the selection clips
     aligned: int = 2  # and a value's features best aligned with its opening direction
