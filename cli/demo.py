@@ -55,7 +55,9 @@ class DemoConfig:
     sae: WorldSAEConfig = field(default_factory=lambda: WorldSAEConfig(clips=64, steps=600))
     # strengths tried, weakest first: the demo steers with the first that moves the attribute
     # and keeps the music grammatical (a push too strong for a layer writes noise)
-    alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    # weak ones first: a push is α × the feature's largest activation, and on the grammar-3 demo
+    # world α 0.5 moves the melody an octave in its own key where α 1 already breaks its tempo
+    alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     seconds: float = 5.0
     seed: int = 0
 
@@ -112,7 +114,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         text = "; ".join(line for line in said if not line.endswith(": ")) or "(nothing stands out)"
         print(f"      feature {f}: {text}")
 
-    steered, alpha = _steer(lm, loaded, scorer, prompt, cfg, (attribute, value, feature))
+    steered, alpha, met = _steer(lm, loaded, scorer, prompt, cfg, (attribute, value, feature))
     before = heard[attribute][value]
     after = scorer.posterior(steered.codes.numpy())[attribute][value]
     quality = [scorer.loglik_per_token(r.codes.numpy()) for r in (plain, steered)]
@@ -121,9 +123,12 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
     steered_path = write_wav(out / "steered.wav", steered.audio, steered.sample_rate)
     changed = (plain.codes != steered.codes).float().mean().item()
+    strengths = ", ".join(f"{a:g}" for a in cfg.alphas)
+    why = (f"the weakest of {strengths} that moves it and keeps the grammar" if met
+           else f"none of {strengths} both moves it and keeps the grammar: the closest")  # fmt: skip
     print(
         f"[5/5] rendered '{prompt}' for {plain.seconds:.1f} s, seed {cfg.seed}: plain, and with feature {feature} "
-        f"at α {alpha:g} (the weakest of {', '.join(f'{a:g}' for a in cfg.alphas)} that moves it and keeps the grammar)"
+        f"at α {alpha:g} ({why})"
     )
     print(
         f"      exact scorer, P({concept}): {before:.2f} plain → {after:.2f} steered "
@@ -137,6 +142,14 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         f"again by hand: mgsteer render --model {out / 'world'} --sae {sae_dir} --prompt {prompt} "
         f"--steer {feature}={alpha:g} --seconds {cfg.seconds:g} --seed {cfg.seed} --out steered.wav"
     )
+    target = {
+        "attribute": attribute,
+        "value": value,
+        "feature": feature,
+        "auroc": auroc,
+        "alpha": alpha,
+        "reached_and_grammatical": met,
+    }
     return {
         "sae": sae_dir,
         "plain": plain_path,
@@ -144,7 +157,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "changed": changed,
         "features": list(chosen),
         "browser": page,
-        "target": {"attribute": attribute, "value": value, "feature": feature, "auroc": auroc, "alpha": alpha},
+        "target": target,
         "grammar_loglik": {"plain": quality[0], "steered": quality[1]},
         "posterior": {"plain": before, "steered": after},
         "descriptors": {measure: described},
@@ -155,7 +168,7 @@ def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoC
     """The clip steered with `target`'s (attribute, value, feature) at the weakest α whose music
     reaches the value (posterior ≥ 0.5) above the selection's quality floor; failing that, the
     grammatical one that comes closest (the weakest α if none stays grammatical). Returns
-    (rendered, α)."""
+    (rendered, α, whether it reached the value above the floor)."""
     attribute, value, feature = target
     floor = SteerSelection().quality_floor
     tried = []
@@ -165,10 +178,10 @@ def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoC
         grammatical = scorer.loglik_per_token(out.codes.numpy()) >= floor
         reached = scorer.posterior(out.codes.numpy())[attribute][value]
         if grammatical and reached >= 0.5:
-            return out, alpha
+            return out, alpha, True
         tried.append((grammatical, reached if grammatical else -alpha, out, alpha))
     _, _, out, alpha = max(tried, key=lambda t: (t[0], t[1]))
-    return out, alpha
+    return out, alpha, False
 
 
 def _shown(value) -> str:

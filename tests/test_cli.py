@@ -118,8 +118,8 @@ def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_
 
     monkeypatch.setattr(demo, "render", fake_render)
     lm, scorer = SimpleNamespace(codebook_size=128), ExactScorer()
-    _, alpha = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 2.0, 4.0)), ("register", "high", 3))
-    assert alpha == 2.0
+    _, alpha, met = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 2.0, 4.0)), ("register", "high", 3))
+    assert alpha == 2.0 and met
     del clips[2.0]
-    _, alpha = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 4.0)), ("register", "high", 3))
-    assert alpha == 1.0  # nothing reaches it grammatically: the grammatical clip, not the noise
+    _, alpha, met = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 4.0)), ("register", "high", 3))
+    assert alpha == 1.0 and not met  # nothing reaches it grammatically: the grammatical clip, not the noise
