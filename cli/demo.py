@@ -54,9 +54,8 @@ class DemoConfig:
     world: WorldTrainConfig = field(default_factory=lambda: WorldTrainConfig(steps=600))
     sae: WorldSAEConfig = field(default_factory=lambda: WorldSAEConfig(clips=64, steps=600))
     # strengths tried, weakest first: the demo steers with the first that moves the attribute
-    # and keeps the music grammatical (a push too strong for a layer writes noise)
-    # weak ones first: a push is α × the feature's largest activation, and on the grammar-3 demo
-    # world α 0.5 moves the melody an octave in its own key where α 1 already breaks its tempo
+    # and keeps the music grammatical. A push is α × the feature's largest activation: on the
+    # grammar-3 demo world α 0.5 moves the melody an octave up where α 1 already breaks its tempo
     alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     seconds: float = 5.0
     seed: int = 0
