@@ -202,13 +202,13 @@ class ExactScorer:
         released = frame % length >= length - RELEASES[tempo]
         # a note's first frame, or the first frame seen of a note that began before `start`:
         # either way its value follows the grammar's draw for its place in the bar
-        starts = ((frame % length == 0) | (frame == start)) & ~released
+        starts = (frame % length == 0) | (frame == start)
         place = (frame // length) % BAR
         free = np.isin(pitch, notes) / len(notes)
         p_start = np.select([place == 0, place == 1], [pitch == tonic, pitch == third], free)
         previous = np.concatenate([[-2], pitch[:-1]])
         held = (pitch == previous) & (pitch > 0)
-        p = np.select([released, starts], [pitch == 0, p_start], held.astype(float))
+        p = np.select([released, starts], [pitch == 0, p_start], held.astype(float))  # a release is a rest first
         return self._mix(p, self.vocab**2)
 
     def _matches(self, tokens: np.ndarray, expected: np.ndarray) -> float:
