@@ -14,7 +14,8 @@
    the prompt), and how the quality proxies (grammar log-likelihood per token, token entropy)
    move with α.
 
-    python bench/world.py --model WORLD_DIR [--clips 256] [--layer 2] [--sae-seed 0] [--alphas 1,2,4,8] [--out DIR]
+    python bench/world.py --model WORLD_DIR [--clips 256] [--layer 2] [--sae-seed 0] [--alphas 1,2,4,8]
+        [--select-margin 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from sae.world.train import prompted_accuracy
 
 def steering(lm, loaded, detection: dict, args) -> dict:
     scorer, out = WorldLabeler(lm.codebook_size), {}
-    selection = SteerSelection(prompts=args.selection_prompts, seconds=args.seconds, alphas=tuple(args.select_alphas))
+    selection = SteerSelection(prompts=args.selection_prompts, seconds=args.seconds, alphas=tuple(args.select_alphas),
+                               margin=args.select_margin)  # fmt: skip
     for attribute in ATTRIBUTES:
         choice = choose_steering(lm, loaded, detection, attribute, selection)
         chosen = choice["chosen"]
@@ -135,6 +137,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="seconds per steering clip")
     p.add_argument("--select-alphas", default=",".join(f"{a:g}" for a in SteerSelection.alphas),
                    help="strengths tried when choosing each attribute's feature")  # fmt: skip
+    p.add_argument("--select-margin", type=int, default=SteerSelection.margin,
+                   help="α grid steps above the weakest α that moves the most selection pairs")  # fmt: skip
     p.add_argument("--selection-prompts", type=int, default=4, help="neutral prompts (× seeds 100–103) to choose on")
     p.add_argument("--alphas", default="1,2,4,8", help="strengths of the quality sweep")
     p.add_argument("--seed", type=int, default=0, help="harvest, prompts and sampling")

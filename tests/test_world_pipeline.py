@@ -27,6 +27,7 @@ from sae.world.pipeline import (
     choose_steering,
     contrast_direction,
     harvest_and_train,
+    with_margin,
 )
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
@@ -165,7 +166,9 @@ def test_the_feature_chosen_to_steer_with_is_the_one_that_moves_the_music(plante
     chosen = choice["chosen"]
     assert (chosen["value"], chosen["feature"]) == ("bright", 0) and chosen["moved_share"] > 0.5
     assert all(t["moved_share"] == 0.0 for t in choice["tried"] if t["feature"] == 1)
-    assert chosen["alpha"] == 1.0  # as good as α 2 here, so the gentler one
+    # α 1 is the weakest that moves them all; α 2, one step stronger, moves as many: the margin
+    assert (chosen["weakest_alpha"], chosen["alpha"]) == (1.0, 2.0)
+    assert choose_steering(lm, loaded, detection, "timbre", replace(sel, margin=0))["chosen"]["alpha"] == 1.0
     # music below the quality floor is never chosen (0 is the grammar's best log-likelihood)
     assert choose_steering(lm, loaded, detection, "timbre", replace(sel, quality_floor=0.5))["chosen"] is None
     # a feature aligned with the value's opening direction is tried beside the detectors
@@ -173,6 +176,24 @@ def test_the_feature_chosen_to_steer_with_is_the_one_that_moves_the_music(plante
     choice = choose_steering(lm, loaded, aligned, "timbre", replace(sel, alphas=(1.0,)))
     assert [(t["feature"], t["source"]) for t in choice["tried"]] == [(1, "detector"), (0, "aligned")]
     assert choice["chosen"]["feature"] == 0
+
+
+def test_the_margin_steps_up_only_while_the_stronger_alpha_moves_as_many_pairs():
+    sel = SteerSelection(alphas=(4.0, 0.5, 1.0, 2.0), margin=2)
+
+    def tried(alpha: float, moved: float, value: str = "sparse") -> dict:
+        return {"value": value, "feature": 7, "alpha": alpha, "moved_share": moved}
+
+    weakest = tried(0.5, 0.75)
+    # the grid is walked in order of strength, whatever order it was given in
+    assert with_margin(weakest, [weakest, tried(1.0, 0.75), tried(2.0, 0.75), tried(4.0, 0.75)], sel)["alpha"] == 2.0
+    # a step that moves fewer pairs ends the walk, and so does one below the quality floor (absent)
+    assert with_margin(weakest, [weakest, tried(1.0, 0.5), tried(2.0, 0.75)], sel)["alpha"] == 0.5
+    assert with_margin(weakest, [weakest, tried(2.0, 0.75)], sel)["alpha"] == 0.5
+    # another value's feature at the stronger α is not the same choice
+    assert with_margin(weakest, [weakest, tried(1.0, 0.75, "busy")], sel)["alpha"] == 0.5
+    # the strongest α has no step above it
+    assert with_margin(tried(4.0, 0.75), [tried(4.0, 0.75)], sel) == tried(4.0, 0.75) | {"weakest_alpha": 4.0}
 
 
 def test_the_contrast_direction_is_what_the_prompt_changes_at_the_opening(planted_effect):
