@@ -8,9 +8,12 @@ unreachable hub costs one line instead of half a minute of retries.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from transformers.utils import logging as hf_logging
 
 from engine.errors import MgsteerError
 
@@ -72,6 +75,25 @@ def probe_hub(spec: str, what: str, hint: str) -> None:
         raise MgsteerError(
             f"{what} '{spec}' is not in the local cache and the hub is unreachable ({first_line(exc)}); {hint}"
         ) from exc
+
+
+@contextmanager
+def quiet_transformers(bars: bool = True) -> Iterator[None]:
+    """Only transformers' errors (and, with `bars=False`, none of its progress bars) inside.
+
+    Why: MusicGen's pad token (= the codebook size) lies outside the decoder's vocabulary by
+    design, as in musicgen-small, and transformers warns about it on every build and load, which
+    would only alarm users; a save's bar would break up a training run's own."""
+    verbosity, shown = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not bars:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def looks_like_path(spec: str) -> bool:

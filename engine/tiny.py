@@ -22,7 +22,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     T5Config,
 )
-from transformers.utils import logging as hf_logging
+
+from engine.hub import quiet_transformers
 
 # A small music vocabulary so prompts tokenize into real sub-words, not only <unk>.
 PROMPT_CORPUS = [
@@ -69,6 +70,7 @@ class ArchSpec:
     codec_dim: int = 32
     tokenizer_vocab: int = 256
     audible_codec: bool = True  # randomise codebooks and remove DC (see _make_codec_audible)
+    dropout: float = 0.1  # musicgen-small's (decoder and T5 alike)
 
 
 TINY = ArchSpec()
@@ -121,6 +123,7 @@ def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
         num_heads=spec.text_heads,
         pad_token_id=0,
         eos_token_id=1,
+        dropout_rate=spec.dropout,
     )
     audio = EncodecConfig(
         sampling_rate=32000,
@@ -146,6 +149,7 @@ def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
         max_position_embeddings=spec.max_positions,
         pad_token_id=spec.codebook_size,
         bos_token_id=spec.codebook_size,
+        dropout=spec.dropout,
     )
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
@@ -156,19 +160,12 @@ def build_random_musicgen(
     """Build a random model and its tokenizer (trained on `corpus`, the bundled prompts if
     None); the same seed gives the same weights."""
     tokenizer = build_tiny_tokenizer(spec.tokenizer_vocab, corpus)
-    verbosity = hf_logging.get_verbosity()
-    # The pad token (= codebook size) lies outside the vocabulary by design, as in musicgen-small;
-    # transformers warns about it, which would only confuse users.
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers(), torch.random.fork_rng(devices=[]):
         config = build_config(spec, text_vocab=len(tokenizer))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = MusicgenForConditionalGeneration(config)
-            if spec.audible_codec:
-                _make_codec_audible(model)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(config)
+        if spec.audible_codec:
+            _make_codec_audible(model)
     gen = model.generation_config
     gen.decoder_start_token_id = gen.pad_token_id = gen.bos_token_id = spec.codebook_size
     gen.do_sample, gen.guidance_scale, gen.top_k = True, 3.0, 250

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from transformers.utils import logging as hf_logging
 
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import MgsteerError
@@ -46,6 +48,24 @@ def test_saved_folder_loads_through_pretrained_path(tiny_lm, tmp_path):
     ours = TokenLoop(tiny_lm, ["simple melody"], sampling).frames(12)
     theirs = TokenLoop(lm, ["simple melody"], sampling).frames(12)
     assert torch.equal(ours, theirs)
+
+
+def test_loading_a_folder_prints_no_pad_token_warning(tiny_lm, tmp_path):
+    """MusicGen's pad token lies outside the vocabulary by design; transformers' warning about
+    it (once per process, hence the cache cleared) must not reach the user."""
+    tiny_lm.model.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    shown: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append(record.getMessage())
+    hf_logger = hf_logging.get_logger("transformers")
+    hf_logger.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()
+    try:
+        load_musicgen(str(tmp_path), device="cpu")
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not [line for line in shown if "pad_token_id" in line]
 
 
 @pytest.mark.parametrize(
