@@ -19,6 +19,13 @@ from engine.errors import MgsteerError
 
 T = TypeVar("T")
 
+# MusicGen's pad and bos tokens (= the codebook size) lie outside the decoder's vocabulary by
+# design, as in musicgen-small; transformers warns about that on every load, which would only
+# alarm users. Only that warning is dropped: a load's other warnings still reach them.
+_TOKEN_ID_WARNING = "must be `None` or an integer within the vocabulary"
+for _name in ("transformers.configuration_utils", "transformers.models.musicgen.configuration_musicgen"):
+    hf_logging.get_logger(_name).addFilter(lambda record: _TOKEN_ID_WARNING not in record.getMessage())
+
 
 class NotCached(Exception):
     """Raised by a loader called with local_only=True when the hub id is not in the cache."""
@@ -81,9 +88,8 @@ def probe_hub(spec: str, what: str, hint: str) -> None:
 def quiet_transformers(bars: bool = True) -> Iterator[None]:
     """Only transformers' errors (and, with `bars=False`, none of its progress bars) inside.
 
-    Why: MusicGen's pad token (= the codebook size) lies outside the decoder's vocabulary by
-    design, as in musicgen-small, and transformers warns about it on every build and load, which
-    would only alarm users; a save's bar would break up a training run's own."""
+    Why: building a model from code has no checkpoint to warn about, and a save's bar would
+    break up a training run's own."""
     verbosity, shown = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     if not bars:

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTra
 
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import MgsteerError
-from engine.hub import fetch_pretrained, load_parts, quiet_transformers
+from engine.hub import fetch_pretrained, load_parts
 from engine.tiny import PRESETS, build_random_musicgen
 
 HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
@@ -182,16 +182,15 @@ def _load_pretrained(spec: str, dtype: torch.dtype):
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
-    with quiet_transformers():
-        model, tokenizer = load_parts(
-            source,
-            local_only,
-            "model",
-            "a MusicGen checkpoint",
-            MusicgenForConditionalGeneration,
-            AutoTokenizer,
-            dtype=dtype,
-        )
+    model, tokenizer = load_parts(
+        source,
+        local_only,
+        "model",
+        "a MusicGen checkpoint",
+        MusicgenForConditionalGeneration,
+        AutoTokenizer,
+        dtype=dtype,
+    )
     if model.config.model_type != "musicgen":
         raise MgsteerError(f"'{source}' is a {model.config.model_type} model, not MusicGen")
     return model, tokenizer
