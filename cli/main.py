@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--shard", help="i/n: this worker's share of the clips (not given: torchrun's rank/world)")
     h.add_argument("--shard-rows", type=types.whole(1, 2**24), default=65536, help="rows per shard file")
     h.add_argument("--seed", type=types.SEED, default=0, help="sampling seed of generation harvests")
-    h.add_argument("--batch-clips", type=types.whole(1, 1024), default=8, help="audio clips per teacher-forced pass")
+    h.add_argument("--batch-clips", type=types.whole(1, 1024), default=8,
+                   help="clips per pass: audio clips teacher-forced, or prompts played together")  # fmt: skip
     h.set_defaults(func=cmd_harvest)
 
     t = sub.add_parser("train", help="train a TopK SAE on a store (torchrun-able)")

@@ -257,10 +257,12 @@ def harvest_to_store(
         lm.check_layer(layer)
     meta = StoreMeta(lm.name, tuple(layers), lm.hidden_size, dtype, source, lm.num_codebooks)
     writer = StoreWriter(out, meta, worker, workers, shard_rows, inputs=inputs)
-    todo = [c for c in assigned(clips, worker, workers) if c.id not in writer.done]
+    mine = assigned(clips, worker, workers)
+    todo = [c for c in mine if c.id not in writer.done]
     bar = tqdm(total=len(todo) + len(writer.done), initial=len(writer.done), unit="clip", disable=not progress)
     started, frames = time.perf_counter(), 0
-    for clip, acts, codes, origin in _harvest(lm, todo, layers, source, sampling or SamplingConfig(), batch_clips):
+    batches = _harvest(lm, mine, set(writer.done), layers, source, sampling or SamplingConfig(), batch_clips)
+    for clip, acts, codes, origin in batches:
         writing = time.perf_counter()
         writer.add_clip(clip.id, acts, codes, origin)
         writer.write_s += time.perf_counter() - writing
@@ -287,10 +289,11 @@ def _batches(clips: list[Clip], size: int) -> Iterator[list[Clip]]:
 
 
 def _harvest(
-    lm, clips: list[Clip], layers, source, sampling, batch_clips: int = 8
+    lm, clips: list[Clip], done: set[str], layers, source, sampling, batch_clips: int = 8
 ) -> Iterator[tuple[Clip, dict, torch.Tensor, dict]]:
+    """Activations, codes and source of every clip not in `done`, `batch_clips` at a time."""
     if source == "audio":
-        for batch in _batches(clips, batch_clips):
+        for batch in _batches([c for c in clips if c.id not in done], batch_clips):
             limit = clip_frames_limit(lm, generated=False)
             codes = [encode_audio(lm, load_audio(clip, lm.sample_rate))[:, :limit] for clip in batch]
             acts = teacher_forced_activations(lm, codes, layers, [clip.text for clip in batch])
@@ -298,12 +301,20 @@ def _harvest(
                 origin = {"path": str(clip.path.resolve()), "start_s": clip.start_s, "seconds": clip.seconds}
                 yield clip, clip_acts, clip_codes.cpu(), origin
         return
-    for clip in clips:
-        frames = min(clip_frames_limit(lm, generated=True), round(clip.seconds * lm.frame_rate))
-        seeded = replace(sampling, seed=sampling.seed + hash_id(clip))
-        acts, codes = harvest_generation(lm, [clip.text], layers, frames, seeded)
-        origin = {"prompt": clip.text, "seed": seeded.seed}
-        yield clip, {layer: a[0] for layer, a in acts.items()}, codes[0], origin
+    # Generated clips play together, batch by batch, seeded by the batch's first clip. The
+    # batches are cut from the whole list, not from what is left to do, so a resumed harvest
+    # replays a batch exactly as the interrupted one began it (and keeps only its missing clips).
+    limit = clip_frames_limit(lm, generated=True)
+    for batch in _batches(clips, batch_clips):
+        if all(clip.id in done for clip in batch):
+            continue
+        lengths = [min(limit, round(clip.seconds * lm.frame_rate)) for clip in batch]
+        seeded = replace(sampling, seed=sampling.seed + hash_id(batch[0]))
+        acts, codes = harvest_generation(lm, [clip.text for clip in batch], layers, max(lengths), seeded)
+        for row, (clip, frames) in enumerate(zip(batch, lengths, strict=True)):
+            if clip.id not in done:
+                origin = {"prompt": clip.text, "seed": seeded.seed, "row": row, "batch": len(batch)}
+                yield clip, {layer: a[row, :frames] for layer, a in acts.items()}, codes[row, :, :frames], origin
 
 
 def hash_id(clip: Clip) -> int:

@@ -7,7 +7,8 @@ Layout of a store folder:
                                  and the clips' token codes [K, Σ frames] + code_lengths
 
 Each part file also lists every clip's source ({"path", "start_s", "seconds"} for audio,
-{"prompt", "seed"} for generation), so labeling can cut or re-decode the audio of any window.
+{"prompt", "seed", "row", "batch"} for generation: row `row` of a batch of `batch` prompts played
+with that seed), so labeling can cut or re-decode the audio of any window.
 
 Why per-worker parts: `--shard i/n` processes and torchrun ranks write side by side without
 locks. A clip counts as done only once its rows are in a shard that was renamed into place

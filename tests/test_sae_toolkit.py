@@ -20,7 +20,7 @@ from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
 from sae import harvest as harvest_module
 from sae.files import load_sae
-from sae.harvest import audio_clips, harvest_to_store, parse_shard, prompt_clips
+from sae.harvest import Clip, audio_clips, harvest_to_store, parse_shard, prompt_clips
 from sae.metrics import ce_recovered
 from sae.store import ActivationStore
 from sae.train import TrainConfig, Trainer, filter_report
@@ -129,6 +129,37 @@ def test_generation_harvest(tiny_lm, tmp_path):
     assert store.rows() == 2 * _frames(tiny_lm, 0.6) and store.meta.source == "generation"
     with pytest.raises(MgsteerError, match="cannot take"):
         harvest_to_store(tiny_lm, clips, [1], tmp_path / "acts", "generation")
+
+
+def test_generation_harvest_plays_a_batch_at_once_and_resumes_exactly(tiny_lm, tmp_path, monkeypatch):
+    """Prompts play `batch_clips` at a time; a harvest killed with a batch half written redoes
+    that batch as it was and keeps only its missing clips, so it ends as an unbroken one."""
+    texts = ["soft piano", "fast drums", "low bass", "bright lead", "slow strings"]
+    clips = [Clip(f"prompt{i}", seconds=0.4, text=t) for i, t in enumerate(texts)]
+    rows = _frames(tiny_lm, 0.4)
+    harvest = dict(source="generation", sampling=SamplingConfig(seed=3), batch_clips=2, shard_rows=3 * rows)
+    real = harvest_module.harvest_generation
+    played: list[int] = []
+
+    def dies_on_the_third_batch(lm, prompts, *args, **kwargs):
+        played.append(len(prompts))
+        if len(played) > 2:
+            raise KeyboardInterrupt  # four clips played, three written (a shard holds three)
+        return real(lm, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(harvest_module, "harvest_generation", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        harvest_to_store(tiny_lm, clips, [1], tmp_path / "resumed", **harvest)
+    assert played == [2, 2, 1] and ActivationStore(tmp_path / "resumed").clips == ["prompt0", "prompt1", "prompt2"]
+    monkeypatch.setattr(harvest_module, "harvest_generation", real)
+    harvest_to_store(tiny_lm, clips, [1], tmp_path / "resumed", **harvest)
+    harvest_to_store(tiny_lm, clips, [1], tmp_path / "whole", **harvest)
+    whole, resumed = ActivationStore(tmp_path / "whole"), ActivationStore(tmp_path / "resumed")
+    assert resumed.clips == whole.clips == [c.id for c in clips] and resumed.rows() == whole.rows() == 5 * rows
+    for a, b in zip(whole.iter_codes(), resumed.iter_codes(), strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(resumed.load_layer(1), whole.load_layer(1))
+    assert len({tuple(c.flatten().tolist()) for c in whole.iter_codes()}) == 5  # each clip its own music
 
 
 def test_harvest_errors(tiny_lm, tmp_path):
