@@ -99,6 +99,23 @@ def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatc
     assert json.loads((split / "train_state.json").read_text())["step"] == 6
 
 
+def test_the_first_short_steps_train_on_short_clips(tmp_path, monkeypatch, capsys):
+    import sae.world.train as train
+
+    real, frames = train.batch_for, []
+
+    def recorded(step, cfg, length):
+        frames.append(length)
+        return real(step, cfg, length)
+
+    monkeypatch.setattr(train, "batch_for", recorded)
+    cfg = WorldTrainConfig(steps=4, short_steps=3, short_seconds=0.4, **SMALL)
+    WorldTrainer(tmp_path / "world", cfg).run()
+    assert frames == [20, 20, 20, 50]
+    assert main(["world", "train", "--out", str(tmp_path / "other"), "--steps", "4", "--short-steps", "5"]) == 2
+    assert "--short-steps 5 is more than --steps 4" in capsys.readouterr().err
+
+
 def test_folders_are_not_clobbered_and_settings_not_mixed(tmp_path):
     out = tmp_path / "world"
     WorldTrainer(out, WorldTrainConfig(steps=2, **SMALL)).run()
