@@ -13,6 +13,9 @@ from conftest import alive_features
 from cli import demo
 from cli.demo import DemoConfig, run_demo
 from cli.main import main
+from engine.errors import MgsteerError
+from engine.synth_codec import SynthCodec, midi_hz, token_notes
+from sae.descriptors import note_name
 from sae.world.grammar import Attributes, ExactScorer, sample_clip
 from sae.world.pipeline import WorldSAEConfig
 from sae.world.train import WorldTrainConfig
@@ -123,3 +126,31 @@ def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_
     del clips[2.0]
     _, alpha, met = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 4.0)), ("register", "high", 3))
     assert alpha == 1.0 and not met  # nothing reaches it grammatically: the grammatical clip, not the noise
+
+
+def _world_clips(registers: tuple[str, ...]) -> list[SimpleNamespace]:
+    """Fast melodies over busy drums, one per register, rendered by the synth codec."""
+    rng, codec, clips = np.random.default_rng(0), SynthCodec(128), []
+    for register in registers:
+        codes = sample_clip(rng, Attributes("F major", register, "fast", "bright", "busy"), 250)
+        audio = codec.decode(torch.from_numpy(codes)[None])[0].numpy()
+        clips.append(SimpleNamespace(audio=audio, sample_rate=codec.sample_rate, codes=codes))
+    return clips
+
+
+def test_the_demo_hears_the_register_as_basic_pitch_transcribes_it():
+    clips = _world_clips(("mid", "high"))
+    listener, notes, unit = demo.listen("register", clips)
+    played = [token_notes(c.codes[0, ::10], c.codes[1, ::10]) for c in clips]  # a fast note lasts 10 frames
+    assert listener == "basic-pitch transcription" and unit == "median note"
+    assert notes == [note_name(float(midi_hz(np.median(p)))) for p in played]
+
+
+def test_without_basic_pitch_the_demo_says_so_and_hears_the_register_by_yin(monkeypatch, capsys):
+    def missing():
+        raise MgsteerError("the notes labeler needs basic-pitch's model: pip install --no-deps basic-pitch==0.4.0")
+
+    monkeypatch.setattr(demo, "NoteTranscriber", missing)
+    listener, f0s, unit = demo.listen("register", _world_clips(("mid",)))
+    assert listener == "descriptors" and unit == "Hz median pitch" and f0s[0] > 0
+    assert "needs basic-pitch's model" in capsys.readouterr().out
