@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.ndimage import median_filter
-from scipy.signal import fftconvolve, find_peaks, stft
+from scipy.signal import butter, fftconvolve, find_peaks, sosfiltfilt, stft
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 # Krumhansl–Kessler key profiles, tonic first
@@ -24,6 +24,11 @@ MAJOR_TRIAD[[0, 4, 7]] = 1
 MINOR_TRIAD = np.zeros(12)
 MINOR_TRIAD[[0, 3, 7]] = 1
 LOW_REGISTER_HZ, HIGH_REGISTER_HZ = 130.81, 523.25  # below C3: low; C5 and above: high
+# YIN hears the waveform's period, so a tone rich in harmonics keeps its f0 when its fundamental
+# is filtered out; a kick drum's body is a near-sine at 45–60 Hz and does not. Filtering below
+# this before YIN keeps the kick from outweighing the melody (it said 58 Hz for an F5 melody
+# over busy drums). A low sine alone is still heard: YIN's measure does not depend on level.
+F0_HIGHPASS_HZ = 100.0
 
 
 @dataclass(frozen=True)
@@ -88,15 +93,19 @@ def chord_of(pcp: np.ndarray) -> tuple[str, float]:
 
 
 def yin_f0(audio: np.ndarray, sr: int, fmin: float = 50.0, fmax: float = 2000.0) -> tuple[float, float]:
-    """(median f0 over voiced frames, share of non-silent frames that are voiced), by YIN."""
+    """(median f0 over voiced frames, share of non-silent frames that are voiced), by YIN on
+    the audio above `F0_HIGHPASS_HZ`; silence is judged on the audio as it came."""
     n, hop = 2048, 1024
+    if len(audio) < n:
+        return 0.0, 0.0
+    filtered = sosfiltfilt(butter(4, F0_HIGHPASS_HZ, "highpass", fs=sr, output="sos"), audio)
     lo, hi = max(2, int(sr / fmax)), min(int(sr / fmin), n // 2)
     w = n - hi
     f0s, frames = [], 0
     for start in range(0, len(audio) - n + 1, hop):
-        frame = audio[start : start + n]
-        if np.sqrt(np.mean(frame**2)) < 1e-4:
+        if np.sqrt(np.mean(audio[start : start + n] ** 2)) < 1e-4:
             continue
+        frame = filtered[start : start + n]
         frames += 1
         head = frame[:w]
         energy = np.concatenate([[0.0], np.cumsum(frame**2)])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from engine.synth_codec import SynthCodec, note_tokens
 from sae.descriptors import describe, note_name, register_of
 from sae.labelers.base import WindowSet
 from sae.labelers.descriptors import DescriptorLabeler
+from sae.world.grammar import LEVEL, TIMBRES
 
 SR = 32000
 
@@ -75,6 +78,29 @@ def test_noise_bursts_are_percussive_and_steady_tones_are_not():
     assert bursts.note == ""  # no pitch in noise
     steady = describe(tones([60, 64, 67]), SR)
     assert steady.percussive < 0.1 and steady.tempo_bpm == 0 and steady.onset_rate == 0
+
+
+@pytest.mark.parametrize(("note", "name"), [(48, "C3"), (62, "D4"), (74, "D5")])
+def test_a_melody_over_busy_kicks_is_heard_at_the_melody_not_the_kick(note, name):
+    """The synth codec's kick is a loud near-sine at 45–60 Hz; before the f0 high-pass, YIN's
+    median said 43–65 Hz for each of these notes (one in each of the world's registers) under a
+    kick on every note."""
+    codec, frames = SynthCodec(), 150
+    codes = torch.zeros(1, 4, frames, dtype=torch.long)
+    codes[0, :2] = torch.from_numpy(note_tokens(np.full(frames, note), LEVEL))
+    codes[0, 2] = TIMBRES["bright"]
+    codes[0, 3, ::10] = 1  # a kick every 10 frames: the world's fast busy drums
+    d = describe(codec.decode(codes)[0].numpy(), codec.sample_rate)
+    assert d.note == name
+    assert d.f0_hz == pytest.approx(midi_hz(note), rel=0.01)
+
+
+@pytest.mark.parametrize("harmonics", [1, 8])
+def test_a_bass_note_below_the_f0_high_pass_is_still_heard(harmonics):
+    """Filtering below 100 Hz leaves a tone's period: a sine alone keeps its shape, and a rich
+    tone keeps its harmonics' common period."""
+    d = describe(tones([33], harmonics=harmonics), SR)  # A1, 55 Hz
+    assert d.note == "A1" and d.register == "low" and d.voiced > 0.9
 
 
 def test_register_and_note_names():
