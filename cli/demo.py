@@ -18,21 +18,17 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from engine.errors import MgsteerError
 from engine.model import LoadedModel, load_musicgen
 from engine.render import render, write_wav
 from engine.steering import FeatureSteer, SteeringSpec
-from engine.synth_codec import midi_hz
 from engine.tokenloop import SamplingConfig
 from sae.browse import write_browser
 from sae.catalog import load_catalog
-from sae.descriptors import describe, note_name
+from sae.descriptors import describe
 from sae.examples import ExampleConfig
 from sae.files import load_sae
 from sae.label import LabelConfig, choose_features, label_features
-from sae.labelers.notes import NoteTranscriber
 from sae.labelers.world import label_text
 from sae.world.detect import feature_detection
 from sae.world.grammar import ExactScorer
@@ -41,10 +37,9 @@ from sae.world.train import WorldTrainConfig, WorldTrainer
 
 # audible attribute values, most audible first: the demo steers the first one a feature detects
 AUDIBLE = ("high", "bright", "fast", "busy", "low", "dark", "slow", "sparse")
-# what the descriptors labeler measures for each attribute (name, unit); the register is heard
-# by basic-pitch's transcription where it is installed (see `listen`)
+# what the descriptors labeler measures for each attribute (name, unit)
 HEARD_AS = {
-    "register": ("f0_hz", "Hz median pitch"),
+    "register": ("note", "median note"),
     "timbre": ("centroid_hz", "Hz spectral centroid"),
     "tempo": ("onset_rate", "onsets/s"),
     # busy drums hit on every note, sparse ones twice a bar: the hits are most of the onsets
@@ -129,7 +124,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     before = heard[attribute][value]
     after = scorer.posterior(steered.codes.numpy())[attribute][value]
     quality = [scorer.loglik_per_token(r.codes.numpy()) for r in (plain, steered)]
-    listener, described, unit = listen(attribute, [plain, steered])
+    described, unit = listen(attribute, [plain, steered])
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
     steered_path = write_wav(out / "steered.wav", steered.audio, steered.sample_rate)
     changed = (plain.codes != steered.codes).float().mean().item()
@@ -145,7 +140,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         f"({100 * changed:.0f}% of tokens changed)"
     )
     print(f"      grammar log-likelihood per token: {quality[0]:.2f} plain → {quality[1]:.2f} steered (noise: −9.5)")
-    print(f"      {listener}, {unit}: {_shown(described[0])} → {_shown(described[1])}")
+    print(f"      descriptors, {unit}: {_shown(described[0])} → {_shown(described[1])}")
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
     print(
@@ -170,7 +165,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "target": target,
         "grammar_loglik": {"plain": quality[0], "steered": quality[1]},
         "posterior": {"plain": before, "steered": after},
-        "heard": {"by": listener, "unit": unit, "plain": described[0], "steered": described[1]},
+        "heard": {"by": "descriptors", "unit": unit, "plain": described[0], "steered": described[1]},
     }
 
 
@@ -194,24 +189,11 @@ def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoC
     return out, alpha, False
 
 
-def listen(attribute: str, clips: list) -> tuple[str, list, str]:
-    """(who listened, what they heard in each clip, its unit) for `attribute`. The register is
-    basic-pitch's median transcribed note: YIN's median f0 (the descriptors') locks onto the
-    kick drum's 50–60 Hz wherever the drums mask a high melody. Without basic-pitch, YIN's."""
-    if attribute == "register":
-        try:
-            transcriber = NoteTranscriber()
-        except MgsteerError as exc:
-            print(f"      ({exc}; the register below is YIN's median f0, which drums can pull down)")
-        else:
-            played = [[n.midi for n in transcriber.notes(c.audio, c.sample_rate)] for c in clips]
-            # the lower median: a note that was played, not one between two
-            medians = [int(np.percentile(p, 50, method="lower")) if p else 0 for p in played]
-            notes = [note_name(midi_hz(m)) if m else "no notes" for m in medians]
-            return "basic-pitch transcription", notes, "median note"
+def listen(attribute: str, clips: list) -> tuple[list, str]:
+    """(what the descriptors labeler hears of `attribute` in each clip, its unit)."""
     measure, unit = HEARD_AS[attribute]
-    return "descriptors", [getattr(describe(c.audio, c.sample_rate), measure) for c in clips], unit
+    return [getattr(describe(c.audio, c.sample_rate), measure) for c in clips], unit
 
 
 def _shown(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value) or "no clear pitch"
