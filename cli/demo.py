@@ -121,8 +121,9 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         print(f"      feature {f}: {text}")
 
     steered, alpha, met = _steer(lm, loaded, scorer, prompt, cfg, (attribute, value, feature))
-    before = heard[attribute][value]
-    after = scorer.posterior(steered.codes.numpy())[attribute][value]
+    moved = scorer.posterior(steered.codes.numpy())
+    before, after = heard[attribute][value], moved[attribute][value]
+    others = also_changed(heard, moved, attribute)
     quality = [scorer.loglik_per_token(r.codes.numpy()) for r in (plain, steered)]
     described, unit = listen(attribute, [plain, steered])
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
@@ -140,6 +141,8 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         f"({100 * changed:.0f}% of tokens changed)"
     )
     print(f"      grammar log-likelihood per token: {quality[0]:.2f} plain → {quality[1]:.2f} steered (noise: −9.5)")
+    side = ", ".join(f"{label_text(a, was)} → {label_text(a, now)}" for a, (was, now) in others.items())
+    print(f"      exact scorer, other attributes: {side or 'unchanged'}")
     print(f"      descriptors, {unit}: {_shown(described[0])} → {_shown(described[1])}")
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
@@ -165,6 +168,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "target": target,
         "grammar_loglik": {"plain": quality[0], "steered": quality[1]},
         "posterior": {"plain": before, "steered": after},
+        "also_changed": others,
         "heard": {"by": "descriptors", "unit": unit, "plain": described[0], "steered": described[1]},
     }
 
@@ -187,6 +191,18 @@ def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoC
         tried.append((grammatical, reached if grammatical else -alpha, out, alpha))
     _, _, out, alpha = max(tried, key=lambda t: (t[0], t[1]))
     return out, alpha, False
+
+
+def also_changed(plain: dict, steered: dict, attribute: str) -> dict[str, tuple[str, str]]:
+    """(plain, steered) most probable value of each other attribute the steer changed, by the
+    exact scorer's posteriors: a feature can carry a conjunction (a low register with a dark
+    timbre), and the listener should know what else moved."""
+    out = {}
+    for name, posterior in plain.items():
+        was, now = max(posterior, key=posterior.get), max(steered[name], key=steered[name].get)
+        if name != attribute and was != now:
+            out[name] = (was, now)
+    return out
 
 
 def listen(attribute: str, clips: list) -> tuple[list, str]:

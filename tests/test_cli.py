@@ -104,6 +104,7 @@ def test_demo_renders_plain_and_steered(tmp_path, capsys):
     assert set(result["features"]) <= {f["id"] for f in catalog["features"]}
     assert str(result["browser"].resolve()) in printed and "__DATA__" not in result["browser"].read_text()
     assert result["target"]["alpha"] in QUICK_DEMO.alphas and "grammar log-likelihood per token" in printed
+    assert result["target"]["attribute"] not in result["also_changed"] and "other attributes: " in printed
 
 
 def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_the_grammar(monkeypatch):
@@ -134,6 +135,17 @@ def _world_clips(registers: tuple[str, ...]) -> list[SimpleNamespace]:
         audio = codec.decode(torch.from_numpy(codes)[None])[0].numpy()
         clips.append(SimpleNamespace(audio=audio, sample_rate=codec.sample_rate, codes=codes))
     return clips
+
+
+def test_the_demo_names_the_other_attributes_a_steer_changed():
+    rng, scorer = np.random.default_rng(0), ExactScorer()
+    posterior = [
+        scorer.posterior(sample_clip(rng, Attributes("F major", register, "fast", timbre, "busy"), 200))
+        for register, timbre in (("high", "bright"), ("low", "dark"), ("low", "bright"))
+    ]
+    assert demo.also_changed(posterior[0], posterior[1], "register") == {"timbre": ("bright", "dark")}
+    assert demo.also_changed(posterior[0], posterior[2], "register") == {}
+    assert demo.also_changed(posterior[0], posterior[1], "timbre") == {"register": ("high", "low")}
 
 
 def test_the_demo_hears_each_register_in_the_octave_it_was_played_over_busy_drums():
