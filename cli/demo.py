@@ -31,7 +31,7 @@ from sae.files import load_sae
 from sae.label import LabelConfig, choose_features, label_features
 from sae.labelers.world import label_text
 from sae.world.detect import feature_detection
-from sae.world.grammar import ExactScorer
+from sae.world.grammar import Attributes, ExactScorer, most_probable
 from sae.world.pipeline import SteerSelection, WorldSAEConfig, detected, harvest_and_train
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
@@ -123,7 +123,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     steered, alpha, met = _steer(lm, loaded, scorer, prompt, cfg, (attribute, value, feature))
     moved = scorer.posterior(steered.codes.numpy())
     before, after = heard[attribute][value], moved[attribute][value]
-    others = also_changed(heard, moved, attribute)
+    others = also_changed(most_probable(heard), most_probable(moved), attribute)
     quality = [scorer.loglik_per_token(r.codes.numpy()) for r in (plain, steered)]
     described, unit = listen(attribute, [plain, steered])
     plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
@@ -193,16 +193,12 @@ def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoC
     return out, alpha, False
 
 
-def also_changed(plain: dict, steered: dict, attribute: str) -> dict[str, tuple[str, str]]:
-    """(plain, steered) most probable value of each other attribute the steer changed, by the
-    exact scorer's posteriors: a feature can carry a conjunction (a low register with a dark
-    timbre), and the listener should know what else moved."""
-    out = {}
-    for name, posterior in plain.items():
-        was, now = max(posterior, key=posterior.get), max(steered[name], key=steered[name].get)
-        if name != attribute and was != now:
-            out[name] = (was, now)
-    return out
+def also_changed(plain: Attributes, steered: Attributes, attribute: str) -> dict[str, tuple[str, str]]:
+    """(plain, steered) value of each other attribute the steer changed: a feature can carry a
+    conjunction (a low register with a dark timbre), and the listener should know what else
+    moved."""
+    was, now = plain.as_dict(), steered.as_dict()
+    return {name: (was[name], now[name]) for name in was if name != attribute and was[name] != now[name]}
 
 
 def listen(attribute: str, clips: list) -> tuple[list, str]:

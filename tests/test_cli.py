@@ -139,13 +139,13 @@ def _world_clips(registers: tuple[str, ...]) -> list[SimpleNamespace]:
 
 def test_the_demo_names_the_other_attributes_a_steer_changed():
     rng, scorer = np.random.default_rng(0), ExactScorer()
-    posterior = [
-        scorer.posterior(sample_clip(rng, Attributes("F major", register, "fast", timbre, "busy"), 200))
+    heard = [
+        scorer.predict(sample_clip(rng, Attributes("F major", register, "fast", timbre, "busy"), 200))
         for register, timbre in (("high", "bright"), ("low", "dark"), ("low", "bright"))
     ]
-    assert demo.also_changed(posterior[0], posterior[1], "register") == {"timbre": ("bright", "dark")}
-    assert demo.also_changed(posterior[0], posterior[2], "register") == {}
-    assert demo.also_changed(posterior[0], posterior[1], "timbre") == {"register": ("high", "low")}
+    assert demo.also_changed(heard[0], heard[1], "register") == {"timbre": ("bright", "dark")}
+    assert demo.also_changed(heard[0], heard[2], "register") == {}
+    assert demo.also_changed(heard[0], heard[1], "timbre") == {"register": ("high", "low")}
 
 
 def test_the_demo_hears_each_register_in_the_octave_it_was_played_over_busy_drums():

@@ -103,6 +103,11 @@ def bar_opening(key: str, register: str) -> tuple[int, int]:
     return root, third if third < low + 12 else third - 12
 
 
+def most_probable(posterior: dict[str, dict[str, float]]) -> Attributes:
+    """Each attribute's most probable value under a posterior (`ExactScorer.posterior`)."""
+    return Attributes(*(max(posterior[name], key=posterior[name].get) for name in ATTRIBUTES))
+
+
 def sample_attributes(rng: np.random.Generator) -> Attributes:
     values = attribute_values()
     return Attributes(*(values[name][rng.integers(len(values[name]))] for name in ATTRIBUTES))
@@ -186,8 +191,7 @@ class ExactScorer:
         return float(self.log_likelihoods(codes, start).max() / codes.size)
 
     def predict(self, codes: np.ndarray, start: int = 0) -> Attributes:
-        post = self.posterior(codes, start)
-        return Attributes(*(max(post[name], key=post[name].get) for name in ATTRIBUTES))
+        return most_probable(self.posterior(codes, start))
 
     # ---- per-codebook log-likelihoods -------------------------------------------------------
     def _mix(self, p_grammar: np.ndarray, vocab: int) -> float:
