@@ -83,7 +83,7 @@ def test_noise_bursts_are_percussive_and_steady_tones_are_not():
 @pytest.mark.parametrize(("note", "name"), [(48, "C3"), (62, "D4"), (74, "D5")])
 def test_a_melody_over_busy_kicks_is_heard_at_the_melody_not_the_kick(note, name):
     """The synth codec's kick is a loud near-sine at 45–60 Hz; before the f0 high-pass, YIN's
-    median said 43–65 Hz for each of these notes (one in each of the world's registers) under a
+    median said 58–65 Hz for each of these notes (one in each of the world's registers) under a
     kick on every note."""
     codec, frames = SynthCodec(), 150
     codes = torch.zeros(1, 4, frames, dtype=torch.long)
