@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.synth_codec import SynthCodec, note_tokens
+from engine.synth_codec import SynthCodec, midi_hz, note_tokens
 from sae.descriptors import describe, note_name, register_of
 from sae.labelers.base import WindowSet
 from sae.labelers.descriptors import DescriptorLabeler
 from sae.world.grammar import LEVEL, TIMBRES
 
 SR = 32000
-
-
-def midi_hz(m: int) -> float:
-    return 440.0 * 2 ** ((m - 69) / 12)
 
 
 def tones(notes: list[int], seconds: float = 3.0, harmonics: int = 1) -> np.ndarray:
