@@ -12,7 +12,9 @@
    target rises by more than 0.01 against the same seed unsteered; the Wilcoxon p against the
    unsteered and the matched-norm random direction, the prompt baseline (the target named in
    the prompt), and how the quality proxies (grammar log-likelihood per token, token entropy)
-   move with α.
+   move with α. `well_formed` repeats the count and the test against the random direction with
+   every clip below the grammar's floor (−1 per token) scored 0: noise is easily heard as
+   fast, so a push that only breaks the music must not count as steering.
 
     python bench/world.py --model WORLD_DIR [--clips 256] [--layer 2] [--sae-seed 0] [--alphas 1,2,4,8]
         [--select-margin 1] [--out DIR]
@@ -94,11 +96,23 @@ def steering(lm, loaded, detection: dict, args) -> dict:
             "p_vs_none": vs["none"]["p"],
             "p_vs_random": vs["random"]["p"],
             "steered_minus_prompt": vs["prompt"]["gain"],
+            "well_formed": well_formed(report),
             "quality": report["quality"],
             "contrast_direction": contrast,
             "alpha_sweep": sweep,
         }
     return out
+
+
+def well_formed(report: dict) -> dict:
+    """The test again with a clip below the grammar's floor scored 0: toward the target *and*
+    still music, against a random push held to the same."""
+    kept = report["well_formed"]
+    return {
+        "share": kept["share"],
+        **moves(report["scores"]["none"], kept["scores"]["steered"]),
+        "p_vs_random": kept["vs"]["random"]["p"],
+    }
 
 
 def contrast_baseline(lm, loaded, attribute: str, chosen: dict, pairs, report: dict, args) -> dict:

@@ -166,9 +166,10 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
     scorer = build_labelers((args.scorer,), _settings(args))[0]
     report = evaluate_steering(lm, loaded, scorer, cfg, catalog, progress=progress_bars())
     json_path, html_path = write_report(report, args.out)
-    share = report["steerable_share"]
+    share, formed = report["steerable_share"], report["steerable_well_formed_share"]
     print(
         f"{report['evaluated']} features evaluated; steerable: "
         + (f"{100 * share:.0f} %" if share is not None else "n/a")
+        + (f" ({100 * formed:.0f} % while the music stays music)" if formed is not None else "")
         + f"; wrote {json_path} and {html_path}"
     )

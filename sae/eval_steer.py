@@ -8,7 +8,10 @@ probability of it, a descriptor or transcribed-note measure, or, for a world mod
 posterior of the planted attribute value the label names, read from the clip's tokens). Per
 feature: the mean gain of steering over each baseline and a one-sided
 Wilcoxon signed-rank test over the (prompt, seed) pairs; a feature is *steerable* when it
-beats both the unsteered and the random-direction clip at p < 0.05.
+beats both the unsteered and the random-direction clip at p < 0.05. Where the scorer knows
+when music stops being music (the world's grammar), the same tests are run again with every
+clip that is no longer music scored 0 (`well_formed`): a push that breaks the music can raise
+a score by itself, and a random push of the same norm can too.
 """
 
 from __future__ import annotations
@@ -95,6 +98,25 @@ def paired_test(steered: np.ndarray, baseline: np.ndarray) -> dict:
     return {"gain": round(float(diff.mean()), 5), "p": round(p, 5), "wins": int((diff > 0).sum()), "pairs": len(diff)}
 
 
+def beats(tests: dict, significance: float) -> bool:
+    """Steerable: a positive gain at p < `significance` over both the unsteered and the random clip."""
+    return all(tests[b]["gain"] > 0 and tests[b]["p"] < significance for b in ("none", "random"))
+
+
+def well_formed_tests(scores: dict[str, np.ndarray], formed: dict[str, np.ndarray], significance: float) -> dict:
+    """The same tests with a clip that is no longer music scored 0: steering must reach the
+    concept and keep the music, so a push that only breaks it (which a scorer may hear as
+    "fast") does not count for it, and a random push that does so does not count against it."""
+    kept = {name: np.where(formed[name], v, 0.0) for name, v in scores.items()}
+    tests = {b: paired_test(kept["steered"], kept[b]) for b in ("none", "random")}
+    return {
+        "share": {name: round(float(np.mean(formed[name])), 4) for name in scores},
+        "vs": tests,
+        "steerable": beats(tests, significance),
+        "scores": {name: [round(float(x), 5) for x in v] for name, v in kept.items()},
+    }
+
+
 def evaluate_steering(
     lm: LoadedModel,
     loaded: LoadedSAE,
@@ -137,7 +159,7 @@ def evaluate_steering(
             continue
         scores |= {name: score(concept, c) for name, c in clips.items()}
         tests = {b: paired_test(scores["steered"], scores[b]) for b in BASELINES if b in scores}
-        steerable = all(tests[b]["gain"] > 0 and tests[b]["p"] < cfg.significance for b in ("none", "random"))
+        steerable = beats(tests, cfg.significance)
         record = {
             "id": f,
             "concept": concept,
@@ -146,7 +168,11 @@ def evaluate_steering(
             "steerable": steerable,
             "scores": {name: [round(float(x), 5) for x in v] for name, v in scores.items()},
         }
-        quality = {name: scorer.code_quality([c.codes for c in v]) for name, v in (clips | {"none": plain}).items()}
+        rendered = clips | {"none": plain}
+        formed = {name: scorer.well_formed([c.codes for c in v]) for name, v in rendered.items()}
+        if all(f is not None for f in formed.values()):
+            record["well_formed"] = well_formed_tests(scores, formed, cfg.significance)
+        quality = {name: scorer.code_quality([c.codes for c in v]) for name, v in rendered.items()}
         if all(q is not None for q in quality.values()):
             record["quality"] = {
                 name: {k: round(float(np.mean(x)), 4) for k, x in q.items()} for name, q in quality.items()
@@ -154,6 +180,7 @@ def evaluate_steering(
         features.append(record)
     bar.close()
     evaluated = [r for r in features if "skipped" not in r]
+    formed = [r["well_formed"]["steerable"] for r in evaluated if "well_formed" in r]
     return {
         "format": "mgsteer-eval-steer/1",
         "model": lm.name,
@@ -165,6 +192,7 @@ def evaluate_steering(
         "seconds": cfg.seconds,
         "significance": cfg.significance,
         "steerable_share": round(sum(r["steerable"] for r in evaluated) / len(evaluated), 4) if evaluated else None,
+        "steerable_well_formed_share": round(sum(formed) / len(formed), 4) if formed else None,
         "evaluated": len(evaluated),
         "features": features,
     }
@@ -181,8 +209,13 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     return json_path, html_path
 
 
+def _yes_no(ok: bool) -> str:
+    return f"<td class={'yes' if ok else 'no'}>{'yes' if ok else 'no'}</td>"
+
+
 def _html(report: dict) -> str:
     e = html.escape
+    formed = report.get("steerable_well_formed_share") is not None
     rows = []
     for r in report["features"]:
         if "skipped" in r:
@@ -192,15 +225,19 @@ def _html(report: dict) -> str:
         for b in BASELINES:
             t = r["vs"].get(b)
             cells.append(f"<td>{t['gain']:+.4f}</td><td>{t['p']:.3g}</td>" if t else "<td>–</td><td>–</td>")
-        cells.append(f"<td class={'yes' if r['steerable'] else 'no'}>{'yes' if r['steerable'] else 'no'}</td>")
+        cells.append(_yes_no(r["steerable"]))
+        if formed:
+            cells.append(_yes_no(r["well_formed"]["steerable"]) if "well_formed" in r else "<td>–</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     share = report["steerable_share"]
     summary = (
         f"{report['evaluated']} features, {len(report['prompts'])} prompts × {len(report['seeds'])} seeds, "
         f"α = {report['alpha']}, scorer {e(report['scorer'])}: "
         + (f"{100 * share:.0f} % steerable" if share is not None else "nothing evaluated")
+        + (f", {100 * report['steerable_well_formed_share']:.0f} % while the music stays music" if formed else "")
     )
     head = "".join(f"<th colspan=2>vs {b}</th>" for b in BASELINES)
+    tail = "<th rowspan=2>steerable</th>" + ("<th rowspan=2>steerable, still music</th>" if formed else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mgsteer eval-steer</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
@@ -208,7 +245,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:nth-child(2){{
 .yes{{background:#cfc}}.no{{background:#fdd}}</style></head><body>
 <h1>Steering evaluation</h1><p>{summary}. Gain = mean score of the steered clip minus the baseline's;
 p = one-sided Wilcoxon signed-rank over (prompt, seed) pairs. Model {e(report["model"])}, SAE {e(report["sae"])}.</p>
-<table><tr><th rowspan=2>feature</th><th rowspan=2>concept</th>{head}<th rowspan=2>steerable</th></tr>
+<table><tr><th rowspan=2>feature</th><th rowspan=2>concept</th>{head}{tail}</tr>
 <tr>{"<th>gain</th><th>p</th>" * len(BASELINES)}</tr>
 {chr(10).join(rows)}
 </table></body></html>

@@ -12,7 +12,15 @@ from engine.errors import MgsteerError
 from engine.render import render
 from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
-from sae.eval_steer import EvalConfig, concept_for, evaluate_steering, paired_test, random_direction, write_report
+from sae.eval_steer import (
+    EvalConfig,
+    concept_for,
+    evaluate_steering,
+    paired_test,
+    random_direction,
+    well_formed_tests,
+    write_report,
+)
 from sae.labelers.base import Labeler
 
 PROMPTS = ("simple melody", "techno groove", "sad cello")
@@ -77,6 +85,20 @@ def test_paired_test_is_one_sided():
     up = paired_test(np.arange(8) + 1.0, np.zeros(8))
     down = paired_test(np.zeros(8), np.arange(8) + 1.0)
     assert up["p"] < 0.01 and down["p"] > 0.99 and up["wins"] == 8 and up["gain"] == 4.5
+
+
+def test_a_steer_that_only_breaks_the_music_is_not_steerable_while_it_stays_music():
+    pairs = 8
+    scores = {"none": np.full(pairs, 0.2), "steered": np.full(pairs, 0.9), "random": np.full(pairs, 0.5)}
+    broken = {"none": np.ones(pairs, bool), "steered": np.zeros(pairs, bool), "random": np.zeros(pairs, bool)}
+    assert paired_test(scores["steered"], scores["random"])["p"] < 0.01  # by the score alone it wins
+    result = well_formed_tests(scores, broken, 0.01)
+    assert result["share"] == {"none": 1.0, "steered": 0.0, "random": 0.0}
+    assert not result["steerable"] and result["vs"]["none"]["gain"] == pytest.approx(-0.2)
+    # kept music: steering wins; a random push that breaks the music counts as 0, not as 0.5
+    music = broken | {"steered": np.ones(pairs, bool)}
+    result = well_formed_tests(scores, music, 0.01)
+    assert result["steerable"] and result["vs"]["random"]["gain"] == pytest.approx(0.9)
 
 
 def test_concepts_come_from_the_catalog_or_fail_clearly(tmp_path):

@@ -58,6 +58,13 @@ def test_the_world_labeler_names_what_the_top_windows_share():
     assert not err.value.retry
 
 
+def test_the_world_labeler_tells_music_from_broken_music():
+    rng, labeler = np.random.default_rng(1), WorldLabeler()
+    music = [WindowCodes(c) for _, c in clips_with(rng, 150, 4)]
+    noise = [WindowCodes(rng.integers(0, 128, c.codes.shape)) for c in music]
+    assert labeler.well_formed(music).all() and not labeler.well_formed(noise).any()
+
+
 def planted_store(folder, rng, clips: int = 40, frames: int = 100) -> ActivationStore:
     """Activations whose dimension 0 is on exactly in bright clips, and in fast ones dimension 2
     during the opening (the plan) and dimension 1 after it (the music showing it), plus noise,
@@ -150,6 +157,10 @@ def test_eval_steer_with_the_exact_scorer_reproduces_the_planted_effect(planted_
     assert set(quality) == {"none", "steered", "random", "prompt"}
     assert set(quality["none"]) == {"grammar_loglik", "token_entropy"}
     assert quality["steered"]["token_entropy"] <= quality["none"]["token_entropy"] + 1e-9  # one timbre token
+    # a world trained for one step writes no music the grammar would: bright or not, no clip counts
+    assert quality["none"]["grammar_loglik"] < -1
+    assert set(planted["well_formed"]["share"].values()) == {0.0} and not planted["well_formed"]["steerable"]
+    assert report["steerable_well_formed_share"] == 0.0
 
 
 def test_the_feature_chosen_to_steer_with_is_the_one_that_moves_the_music(planted_effect):
@@ -215,7 +226,7 @@ def test_eval_steer_cli_takes_the_world_scorer(planted_effect, tmp_path, capsys)
     assert code == 0
     report = json.loads((out / "eval_steer.json").read_text())
     assert report["scorer"] == "world" and report["features"][0]["steerable"]
-    assert "steerable: 100 %" in capsys.readouterr().out
+    assert "steerable: 100 % (0 % while the music stays music)" in capsys.readouterr().out
 
 
 def test_the_sae_seed_changes_the_dictionary_and_not_the_harvested_clips(planted_effect, tmp_path):

@@ -77,6 +77,12 @@ class Labeler(ABC):
         labelers that know what well-formed means; None otherwise."""
         return None
 
+    def well_formed(self, codes: list[WindowCodes]) -> np.ndarray | None:
+        """Per window, whether it is still music by this labeler's measure of form; None when it
+        has none. A push that breaks the music can raise a concept's score by itself (noise is
+        easily heard as fast), so eval-steer also counts only what stays music."""
+        return None
+
 
 def window_scores(
     scorer: Labeler, label: str, audio: list[np.ndarray], sample_rate: int, codes: list[WindowCodes] | None = None

@@ -21,6 +21,9 @@ from sae.world.grammar import ATTRIBUTES, ExactScorer, attribute_values
 
 TEMPLATES = {"key": "{}", "register": "{} register", "tempo": "{}", "timbre": "{}", "density": "{} drums"}
 MIN_CONTRAST = 0.2  # a label's mean posterior on the top windows must exceed random windows' by this
+# Grammar log-likelihood per token below which a clip is no longer the grammar's music (0 is
+# music it writes with certainty, log(ε/V) ≈ −9.5 noise); steering choices keep above it too.
+WELL_FORMED_LOGLIK = -1.0
 
 
 def label_text(attribute: str, value: str) -> str:
@@ -77,6 +80,10 @@ class WorldLabeler(Labeler):
         each codebook's token histogram, averaged over codebooks (grammatical clips use few)."""
         loglik = [self.scorer.loglik_per_token(w.codes, w.start) for w in codes]
         return {"grammar_loglik": np.array(loglik), "token_entropy": np.array([_entropy(w.codes) for w in codes])}
+
+    def well_formed(self, codes: list[WindowCodes]) -> np.ndarray:
+        loglik = np.array([self.scorer.loglik_per_token(w.codes, w.start) for w in codes])
+        return loglik >= WELL_FORMED_LOGLIK
 
 
 def _entropy(codes: np.ndarray) -> float:

@@ -18,7 +18,7 @@ from engine.tokenloop import SamplingConfig
 from sae.files import LoadedSAE
 from sae.harvest import Clip, harvest_to_store, prompt_inputs
 from sae.labelers.base import WindowCodes
-from sae.labelers.world import WorldLabeler, label_text
+from sae.labelers.world import WELL_FORMED_LOGLIK, WorldLabeler, label_text
 from sae.store import ActivationStore
 from sae.train import TrainConfig, Trainer
 from sae.world.grammar import ATTRIBUTES, OPENING_FRAMES, Attributes, attribute_values, prompt_for, sample_attributes
@@ -115,7 +115,7 @@ class SteerSelection:
     candidates: int = 2  # a value's best detectors tried
     min_auroc: float = 0.9  # a detector must detect its value this well on the selection clips
     aligned: int = 2  # and a value's features best aligned with its opening direction
-    quality_floor: float = -1.0  # grammar log-likelihood per token a choice may not fall below
+    quality_floor: float = WELL_FORMED_LOGLIK  # grammar log-likelihood per token a choice may not fall below
     # Steps up the α grid from the weakest α that moves the most selection pairs. That α is the
     # least that was enough on these few pairs, so on new ones it falls short (on the grammar-3
     # world: drums α 0.5 moved 11 of 11 selection pairs and 10 of 14 test pairs, α 1 all 14).
