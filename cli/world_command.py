@@ -20,8 +20,9 @@ def add_world_command(sub) -> None:
     t.add_argument("--steps", type=types.COUNT, default=2000, help="training steps (≈ 0.25 s each on 2 CPU cores)")
     t.add_argument("--batch-size", type=types.whole(1, 4096), default=16, help="clips per step")
     t.add_argument("--seconds", type=types.CLIP_SECONDS, default=4.0, help="clip length")
-    t.add_argument("--short-steps", type=types.whole(0, 10**9), default=0,
-                   help="first steps on 1 s clips: a third of the cost each (make demo: 1300 of 2000)")  # fmt: skip
+    t.add_argument("--short-steps", type=types.whole(0, 10**9), default=None,
+                   help="first steps on 1 s clips, a third of the cost each (default: 65 %% of --steps, "
+                        "1300 of 2000; 0: every step on full clips)")  # fmt: skip
     t.add_argument("--lr", type=types.number(0.0, 1.0, above=True), default=2e-3, help="peak learning rate")
     t.add_argument("--checkpoint-every", type=types.COUNT, default=250, help="steps between checkpoints")
     t.add_argument("--seed", type=types.SEED, default=0, help="initialisation and data seed")
@@ -40,16 +41,17 @@ def add_world_command(sub) -> None:
 
 def cmd_world_train(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
-    from sae.world.train import WorldTrainConfig, WorldTrainer, prompted_accuracy
+    from sae.world.train import SHORT_SHARE, WorldTrainConfig, WorldTrainer, prompted_accuracy
 
-    if args.short_steps > args.steps:
-        raise MgsteerError(f"--short-steps {args.short_steps} is more than --steps {args.steps}")
+    short_steps = round(SHORT_SHARE * args.steps) if args.short_steps is None else args.short_steps
+    if short_steps > args.steps:
+        raise MgsteerError(f"--short-steps {short_steps} is more than --steps {args.steps}")
     out = output_dir(args.out)
     cfg = WorldTrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         seconds=args.seconds,
-        short_steps=args.short_steps,
+        short_steps=short_steps,
         lr=args.lr,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,

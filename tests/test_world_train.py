@@ -121,7 +121,7 @@ def test_folders_are_not_clobbered_and_settings_not_mixed(tmp_path):
     WorldTrainer(out, WorldTrainConfig(steps=2, **SMALL)).run()
     with pytest.raises(MgsteerError, match="not empty"):
         WorldTrainer(out, WorldTrainConfig(steps=2, **SMALL)).run()
-    with pytest.raises(MgsteerError, match="other settings"):
+    with pytest.raises(MgsteerError, match=r"other settings \(batch_size 4, not 8\)"):
         WorldTrainer(out, WorldTrainConfig(steps=4, **{**SMALL, "batch_size": 8})).run(resume=True)
     with pytest.raises(MgsteerError, match="nothing to resume"):
         WorldTrainer(tmp_path / "empty", WorldTrainConfig(steps=2, **SMALL)).run(resume=True)
@@ -133,4 +133,6 @@ def test_world_cli_trains_and_scores(tmp_path, capsys):
                  "--generations", "2"]) == 0  # fmt: skip
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("{"))
     assert set(json.loads(line)["prompted_accuracy"]) >= {"key", "tempo", "generations"}
+    # by default the first 65 % of the steps are short: here 1 of 2
+    assert json.loads((out / "train_state.json").read_text())["config"]["short_steps"] == 1
     assert main(["world", "eval", "--model", str(out), "--generations", "2", "--seconds", "1"]) == 0

@@ -61,6 +61,12 @@ WORLD_ARCH = ArchSpec(
 )
 
 
+# Share of `mgsteer world train`'s steps on short clips by default. On two CPUs the same 2000
+# steps of 16 clips reached a prompted accuracy of 0.96–1.00 for every attribute with 1300 of
+# them short, and 0.86–0.96 with none (tempo 0.86 on one CPU), in about half the time.
+SHORT_SHARE = 0.65
+
+
 @dataclass(frozen=True)
 class WorldTrainConfig:
     steps: int = 3000
@@ -166,8 +172,12 @@ class WorldTrainer:
             if not state.is_file():
                 raise MgsteerError(f"nothing to resume in '{out}': train without --resume first")
             saved = json.loads(state.read_text())
-            if saved["config"] != {**asdict(cfg), "steps": saved["config"]["steps"]}:
-                raise MgsteerError(f"'{out}' was trained with other settings; resume with the same ones or --overwrite")
+            now = {**asdict(cfg), "steps": saved["config"]["steps"]}
+            if saved["config"] != now:
+                differ = ", ".join(f"{k} {v}, not {now.get(k)}" for k, v in saved["config"].items() if now.get(k) != v)
+                raise MgsteerError(
+                    f"'{out}' was trained with other settings ({differ}); resume with the same ones or --overwrite"
+                )
             lm = load_musicgen(str(out), "cpu", "float32")
             start = saved["step"]
         else:
