@@ -27,6 +27,7 @@ from sae.world.pipeline import (
     choose_steering,
     contrast_direction,
     harvest_and_train,
+    moves,
     with_margin,
 )
 from sae.world.train import WorldTrainConfig, WorldTrainer
@@ -187,6 +188,27 @@ def test_the_feature_chosen_to_steer_with_is_the_one_that_moves_the_music(plante
     choice = choose_steering(lm, loaded, aligned, "timbre", replace(sel, alphas=(1.0,)))
     assert [(t["feature"], t["source"]) for t in choice["tried"]] == [(1, "detector"), (0, "aligned")]
     assert choice["chosen"]["feature"] == 0
+
+
+def test_a_pair_pushed_out_of_the_music_has_not_moved():
+    plain, pushed = [0.1, 0.1, 0.1, 1.0], [0.9, 0.9, 0.1, 1.0]
+    assert moves(plain, pushed) == {
+        "pairs_already_at_target": 1, "toward_target_share": 0.667, "moved_share_of_all_pairs": 0.5,
+    }  # fmt: skip
+    kept = np.array([True, False, True, True])
+    assert moves(plain, pushed, kept)["toward_target_share"] == 0.333
+
+
+def test_the_selection_counts_only_pairs_whose_steered_music_keeps_above_the_floor(planted_effect):
+    lm, loaded = planted_effect
+    detection = {"values": {"timbre=bright": {"feature": 0, "candidates": [[0, 1.0]]}}}
+    sel = SteerSelection(prompts=2, seeds=(100, 101), seconds=0.5, alphas=(2.0,), quality_floor=-100.0)
+    everything = choose_steering(lm, loaded, detection, "timbre", sel)["chosen"]
+    assert everything["moved_share"] == 1.0
+    # at the clips' mean log-likelihood the mean passes, and the pairs below it no longer count
+    floor = everything["grammar_loglik"] - 1e-3  # the mean is rounded to three places
+    cut = choose_steering(lm, loaded, detection, "timbre", replace(sel, quality_floor=floor))
+    assert 0 < cut["chosen"]["moved_share"] < 1
 
 
 def test_the_margin_steps_up_only_while_the_stronger_alpha_moves_as_many_pairs():

@@ -89,11 +89,11 @@ def detected(detection: dict) -> list[tuple[float, str, str, int]]:
     return sorted(rows, key=lambda r: -r[0])
 
 
-def moves(plain: list[float] | np.ndarray, pushed: list[float] | np.ndarray) -> dict:
+def moves(plain: list[float] | np.ndarray, pushed: list[float] | np.ndarray, kept: np.ndarray | None = None) -> dict:
     """How many pairs could move toward the target, and the share of those, and of all pairs,
-    that did."""
+    that did (and, given `kept`, whose pushed clip is still music)."""
     movable = [i for i, x in enumerate(plain) if x <= AT_TARGET]
-    moved = sum(pushed[i] - plain[i] > MIN_MOVE for i in movable)
+    moved = sum(pushed[i] - plain[i] > MIN_MOVE and (kept is None or kept[i]) for i in movable)
     return {
         "pairs_already_at_target": len(plain) - len(movable),
         "toward_target_share": round(moved / len(movable), 3) if movable else None,
@@ -132,9 +132,11 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
     detectors, and the features aligned with the direction its clips' openings take (where
     the model decides), are tried at each α under neutral prompts, and the choice is the one
     that moves the most pairs toward its value (of all pairs: a value the model already writes
-    leaves no room to show anything), then the larger mean rise, then the smaller α, and then
-    `sel.margin` steps stronger as long as the stronger α moves as many pairs; a choice whose
-    music falls below the quality floor is never taken. None when no candidate qualifies."""
+    leaves no room to show anything) with their music above the quality floor (the exact scorer
+    hears broken music as fast: a pair pushed into noise has not moved), then the larger mean
+    rise, then the smaller α, and then `sel.margin` steps stronger as long as the stronger α
+    moves as many pairs; a choice whose music falls below the quality floor on average is never
+    taken. None when no candidate qualifies."""
     scorer = WorldLabeler(lm.codebook_size)
     pairs = [(p, s) for p in neutral_prompts(attribute, sel.prompts, sel.seed) for s in sel.seeds]
 
@@ -154,14 +156,15 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
             for alpha in sel.alphas:
                 steered = [codes(p, s, SteeringSpec((FeatureSteer(feature, alpha),))) for p, s in pairs]
                 after = scorer.score_codes(concept, steered)
+                loglik = scorer.code_quality(steered)["grammar_loglik"]
                 tried.append({
                     "value": value,
                     "feature": int(feature),
                     "alpha": alpha,
                     "source": source,
-                    "moved_share": moves(before, after)["moved_share_of_all_pairs"],
+                    "moved_share": moves(before, after, loglik >= sel.quality_floor)["moved_share_of_all_pairs"],
                     "mean_rise": round(float((after - before).mean()), 4),
-                    "grammar_loglik": round(float(scorer.code_quality(steered)["grammar_loglik"].mean()), 3),
+                    "grammar_loglik": round(float(loglik.mean()), 3),
                 })  # fmt: skip
     allowed = [t for t in tried if t["grammar_loglik"] >= sel.quality_floor]
     if not allowed:
