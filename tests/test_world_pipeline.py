@@ -68,14 +68,19 @@ def test_the_world_labeler_tells_music_from_broken_music():
 
 def planted_store(folder, rng, clips: int = 40, frames: int = 100) -> ActivationStore:
     """Activations whose dimension 0 is on exactly in bright clips, and in fast ones dimension 2
-    during the opening (the plan) and dimension 1 after it (the music showing it), plus noise,
-    beside the clips' real tokens."""
+    during the opening (the plan) and dimension 1 after it (the music showing it); dimension 3
+    spikes once every 25 frames in sparse-drum clips (an event, like a snare once a bar) and
+    holds a low level all along in busy ones; plus noise, beside the clips' real tokens."""
     writer = StoreWriter(folder, StoreMeta("planted", (0,), 8, "float32", "generation", 4))
     for i, (attrs, codes) in enumerate(clips_with(rng, frames, clips)):
         acts = torch.from_numpy(rng.normal(0, 0.1, (frames, 8))).float().abs()
         acts[:, 0] += float(attrs.timbre == "bright")
         acts[OPENING_FRAMES:, 1] += float(attrs.tempo == "fast")
         acts[:OPENING_FRAMES, 2] += float(attrs.tempo == "fast")
+        if attrs.density == "sparse":
+            acts[12::25, 3] += 3.0
+        else:
+            acts[:, 3] += 0.3
         writer.add_clip(f"c{i}", {0: acts}, torch.from_numpy(codes))
     writer.flush()
     return ActivationStore(folder)
@@ -93,6 +98,12 @@ def test_feature_detection_finds_the_planted_features_on_held_out_windows(tmp_pa
     assert result["values"]["timbre=bright"]["auroc_held_out"] == 1.0
     assert result["values"]["tempo=fast"]["feature"] == 1
     assert result["values"]["tempo=fast"]["auroc_held_out"] == 1.0
+    assert {result["values"][k]["pool"] for k in ("timbre=bright", "tempo=fast", "density=busy")} == {"mean"}
+    # an event read by its mean is diluted by the frames between: its peak tells the windows apart
+    sparse = result["values"]["density=sparse"]
+    assert (sparse["feature"], sparse["pool"], sparse["auroc_held_out"]) == (3, "peak", 1.0)
+    assert sparse["auroc_held_out_mean_only"] < 0.9 and sparse["candidates"][0] == [3, 1.0]
+    assert result["values_at_least_0.9"] == result["values_at_least_0.9_mean_only"] + 1
     # what the openings differ by is the plan, not what best detects the music
     (first, cosine), *_ = result["values"]["tempo=fast"]["aligned"]
     assert first == 2 and cosine > 0.9
