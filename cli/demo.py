@@ -106,7 +106,9 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     candidates = [r for r in measured if r[2] in AUDIBLE and heard[r[1]][r[2]] < 0.5]
     auroc, attribute, value, feature = (candidates or measured)[0]
     concept = label_text(attribute, value)
-    print(f"[3/5] feature {feature} detects '{concept}' on held-out windows with AUROC {auroc:.2f}")
+    pool = detection["values"][f"{attribute}={value}"]["pool"]
+    window = f"{detection['window_s']:g} s windows"
+    print(f"[3/5] feature {feature} detects '{concept}' by its {pool} over {window}: held-out AUROC {auroc:.2f}")
 
     names = ("world", "descriptors")
     chosen = tuple(dict.fromkeys([feature, *choose_features(loaded, LabelConfig(limit=5))]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -105,6 +106,7 @@ def test_demo_renders_plain_and_steered(tmp_path, capsys):
     assert str(result["browser"].resolve()) in printed and "__DATA__" not in result["browser"].read_text()
     assert result["target"]["alpha"] in QUICK_DEMO.alphas and "grammar log-likelihood per token" in printed
     assert result["target"]["attribute"] not in result["also_changed"] and "other attributes: " in printed
+    assert re.search(r"detects '[^']+' by its (mean|peak) over 2 s windows: held-out AUROC \d\.\d\d", printed)
 
 
 def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_the_grammar(monkeypatch):
