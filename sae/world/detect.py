@@ -57,6 +57,7 @@ def window_activations(
     `frames`-frame windows of every clip; and each clip's mean residual over its first
     `opening_frames`."""
     acts, peaks, residual, clips = [], [], [], []
+    d_sae = loaded.cfg.d_sae
     open_sums = torch.zeros(len(store.clips), loaded.cfg.d_in, dtype=torch.float64)
     open_counts = torch.zeros(len(store.clips), dtype=torch.float64)
     for shard, offset in store.iter_shards(store.check_layer(layer)):
@@ -69,7 +70,6 @@ def window_activations(
         key = clip * 1_000_000 + frame // frames  # one id per (clip, window)
         ids, inverse = torch.unique(key, return_inverse=True)
         sums = torch.zeros(len(ids), both.shape[1]).index_add_(0, inverse, both)
-        d_sae = loaded.cfg.d_sae
         rows = inverse[:, None].expand(-1, d_sae)
         highest = torch.zeros(len(ids), d_sae).scatter_reduce_(0, rows, both[:, :d_sae], "amax", include_self=False)
         counts = torch.bincount(inverse, minlength=len(ids)).clamp(min=1)
@@ -77,7 +77,7 @@ def window_activations(
         means = (sums / counts[:, None])[whole].numpy()
         acts.append(means[:, :d_sae])
         peaks.append(highest[whole].numpy())
-        residual.append(means[:, loaded.cfg.d_sae :])
+        residual.append(means[:, d_sae:])
         clips.append((ids // 1_000_000)[whole].numpy())
     opening = (open_sums / open_counts.clamp(min=1)[:, None]).float().numpy()
     parts = (acts, peaks, residual, clips)
@@ -142,10 +142,10 @@ def feature_detection(
 ) -> dict:
     """Per attribute value: the best feature and how it is read over a window (its mean or its
     peak; chosen on even clips) and its held-out AUROC (odd clips), with the `candidates` best
-    by their selection AUROC and as many `aligned` with the
-    value's opening direction on the even clips (for choosing a feature to steer with), and a
-    logistic probe's held-out AUROC on the residual itself; the same, but for `aligned`, for
-    every key × register pair (`conjunctions`); JSON-ready."""
+    by their selection AUROC and as many `aligned` with the value's opening direction on the
+    even clips (for choosing a feature to steer with), and a logistic probe's held-out AUROC on
+    the residual itself; the same, but for `aligned`, for every key × register pair
+    (`conjunctions`); JSON-ready."""
     frames = max(1, round(window_s * frame_rate))
     windows = window_activations(store, loaded, layer, frames, OPENING_FRAMES)
     truth = clip_truth(store, codebook_size)
