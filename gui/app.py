@@ -60,9 +60,15 @@ def run_app(
                 print(f"wrote {screenshot}")
             app.quit()
 
+    timer = QTimer(window, interval=100, timeout=watch)
     if seconds is not None:
-        timer = QTimer(window, interval=100, timeout=watch)
         timer.start()
     app.exec()
+    # The connections hold the closures and the closures hold the window: left connected, the
+    # window outlives this call in a reference cycle, and its timer fires `watch` on a closed
+    # window whenever a later event loop runs (a crash, not an error).
+    timer.stop()
+    timer.timeout.disconnect(watch)
+    window.installed.disconnect(steer_once)
     window.close()
     return result["error"]

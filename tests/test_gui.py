@@ -220,6 +220,28 @@ def test_gui_screenshot_writes_a_png_of_the_window(tmp_path, tiny_sae_dir):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_scripted_window_leaves_no_timer_running_when_it_returns(qtbot, monkeypatch):
+    """A scripted run's timer kept firing into later event loops, on a closed window (a
+    segmentation fault in a later test): nothing of the window may still run afterwards."""
+    from PyQt6.QtCore import QTimer
+
+    import gui.app
+
+    made = []
+
+    class Watched(MainWindow):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(gui.app, "MainWindow", Watched)
+    assert gui.app.run_app(SessionSpec(model="tiny", no_audio=True), seconds=0.5) is None
+    (window,) = made
+    assert not window.isVisible() and window.session is None
+    assert [t for t in window.findChildren(QTimer) if t.isActive()] == []
+    qtbot.wait(300)  # later event loops: nothing of the closed window runs, nothing crashes
+
+
 def test_gui_refuses_console_only_flags_and_a_bad_screenshot_path(capsys, tmp_path):
     assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--out", str(tmp_path / "x.wav")]) == 2
     assert "--out is not used with the window" in capsys.readouterr().err
