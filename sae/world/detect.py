@@ -166,7 +166,7 @@ def feature_detection(
                 found[value] = {"skipped": "too few clips with and without it in both halves"}
                 continue
             scores = aurocs(pooled[chosen], positive[chosen])
-            order = np.argsort(-scores)
+            order = np.argsort(-scores, kind="stable")  # a tie goes to the mean, the first block
             ranked: dict[int, float] = {}  # feature → its best selection AUROC, best first
             for column in order:
                 ranked.setdefault(int(column) % d_sae, round(float(scores[column]), 4))
