@@ -168,15 +168,14 @@ def evaluate_steering(
             "steerable": steerable,
             "scores": {name: [round(float(x), 5) for x in v] for name, v in scores.items()},
         }
-        rendered = clips | {"none": plain}
-        formed = {name: scorer.well_formed([c.codes for c in v]) for name, v in rendered.items()}
-        if all(f is not None for f in formed.values()):
-            record["well_formed"] = well_formed_tests(scores, formed, cfg.significance)
-        quality = {name: scorer.code_quality([c.codes for c in v]) for name, v in rendered.items()}
+        quality = {name: scorer.code_quality([c.codes for c in v]) for name, v in (clips | {"none": plain}).items()}
         if all(q is not None for q in quality.values()):
             record["quality"] = {
                 name: {k: round(float(np.mean(x)), 4) for k, x in q.items()} for name, q in quality.items()
             }
+            formed = {name: scorer.well_formed(q) for name, q in quality.items()}
+            if all(f is not None for f in formed.values()):
+                record["well_formed"] = well_formed_tests(scores, formed, cfg.significance)
         features.append(record)
     bar.close()
     evaluated = [r for r in features if "skipped" not in r]

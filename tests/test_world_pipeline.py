@@ -63,7 +63,8 @@ def test_the_world_labeler_tells_music_from_broken_music():
     rng, labeler = np.random.default_rng(1), WorldLabeler()
     music = [WindowCodes(c) for _, c in clips_with(rng, 150, 4)]
     noise = [WindowCodes(rng.integers(0, 128, c.codes.shape)) for c in music]
-    assert labeler.well_formed(music).all() and not labeler.well_formed(noise).any()
+    assert labeler.well_formed(labeler.code_quality(music)).all()
+    assert not labeler.well_formed(labeler.code_quality(noise)).any()
 
 
 def planted_store(folder, rng, clips: int = 40, frames: int = 100) -> ActivationStore:

@@ -77,10 +77,11 @@ class Labeler(ABC):
         labelers that know what well-formed means; None otherwise."""
         return None
 
-    def well_formed(self, codes: list[WindowCodes]) -> np.ndarray | None:
-        """Per window, whether it is still music by this labeler's measure of form; None when it
-        has none. A push that breaks the music can raise a concept's score by itself (noise is
-        easily heard as fast), so eval-steer also counts only what stays music."""
+    def well_formed(self, quality: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Per window, from its `code_quality` measures: is it still music by this labeler's
+        measure of form? None when it has none. A push that breaks the music can raise a
+        concept's score by itself (noise is easily heard as fast), so eval-steer also counts
+        only what stays music."""
         return None
 
 

@@ -81,9 +81,8 @@ class WorldLabeler(Labeler):
         loglik = [self.scorer.loglik_per_token(w.codes, w.start) for w in codes]
         return {"grammar_loglik": np.array(loglik), "token_entropy": np.array([_entropy(w.codes) for w in codes])}
 
-    def well_formed(self, codes: list[WindowCodes]) -> np.ndarray:
-        loglik = np.array([self.scorer.loglik_per_token(w.codes, w.start) for w in codes])
-        return loglik >= WELL_FORMED_LOGLIK
+    def well_formed(self, quality: dict[str, np.ndarray]) -> np.ndarray:
+        return quality["grammar_loglik"] >= WELL_FORMED_LOGLIK
 
 
 def _entropy(codes: np.ndarray) -> float:
