@@ -154,9 +154,10 @@ def feature_detection(
     openings = windows.opening[even_clips]
 
     pooled, d_sae = windows.pooled, loaded.cfg.d_sae
+    selection, held = pooled[chosen], pooled[~chosen]  # split once: every value reads both
 
     def held_out(column: int, positive: np.ndarray) -> float:
-        return round(float(aurocs(pooled[~chosen][:, [column]], positive[~chosen])[0]), 4)
+        return round(float(aurocs(held[:, [column]], positive[~chosen])[0]), 4)
 
     def detect(labels: np.ndarray) -> dict[str, dict]:
         found = {}
@@ -165,7 +166,7 @@ def feature_detection(
             if any(half.all() or not half.any() for half in (positive[chosen], positive[~chosen])):
                 found[value] = {"skipped": "too few clips with and without it in both halves"}
                 continue
-            scores = aurocs(pooled[chosen], positive[chosen])
+            scores = aurocs(selection, positive[chosen])
             order = np.argsort(-scores, kind="stable")  # a tie goes to the mean, the first block
             ranked: dict[int, float] = {}  # feature → its best selection AUROC, best first
             for column in order:
