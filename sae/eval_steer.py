@@ -37,6 +37,7 @@ from sae.labelers.base import WindowCodes, window_scores
 DEFAULT_PROMPTS = ("simple melody", "a calm piano piece", "an upbeat pop song", "ambient pads")
 LABEL_PREFERENCE = ("world", "llm", "classifier", "clap", "notes", "descriptors")
 BASELINES = ("none", "random", "prompt")
+TIE_RTOL = 1e-9  # scores closer than this, relatively, differ by rounding alone
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,15 @@ def random_direction(like: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def paired_test(steered: np.ndarray, baseline: np.ndarray) -> dict:
-    """Mean gain and one-sided Wilcoxon signed-rank p (steered > baseline) over pairs."""
+    """Mean gain and one-sided Wilcoxon signed-rank p (steered > baseline) over pairs.
+
+    Scores equal to float rounding are ties: a posterior of 1 summed in another order reads
+    1 − 2e-16, and the signed-rank test would count each such pair as the baseline winning
+    (on the world's tempo that turned 12 wins and 1 loss in 32 pairs into p 0.035)."""
     from scipy.stats import wilcoxon
 
-    diff = np.asarray(steered, float) - np.asarray(baseline, float)
+    steered, baseline = np.asarray(steered, float), np.asarray(baseline, float)
+    diff = np.where(np.isclose(steered, baseline, rtol=TIE_RTOL, atol=0.0), 0.0, steered - baseline)
     p = float(wilcoxon(diff, alternative="greater").pvalue) if np.any(diff) else 1.0
     return {"gain": round(float(diff.mean()), 5), "p": round(p, 5), "wins": int((diff > 0).sum()), "pairs": len(diff)}
 

@@ -87,6 +87,14 @@ def test_paired_test_is_one_sided():
     assert up["p"] < 0.01 and down["p"] > 0.99 and up["wins"] == 8 and up["gain"] == 4.5
 
 
+def test_scores_equal_but_for_rounding_are_ties_not_losses():
+    # the world's tempo: 12 pairs moved, 1 lost, 19 at 1 both ways, some summed to 1 − 2e-16
+    steered = np.array([1.0] * 12 + [0.0] + [1.0] * 19)
+    random = np.array([0.0] * 12 + [1.0] + [1.0 - 2.2e-16] * 13 + [1.0] * 6)
+    dusty, exact = paired_test(steered, random), paired_test(steered, np.round(random, 9))
+    assert dusty == exact and dusty["wins"] == 12 and dusty["p"] < 0.01
+
+
 def test_a_steer_that_only_breaks_the_music_is_not_steerable_while_it_stays_music():
     pairs = 8
     scores = {"none": np.full(pairs, 0.2), "steered": np.full(pairs, 0.9), "random": np.full(pairs, 0.5)}
