@@ -109,6 +109,9 @@ def test_feature_detection_finds_the_planted_features_on_held_out_windows(tmp_pa
     (first, cosine), *_ = result["values"]["tempo=fast"]["aligned"]
     assert first == 2 and cosine > 0.9
     assert result["values"]["timbre=bright"]["aligned"][0][0] == 0
+    # what the whole clips differ by is the music that follows the plan
+    assert result["values"]["tempo=fast"]["aligned_whole"][0][0] == 1
+    assert result["values"]["timbre=bright"]["aligned_whole"][0][0] == 0
     # the key is planted nowhere: no feature detects it reliably on held-out windows
     keys = [v["auroc_held_out"] for k, v in result["values"].items() if k.startswith("key=") and "feature" in v]
     assert keys and min(keys) < 0.9
@@ -199,6 +202,11 @@ def test_the_feature_chosen_to_steer_with_is_the_one_that_moves_the_music(plante
     aligned = {"values": {"timbre=bright": {"feature": 1, "candidates": [[1, 1.0]], "aligned": [[1, 0.9], [0, 0.8]]}}}
     choice = choose_steering(lm, loaded, aligned, "timbre", replace(sel, alphas=(1.0,)))
     assert [(t["feature"], t["source"]) for t in choice["tried"]] == [(1, "detector"), (0, "aligned")]
+    assert choice["chosen"]["feature"] == 0
+    # and one aligned with its whole clips' direction, once (a value decided after the opening)
+    bright = aligned["values"]["timbre=bright"] | {"aligned": [[1, 0.9]], "aligned_whole": [[1, 0.9], [0, 0.7]]}
+    choice = choose_steering(lm, loaded, {"values": {"timbre=bright": bright}}, "timbre", replace(sel, alphas=(1.0,)))
+    assert [(t["feature"], t["source"]) for t in choice["tried"]] == [(1, "detector"), (0, "aligned whole")]
     assert choice["chosen"]["feature"] == 0
 
 

@@ -15,9 +15,14 @@ the SAE spend its features on the pair instead of on the key?).
 
 Beside the detectors, each value lists the features whose decoder directions best align with
 the direction by which its clips' *openings* differ from the others' (the mean residual of the
-first `OPENING_FRAMES` frames): candidates to steer with. A detector fires on what the music
-shows (a fast clip's note onsets); the model decides an attribute at the opening (its tempo at
-the first note change) and then copies its own past, so what steers is what it reads then.
+first `OPENING_FRAMES` frames), and those best aligned with the direction by which the *whole*
+clips differ: candidates to steer with. A detector fires on what the music shows (a fast
+clip's note onsets); the model decides an attribute at the opening (its tempo at the first
+note change) and then copies its own past, so what steers is what it reads then. But not every
+attribute is decided there: a drum density is first heard at the second note, after the
+opening, and on the default world no feature aligned with the opening moved more than 7 of 12
+pairs toward busy drums, while one aligned with the whole clips moved all 9 selection pairs
+that could move (docs/WORLD.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Windows:
     residual: np.ndarray  # [windows, d_in]: mean residual activation (what the SAE reads)
     clip: np.ndarray  # [windows]: store clip index
     opening: np.ndarray  # [clips, d_in]: each clip's mean residual over its first opening frames
+    whole: np.ndarray  # [clips, d_in]: each clip's mean residual over all its frames
 
     @property
     def pooled(self) -> np.ndarray:
@@ -55,11 +61,12 @@ def window_activations(
 ) -> Windows:
     """Mean and peak SAE activations, and mean residual activations, over consecutive
     `frames`-frame windows of every clip; and each clip's mean residual over its first
-    `opening_frames`."""
+    `opening_frames` and over all its frames."""
     acts, peaks, residual, clips = [], [], [], []
     d_sae = loaded.cfg.d_sae
     open_sums = torch.zeros(len(store.clips), loaded.cfg.d_in, dtype=torch.float64)
     open_counts = torch.zeros(len(store.clips), dtype=torch.float64)
+    whole_sums, whole_counts = torch.zeros_like(open_sums), torch.zeros_like(open_counts)
     for shard, offset in store.iter_shards(store.check_layer(layer)):
         x = shard["acts"].float()
         both = torch.cat([loaded.sae.encode(x.to(loaded.sae.W_enc.device)).cpu(), x], dim=1)
@@ -67,6 +74,8 @@ def window_activations(
         early = frame < opening_frames
         open_sums.index_add_(0, clip[early], x[early].double())
         open_counts.index_add_(0, clip[early], torch.ones(int(early.sum()), dtype=torch.float64))
+        whole_sums.index_add_(0, clip, x.double())
+        whole_counts.index_add_(0, clip, torch.ones(len(clip), dtype=torch.float64))
         key = clip * 1_000_000 + frame // frames  # one id per (clip, window)
         ids, inverse = torch.unique(key, return_inverse=True)
         sums = torch.zeros(len(ids), both.shape[1]).index_add_(0, inverse, both)
@@ -80,14 +89,15 @@ def window_activations(
         residual.append(means[:, d_sae:])
         clips.append((ids // 1_000_000)[whole].numpy())
     opening = (open_sums / open_counts.clamp(min=1)[:, None]).float().numpy()
+    whole = (whole_sums / whole_counts.clamp(min=1)[:, None]).float().numpy()
     parts = (acts, peaks, residual, clips)
-    return Windows(*(np.concatenate(p) for p in parts), opening)
+    return Windows(*(np.concatenate(p) for p in parts), opening, whole)
 
 
-def aligned_features(loaded: LoadedSAE, opening: np.ndarray, positive: np.ndarray, count: int) -> list[list]:
+def aligned_features(loaded: LoadedSAE, residual: np.ndarray, positive: np.ndarray, count: int) -> list[list]:
     """The `count` features whose decoder directions have the largest cosine with the mean
-    opening residual of the `positive` clips minus that of the others, with the cosines."""
-    direction = torch.from_numpy(opening[positive].mean(0) - opening[~positive].mean(0)).float()
+    per-clip `residual` of the `positive` clips minus that of the others, with the cosines."""
+    direction = torch.from_numpy(residual[positive].mean(0) - residual[~positive].mean(0)).float()
     w_dec = loaded.sae.W_dec.detach().float().cpu()
     cosine = (w_dec @ direction) / (w_dec.norm(dim=1) * direction.norm()).clamp(min=1e-12)
     return [[int(f), round(float(cosine[f]), 4)] for f in torch.argsort(-cosine)[:count]]
@@ -143,7 +153,8 @@ def feature_detection(
     """Per attribute value: the best feature and how it is read over a window (its mean or its
     peak; chosen on even clips) and its held-out AUROC (odd clips), with the `candidates` best
     by their selection AUROC and as many `aligned` with the value's opening direction on the
-    even clips (for choosing a feature to steer with), and a logistic probe's held-out AUROC on
+    even clips, and `aligned_whole` with its whole clips' direction (for choosing a feature to
+    steer with), and a logistic probe's held-out AUROC on
     the residual itself; the same, but for `aligned`, for every key × register pair
     (`conjunctions`); JSON-ready."""
     frames = max(1, round(window_s * frame_rate))
@@ -151,7 +162,7 @@ def feature_detection(
     truth = clip_truth(store, codebook_size)
     chosen = windows.clip % 2 == 0
     even_clips = np.arange(len(truth)) % 2 == 0
-    openings = windows.opening[even_clips]
+    openings, wholes = windows.opening[even_clips], windows.whole[even_clips]
 
     pooled, d_sae = windows.pooled, loaded.cfg.d_sae
     selection, held = pooled[chosen], pooled[~chosen]  # split once: every value reads both
@@ -196,6 +207,7 @@ def feature_detection(
             if "feature" in result:
                 positive = per_clip == value
                 result["aligned"] = aligned_features(loaded, openings, positive, candidates)
+                result["aligned_whole"] = aligned_features(loaded, wholes, positive, candidates)
             values[f"{name}={value}"] = result
     pairs = np.array([f"{truth[c]['key']}, {truth[c]['register']}" for c in windows.clip])
     conjunctions = {f"key×register={value}": result for value, result in detect(pairs).items()}

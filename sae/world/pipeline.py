@@ -114,7 +114,7 @@ class SteerSelection:
     alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     candidates: int = 2  # a value's best detectors tried
     min_auroc: float = 0.9  # a detector must detect its value this well on the selection clips
-    aligned: int = 2  # and a value's features best aligned with its opening direction
+    aligned: int = 2  # and a value's features best aligned with its opening direction, and with its whole clips'
     quality_floor: float = WELL_FORMED_LOGLIK  # grammar log-likelihood per token a choice may not fall below
     # Steps up the α grid from the weakest α that moves the most selection pairs. That α is the
     # least that was enough on these few pairs, so on new ones it falls short (on the grammar-3
@@ -130,7 +130,8 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
     The feature that best *detects* a value need not be the one that *causes* it (a feature of
     note onsets detects fast music and does not make music fast), so every value's candidate
     detectors, and the features aligned with the direction its clips' openings take (where
-    the model decides), are tried at each α under neutral prompts, and the choice is the one
+    the model decides most) and with the direction its whole clips take (a drum density is
+    decided at the second note), are tried at each α under neutral prompts, and the choice is the one
     that moves the most pairs toward its value (of all pairs: a value the model already writes
     leaves no room to show anything) with their music above the quality floor (the exact scorer
     hears broken music as fast: a pair pushed into noise has not moved), then the larger mean
@@ -189,10 +190,12 @@ def with_margin(weakest: dict, allowed: list[dict], sel: SteerSelection) -> dict
 
 def candidates(result: dict, sel: SteerSelection) -> list[tuple[int, str]]:
     """(feature, why it is tried) for one value: its best detectors above the AUROC bar, then
-    its best-aligned features not already among them."""
+    its features best aligned with its openings' direction and then with its whole clips'
+    (`feature_detection`), each not already among them."""
     out = [(int(f), "detector") for f, auroc in result["candidates"][: sel.candidates] if auroc >= sel.min_auroc]
-    seen = {f for f, _ in out}
-    out += [(int(f), "aligned") for f, _ in result.get("aligned", [])[: sel.aligned] if int(f) not in seen]
+    for key, source in (("aligned", "aligned"), ("aligned_whole", "aligned whole")):
+        seen = {f for f, _ in out}
+        out += [(int(f), source) for f, _ in result.get(key, [])[: sel.aligned] if int(f) not in seen]
     return out
 
 
