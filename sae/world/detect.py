@@ -20,9 +20,8 @@ clips differ: candidates to steer with. A detector fires on what the music shows
 clip's note onsets); the model decides an attribute at the opening (its tempo at the first
 note change) and then copies its own past, so what steers is what it reads then. But not every
 attribute is decided there: a drum density is first heard at the second note, after the
-opening, and on the default world no feature aligned with the opening moved more than 7 of 12
-pairs toward busy drums, while one aligned with the whole clips moved all 9 selection pairs
-that could move (docs/WORLD.md).
+opening, and on the default world the best feature aligned with the opening moved 7 of 12 test
+pairs toward busy drums, and one aligned with the whole clips 11 of 12 (docs/WORLD.md).
 """
 
 from __future__ import annotations
@@ -82,12 +81,12 @@ def window_activations(
         rows = inverse[:, None].expand(-1, d_sae)
         highest = torch.zeros(len(ids), d_sae).scatter_reduce_(0, rows, both[:, :d_sae], "amax", include_self=False)
         counts = torch.bincount(inverse, minlength=len(ids)).clamp(min=1)
-        whole = counts == frames  # a clip's last, shorter window is left out
-        means = (sums / counts[:, None])[whole].numpy()
+        full = counts == frames  # a clip's last, shorter window is left out
+        means = (sums / counts[:, None])[full].numpy()
         acts.append(means[:, :d_sae])
-        peaks.append(highest[whole].numpy())
+        peaks.append(highest[full].numpy())
         residual.append(means[:, d_sae:])
-        clips.append((ids // 1_000_000)[whole].numpy())
+        clips.append((ids // 1_000_000)[full].numpy())
     opening = (open_sums / open_counts.clamp(min=1)[:, None]).float().numpy()
     whole = (whole_sums / whole_counts.clamp(min=1)[:, None]).float().numpy()
     parts = (acts, peaks, residual, clips)
@@ -154,9 +153,8 @@ def feature_detection(
     peak; chosen on even clips) and its held-out AUROC (odd clips), with the `candidates` best
     by their selection AUROC and as many `aligned` with the value's opening direction on the
     even clips, and `aligned_whole` with its whole clips' direction (for choosing a feature to
-    steer with), and a logistic probe's held-out AUROC on
-    the residual itself; the same, but for `aligned`, for every key × register pair
-    (`conjunctions`); JSON-ready."""
+    steer with), and a logistic probe's held-out AUROC on the residual itself; the same, but
+    for `aligned`, for every key × register pair (`conjunctions`); JSON-ready."""
     frames = max(1, round(window_s * frame_rate))
     windows = window_activations(store, loaded, layer, frames, OPENING_FRAMES)
     truth = clip_truth(store, codebook_size)

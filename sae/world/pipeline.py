@@ -131,13 +131,13 @@ def choose_steering(lm: LoadedModel, loaded: LoadedSAE, detection: dict, attribu
     note onsets detects fast music and does not make music fast), so every value's candidate
     detectors, and the features aligned with the direction its clips' openings take (where
     the model decides most) and with the direction its whole clips take (a drum density is
-    decided at the second note), are tried at each α under neutral prompts, and the choice is the one
-    that moves the most pairs toward its value (of all pairs: a value the model already writes
-    leaves no room to show anything) with their music above the quality floor (the exact scorer
-    hears broken music as fast: a pair pushed into noise has not moved), then the larger mean
-    rise, then the smaller α, and then `sel.margin` steps stronger as long as the stronger α
-    moves as many pairs; a choice whose music falls below the quality floor on average is never
-    taken. None when no candidate qualifies."""
+    decided at the second note), are tried at each α under neutral prompts, and the choice is
+    the one that moves the most pairs toward its value (of all pairs: a value the model already
+    writes leaves no room to show anything) with their music above the quality floor (the
+    exact scorer hears broken music as fast: a pair pushed into noise has not moved), then the
+    larger mean rise, then the smaller α, and then `sel.margin` steps stronger as long as the
+    stronger α moves as many pairs; a choice whose music falls below the quality floor on
+    average is never taken. None when no candidate qualifies."""
     scorer = WorldLabeler(lm.codebook_size)
     pairs = [(p, s) for p in neutral_prompts(attribute, sel.prompts, sel.seed) for s in sel.seeds]
 
