@@ -63,18 +63,16 @@ def window_activations(
     `opening_frames` and over all its frames."""
     acts, peaks, residual, clips = [], [], [], []
     d_sae = loaded.cfg.d_sae
-    open_sums = torch.zeros(len(store.clips), loaded.cfg.d_in, dtype=torch.float64)
-    open_counts = torch.zeros(len(store.clips), dtype=torch.float64)
-    whole_sums, whole_counts = torch.zeros_like(open_sums), torch.zeros_like(open_counts)
+    # per clip, the residual summed over its opening frames (row 0) and over all of them (row 1)
+    clip_sums = torch.zeros(2, len(store.clips), loaded.cfg.d_in, dtype=torch.float64)
+    clip_counts = torch.zeros(2, len(store.clips), dtype=torch.float64)
     for shard, offset in store.iter_shards(store.check_layer(layer)):
         x = shard["acts"].float()
         both = torch.cat([loaded.sae.encode(x.to(loaded.sae.W_enc.device)).cpu(), x], dim=1)
         clip, frame = shard["clip"].long() + offset, shard["frame"].long()
-        early = frame < opening_frames
-        open_sums.index_add_(0, clip[early], x[early].double())
-        open_counts.index_add_(0, clip[early], torch.ones(int(early.sum()), dtype=torch.float64))
-        whole_sums.index_add_(0, clip, x.double())
-        whole_counts.index_add_(0, clip, torch.ones(len(clip), dtype=torch.float64))
+        for row, taken in enumerate((frame < opening_frames, torch.ones_like(frame, dtype=torch.bool))):
+            clip_sums[row].index_add_(0, clip[taken], x[taken].double())
+            clip_counts[row].index_add_(0, clip[taken], torch.ones(int(taken.sum()), dtype=torch.float64))
         key = clip * 1_000_000 + frame // frames  # one id per (clip, window)
         ids, inverse = torch.unique(key, return_inverse=True)
         sums = torch.zeros(len(ids), both.shape[1]).index_add_(0, inverse, both)
@@ -87,8 +85,7 @@ def window_activations(
         peaks.append(highest[full].numpy())
         residual.append(means[:, d_sae:])
         clips.append((ids // 1_000_000)[full].numpy())
-    opening = (open_sums / open_counts.clamp(min=1)[:, None]).float().numpy()
-    whole = (whole_sums / whole_counts.clamp(min=1)[:, None]).float().numpy()
+    opening, whole = (clip_sums / clip_counts.clamp(min=1)[..., None]).float().numpy()
     parts = (acts, peaks, residual, clips)
     return Windows(*(np.concatenate(p) for p in parts), opening, whole)
 
