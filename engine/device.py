@@ -36,3 +36,14 @@ def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> tor
     if name not in DTYPES:
         raise MgsteerError(f"unknown dtype '{name}': use auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait. On CUDA a copy from pageable
+    memory synchronises with the stream, so the generation thread would wait for every step
+    already queued (a graph replay, a read-back's batch); from pinned memory the copy is
+    queued like a kernel. The pinned block comes from torch's caching host allocator, which
+    keeps it until the copy is done."""
+    if device.type != "cuda" or tensor.device.type == "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -40,6 +40,15 @@ class ResidualTap:
         self._records: list[torch.Tensor] = []
         self._handle = lm.decoder_layers[layer].register_forward_hook(self._hook)
 
+    @property
+    def graph_safe(self) -> bool:
+        """Whether a captured step may replay this tap (`engine.tokenloop`): a replay runs only
+        device kernels, so the tap must record nothing on the host and its edit, if any, must
+        belong to an owner that says it is `graph_safe` (the `Steerer` in add mode)."""
+        if self.recording:
+            return False
+        return self.edit is None or bool(getattr(getattr(self.edit, "__self__", None), "graph_safe", False))
+
     def cond_rows(self, rows: int) -> slice:
         return slice(0, rows // 2) if self.cfg_doubled else slice(None)
 

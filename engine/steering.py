@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from engine import limits
+from engine.device import to_device
 from engine.errors import MgsteerError
 from engine.hooks import ResidualTap
 from engine.model import LoadedModel
@@ -99,19 +100,22 @@ def build_plan(spec: SteeringSpec, loaded: LoadedSAE, device: torch.device, dtyp
         loaded.check_feature(steer.feature)
         limits.alpha(steer.alpha, f"steering strength for feature {steer.feature}")
     w_dec = loaded.sae.W_dec.detach()
-    beta = loaded.require_stats().max_activation.to(w_dec.device)  # stats load on the CPU, the SAE may not
-    ids = torch.tensor([s.feature for s in spec.steers], dtype=torch.long, device=w_dec.device)
-    alphas = torch.tensor([s.alpha for s in spec.steers], dtype=torch.float32, device=w_dec.device)
+    # Scale and indices are made on the host (β lives there) and sent in one queued copy each:
+    # a knob change must not make the generation thread wait for the steps already queued.
+    beta = loaded.require_stats().max_activation.cpu()
+    ids_host = torch.tensor([s.feature for s in spec.steers], dtype=torch.long)
+    scale_host = torch.tensor([s.alpha for s in spec.steers], dtype=torch.float32) * beta[ids_host]
+    ids, scale = to_device(ids_host, w_dec.device), to_device(scale_host, w_dec.device)
     if spec.mode == "add":
-        vector = (alphas * beta[ids]) @ w_dec[ids] if len(ids) else torch.zeros(w_dec.shape[1])
+        vector = scale @ w_dec[ids] if len(ids) else w_dec.new_zeros(w_dec.shape[1])
         return SteeringPlan(halves=spec.halves, vector=vector.to(device=device, dtype=dtype))
-    if len(set(ids.tolist())) != len(ids):
+    if len(set(ids_host.tolist())) != len(ids_host):
         raise MgsteerError("clamp mode takes each feature once; a feature is listed twice")
     return SteeringPlan(
         halves=spec.halves,
         sae=loaded.sae.to(device),
         ids=ids.to(device),
-        targets=(alphas * beta[ids]).to(device),
+        targets=scale.to(device),
         rows=w_dec[ids].to(device),
     )
 
@@ -125,6 +129,9 @@ class Steerer:
 
     def __init__(self, lm: LoadedModel, loaded: LoadedSAE, *, cfg_doubled: bool) -> None:
         check_sae_fits(loaded, lm)
+        # The edit and the meters read the SAE at every step, beside the model's residual: it
+        # moves to the model's device (in place: one copy of a large SAE, not two).
+        loaded.sae.to(lm.device)
         self.lm = lm
         self.loaded = loaded
         device = lm.device
@@ -198,7 +205,7 @@ class Steerer:
         self._w_watch.zero_()
         self._b_watch.zero_()
         if features:
-            ids = torch.tensor(features, device=self._w_watch.device)
+            ids = to_device(torch.tensor(features), self._w_watch.device)
             self._w_watch[:, : len(features)] = self.loaded.sae.W_enc[:, ids]
             self._b_watch[: len(features)] = self.loaded.sae.b_enc[ids]
         self.watched = features
@@ -243,10 +250,9 @@ class Steerer:
             self._switch()
 
     def attach(self, loop) -> None:
-        """Let `loop` fall back to an unsteered step when a steered one is not finite, and run
-        its step eagerly while the edit cannot be captured."""
+        """Let `loop` fall back to an unsteered step when a steered one is not finite (whether
+        the edit can be captured, the loop asks the tap, which asks `graph_safe`)."""
         loop.unsteered = self.unsteered
-        loop.graph_ok = lambda: self.graph_safe
         if getattr(loop, "backend", None) is not None:  # a runtime that takes the edit as an input
             loop.backend.attach(self)
 

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.device import to_device
 from engine.errors import MgsteerError
+from engine.hooks import ResidualTap
 from engine.model import LoadedModel
 from engine.static_decoder import StaticDecoder
 from engine.step_graph import StepGraphs
@@ -80,6 +82,11 @@ class TokenLoop:
     flag per step), so it never waits for the device: on a GPU it is captured as a CUDA graph
     and replayed (`graph`, default on CUDA), and columns are read back in batches of
     `readback` steps (one copy per batch, default 8 on a GPU, 1 elsewhere).
+
+    Both cache sets and their graphs are made at the first step, before any audio: a capture
+    synchronises the device, which must not happen in the middle of a set. A forward hook on
+    a decoder layer that a replay would not run (anything but a `ResidualTap` that says it is
+    `graph_safe`) makes the step run eagerly while it is there, and `eager_reason` says so.
     """
 
     def __init__(
@@ -100,10 +107,8 @@ class TokenLoop:
         self.cache_len = 0  # positions held in the live cache
         self.reprimes = 0
         # Defence in depth: a step whose logits are not finite (an extreme steering edit, a
-        # float16 overflow) is run again inside `unsteered()`, which the steering owner sets;
-        # `graph_ok()` says whether the owner's edit can run inside a captured graph.
+        # float16 overflow) is run again inside `unsteered()`, which the steering owner sets.
         self.unsteered: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-        self.graph_ok: Callable[[], bool] = lambda: True
         self.nonfinite_steps = 0  # steps (and re-primes) that had to be run again
         device, k, pad = lm.device, lm.num_codebooks, lm.pad_token_id
         rows, cfg = self.batch * (2 if self.sampling.cfg else 1), self.sampling.cfg
@@ -133,6 +138,9 @@ class TokenLoop:
         state = [self._tokens, self._pos, self._step_no, self._ring, self._bad]
         use_graph = device.type == "cuda" and graph is not False and backend is None
         self.graphs = StepGraphs(self._step_core, state, self._generator) if use_graph else None
+        if self.graphs is not None:  # the re-prime's cache set too, so both are captured up front
+            self._sets[1] = self.decoder.cache_for(None, self.decoder.condition_length(self._condition))
+        self._prepared = False
 
     # ---- one step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -154,10 +162,29 @@ class TokenLoop:
     @property
     def graphed(self) -> bool:
         """Whether the next step will replay a captured graph."""
-        return self.graphs is not None and self.graphs.usable and self.graph_ok()
+        return self.graphs is not None and self.graphs.usable and self.eager_reason is None
+
+    @property
+    def eager_reason(self) -> str | None:
+        """Why a step that could replay a graph runs eagerly now: a forward hook on a decoder
+        layer whose work a replay would freeze (it runs only while being captured)."""
+        if self.graphs is None:
+            return None
+        for i, layer in enumerate(self.lm.decoder_layers):
+            for hook in layer._forward_hooks.values():
+                owner = getattr(hook, "__self__", None)
+                if not (isinstance(owner, ResidualTap) and owner.graph_safe):
+                    name = getattr(hook, "__qualname__", type(hook).__name__)
+                    return f"decoder layer {i} has a forward hook a captured step cannot run ({name}): running eagerly"
+        return None
 
     def _advance(self) -> None:
         cache = self._sets[self._live]
+        if self.graphed and not self._prepared:
+            self._prepared = True
+            for key, each in enumerate(self._sets):
+                if not self.graphs.prepare(key, each):
+                    break
         if not (self.graphed and self.graphs.replay(self._live, cache)):
             self._step_core(cache)
         self.position += 1
@@ -179,15 +206,19 @@ class TokenLoop:
         self._pos.add_(1)
 
     def _collect(self, check: bool = True) -> torch.Tensor:
-        """Copy the columns sampled since the last read-back to the host (one copy) and return
-        the frames they complete. A step whose logits were not finite is taken back with
-        everything after it and run again unsteered (the sampler rewound too, where no graph
-        holds it), so one bad edit costs a repeated step, never the stream."""
+        """Copy the columns sampled since the last read-back, with their steps' non-finite
+        flags, to the host (one copy, the read-back's one wait) and return the frames they
+        complete. A step whose logits were not finite is taken back with everything after it
+        and run again unsteered (the sampler rewound too, where no graph holds it), so one bad
+        edit costs a repeated step, never the stream."""
         first, last = self._read + 1, self.position
         slots = torch.arange(first, last + 1, device=self._ring.device) % RING
-        if check and bool(self._bad.index_select(0, slots).any()):
-            return self._retry(first, last)
-        columns = self._ring.index_select(2, slots).cpu()
+        columns = self._ring.index_select(2, slots)
+        size = columns.numel()
+        packed = torch.cat([columns.flatten(), self._bad.index_select(0, slots).long()]).cpu()
+        columns, bad = packed[:size].view(columns.shape), packed[size:]
+        if check and bool(bad.any()):
+            return self._retry(first, last, int(bad.sum()))
         self._history.extend(columns.unbind(-1))
         self._read = last
         if self.graphs is None:
@@ -196,8 +227,8 @@ class TokenLoop:
         frames = [self._frame(p) for p in range(max(first, k), last + 1)]
         return torch.stack(frames, dim=-1) if frames else self._no_frames()
 
-    def _retry(self, first: int, last: int) -> torch.Tensor:
-        self.nonfinite_steps += int(self._bad.index_select(0, torch.arange(first, last + 1) % RING).sum())
+    def _retry(self, first: int, last: int, bad_steps: int) -> torch.Tensor:
+        self.nonfinite_steps += bad_steps
         steps = last - first + 1
         self.position -= steps
         self.cache_len -= steps
@@ -205,7 +236,7 @@ class TokenLoop:
         self.decoder.clear(self._sets[self._live], self.cache_len, self.cache_len + steps)
         self._pos.fill_(self.cache_len)
         self._step_no.fill_(self.position)
-        self._tokens.copy_(self._history[-1])
+        self._tokens.copy_(to_device(self._history[-1], self._tokens.device))
         if self.graphs is None:
             self._generator.set_state(self._rng)
         with self.unsteered():
@@ -253,7 +284,7 @@ class TokenLoop:
         if re.done < ready:
             end = min(re.done + piece, ready)
             columns = torch.stack([self._shifted_column(re, p) for p in range(re.done, end)], dim=-1)
-            columns = columns.to(self.lm.device)
+            columns = to_device(columns, self.lm.device)
             rows = torch.cat([columns, columns], dim=0) if self.sampling.cfg else columns
             positions = torch.arange(re.done, end, device=self.lm.device)
             with self.unsteered() if re.unsteered else contextlib.nullcontext():

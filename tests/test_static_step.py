@@ -3,13 +3,18 @@ columns read back in batches, non-finite steps taken back and run unsteered."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import alive_features
 
+from engine.hooks import recording
 from engine.prompts import encode_prompts
 from engine.static_decoder import StaticDecoder
 from engine.steering import FeatureSteer, Steerer, SteeringSpec
+from engine.step_graph import StepGraphs
 from engine.tokenloop import SamplingConfig, TokenLoop
 
 
@@ -104,6 +109,43 @@ def test_clamp_mode_is_not_graph_safe_and_add_mode_is(tiny_lm, tiny_sae):
         steerer.attach(loop)
         assert loop.graphs is None and not loop.graphed  # no CUDA here: the step is eager
         steerer.set(SteeringSpec((FeatureSteer(f, 1.0),), mode="clamp"))
-        assert not steerer.graph_safe and not loop.graph_ok()
+        assert not steerer.graph_safe and not steerer.tap.graph_safe
         steerer.set(SteeringSpec((FeatureSteer(f, 1.0),)))
-        assert steerer.graph_safe and loop.graph_ok()
+        assert steerer.graph_safe and steerer.tap.graph_safe
+
+
+def _with_graphs(loop: TokenLoop) -> TokenLoop:
+    """A CPU loop given the graph bookkeeping a CUDA loop has (nothing is captured here)."""
+    loop.graphs = StepGraphs(loop._step_core, [loop._tokens], loop._generator)
+    return loop
+
+
+def test_a_hook_a_replay_would_freeze_makes_the_step_eager(tiny_lm, tiny_sae):
+    """A replayed graph runs no Python: a recording tap or any other hook on a decoder layer
+    would run once, at capture, and then silently never again."""
+    loop = _with_graphs(TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=0)))
+    assert loop.eager_reason is None and loop.graphed
+    with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
+        steerer.set_vector(steerer.vector_for({alive_features(tiny_sae, 1)[0]: 1.0}))
+        assert loop.eager_reason is None  # the steering tap reads only device buffers
+        with recording(tiny_lm, [1]):
+            assert "decoder layer 1" in loop.eager_reason and not loop.graphed
+        handle = tiny_lm.decoder_layers[0].register_forward_hook(lambda module, args, output: None)
+        try:
+            assert "decoder layer 0" in loop.eager_reason
+        finally:
+            handle.remove()
+        assert loop.graphed
+
+
+def test_a_dropped_loop_is_freed_without_the_cycle_collector(tiny_lm):
+    """The graphs hold the loop's step weakly: a loop (its caches, on a GPU its graph pool)
+    goes as soon as its last reference does."""
+    loop = _with_graphs(TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=0)))
+    gone = weakref.ref(loop)
+    gc.disable()
+    try:
+        del loop
+        assert gone() is None
+    finally:
+        gc.enable()
