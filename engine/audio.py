@@ -213,26 +213,27 @@ def import_sounddevice():
 
 
 class WavRecorder:
-    """Records the played stream (model rate) to a 16-bit WAV as blocks arrive."""
+    """Records the played stream (model rate) to a 16-bit WAV as blocks arrive (engine.wavfile:
+    the standard library's writer, whose header is valid after every block)."""
 
     def __init__(self, path: str | Path, sample_rate: int, max_seconds: float | None = None) -> None:
         """`max_seconds`: record exactly this much and drop the rest (generation runs ahead of
         playback, so a timed session would otherwise record its lookahead too)."""
-        import soundfile as sf
+        from engine.wavfile import WavWriter
 
         self.limit = None if max_seconds is None else round(max_seconds * sample_rate)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._file = sf.SoundFile(str(self.path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16")
-        except (OSError, RuntimeError) as exc:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = WavWriter(self.path, sample_rate)
+        except OSError as exc:
             raise MgsteerError(f"cannot write '{self.path}': {exc}") from exc
         self.samples = 0
 
     def write(self, block: np.ndarray) -> None:
         if self.limit is not None:
             block = block[: max(0, self.limit - self.samples)]
-        self._file.write(np.clip(block, -1.0, 1.0))
+        self._file.write(block)
         self.samples += len(block)
 
     def close(self) -> None:

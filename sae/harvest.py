@@ -66,7 +66,7 @@ def audio_files(root: Path) -> list[Path]:
 
 def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str] | None = None) -> list[Clip]:
     """Each file cut into consecutive windows of `clip_seconds` (a last window ≥ 1 s is kept)."""
-    import soundfile as sf
+    from engine.wavfile import audio_info
 
     if not clip_seconds >= MIN_CLIP_SECONDS:
         raise MgsteerError(f"clips must be at least {MIN_CLIP_SECONDS} s long, got {clip_seconds}")
@@ -79,10 +79,7 @@ def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str
     clips = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        try:
-            duration = sf.info(str(path)).duration
-        except (RuntimeError, sf.LibsndfileError) as exc:
-            raise MgsteerError(f"cannot read audio file '{path}': {exc}") from exc
+        duration, _ = audio_info(path)
         windows = max(1, math.floor(duration / clip_seconds + 1e-9))
         if duration - windows * clip_seconds >= 1.0:
             windows += 1
@@ -147,12 +144,11 @@ def check_clip_length(lm: LoadedModel, seconds: float, generated: bool) -> None:
 
 def load_audio(clip: Clip, sample_rate: int) -> np.ndarray:
     """The clip's window as mono float32 at `sample_rate`."""
-    import soundfile as sf
     from scipy.signal import resample_poly
 
-    info = sf.info(str(clip.path))
-    start = int(clip.start_s * info.samplerate)
-    audio, sr = sf.read(str(clip.path), start=start, frames=int(clip.seconds * info.samplerate), always_2d=True)
+    from engine.wavfile import read_audio
+
+    audio, sr = read_audio(clip.path, clip.start_s, clip.seconds)
     audio = audio.mean(axis=1)
     if sr != sample_rate:
         g = math.gcd(sr, sample_rate)

@@ -55,16 +55,19 @@ def choose_features(loaded: LoadedSAE, cfg: LabelConfig) -> list[int]:
 
 
 def write_snippet(path: Path, audio: np.ndarray, sample_rate: int) -> str:
-    """Ogg Vorbis (a tenth of the size of WAV; browsers play it); WAV if libsndfile lacks Vorbis."""
-    import soundfile as sf
+    """Ogg Vorbis (a tenth of the size of WAV; browsers play it); WAV where soundfile is not
+    installed or its libsndfile lacks Vorbis."""
+    from engine.wavfile import write_wav
 
     path.parent.mkdir(parents=True, exist_ok=True)
     audio = np.clip(audio, -1, 1)
     try:
+        import soundfile as sf
+
         sf.write(str(path.with_suffix(".ogg")), audio, sample_rate, format="OGG", subtype="VORBIS")
         return path.with_suffix(".ogg").name
-    except (sf.LibsndfileError, RuntimeError, TypeError):
-        sf.write(str(path.with_suffix(".wav")), audio, sample_rate, subtype="PCM_16")
+    except (ImportError, OSError, RuntimeError, TypeError):
+        write_wav(path.with_suffix(".wav"), audio, sample_rate)
         return path.with_suffix(".wav").name
 
 
