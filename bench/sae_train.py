@@ -65,7 +65,7 @@ def train_ours(store, out: Path, cfg: TrainConfig, held_out: torch.Tensor) -> di
     _sync(trainer.device)
     seconds = time.perf_counter() - started
     with torch.no_grad():
-        sae = trainer.folded_sae().to(trainer.device)
+        sae = trainer.folded_sae()
         x = held_out.to(trainer.device)
         result_fvu = fvu(x, sae(x))
     return {

@@ -478,14 +478,15 @@ class Trainer:
         self.metrics_path.write_text("".join(k + "\n" for k in kept))
 
     def folded_sae(self) -> TopKSAE:
-        """The trained SAE re-expressed on raw (unscaled) activations."""
+        """The trained SAE re-expressed on raw (unscaled) activations, on the training device
+        (its statistics pass over the whole store runs there too; `save_sae` copies to the CPU)."""
         s = self.state.scale
-        sae = TopKSAE(self.sae_cfg)
+        sae = TopKSAE(self.sae_cfg).to(self.device)
         with torch.no_grad():
-            sae.W_enc.copy_(self.sae.W_enc.float().cpu() * s)
-            sae.b_enc.copy_(self.sae.b_enc.float().cpu())
-            sae.W_dec.copy_(self.sae.W_dec.float().cpu() / s)
-            sae.b_dec.copy_(self.sae.b_dec.float().cpu() / s)
+            sae.W_enc.copy_(self.sae.W_enc.float() * s)
+            sae.b_enc.copy_(self.sae.b_enc.float())
+            sae.W_dec.copy_(self.sae.W_dec.float() / s)
+            sae.b_dec.copy_(self.sae.b_dec.float() / s)
         return sae.eval().requires_grad_(False)
 
     def save_final(self) -> dict:
