@@ -13,7 +13,7 @@ DEMO_OUT ?= demo_out
 SYSTEM_PACKAGES := libportaudio2 jackd2 chromium libegl1 libgl1 libfontconfig1 libxkbcommon0 libglib2.0-0 \
 	libdbus-1-3 fonts-dejavu-core
 
-.PHONY: install system demo test lint clean gpu-check
+.PHONY: install system demo test test-min lint clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -48,16 +48,41 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# On a machine with an NVIDIA GPU: the `cuda` tests and the GPU benchmarks. GPU_PY is the Python
-# that has CUDA torch (e.g. `make gpu-check GPU_PY=python3` where the project is not installed).
-GPU_PY ?= $(BIN)/python
+# The engine's core tests a second time on the oldest transformers pyproject.toml admits
+# (engine.model.MIN_TRANSFORMERS), in a venv of their own; CI runs it after `make test`.
+MIN_VENV ?= .venv-min
+MIN_TRANSFORMERS ?= transformers==5.17.0
+CORE_TESTS := tests/test_static_step.py tests/test_tokenloop.py tests/test_hooks_steering.py tests/test_host.py \
+	tests/test_model.py tests/test_codec_stream.py
+$(MIN_VENV)/.installed: pyproject.toml Makefile
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(MIN_VENV)/bin/python -m pip install -q -e . "$(MIN_TRANSFORMERS)" pytest scipy
+	touch $@
+
+test-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -c "import transformers; print('core tests on transformers', transformers.__version__)"
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
+
+# A lent GPU machine runs its own python3 (torch, transformers, no soundfile, no network):
+# `make gpu-wheels` here fetches what the check needs that such an image lacks, as wheels for
+# Python 3.12 on x86-64, into .gpu-wheels/; `make gpu-check` (there: `python3 bench/gpu_check.py
+# --out DIR`, with .gpu-wheels carried along) installs them into a temporary folder and runs the
+# `cuda` tests and the GPU benchmarks in stages, each with its own time limit, into one JSON.
+GPU_PY ?= python3
+GPU_CHECK_OUT ?= gpu-check-out
+GPU_WHEELS := soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 eai-sparsify==1.3.3 natsort==8.4.0 \
+	schedulefree==1.4.1 simple-parsing==0.1.9 docstring-parser==0.18.0
+gpu-wheels: $(STAMP)
+	rm -rf .gpu-wheels
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .gpu-wheels $(GPU_WHEELS)
+	@ls .gpu-wheels
+
 gpu-check:
-	PYTHONPATH=. $(GPU_PY) -m pytest -q -m cuda -p no:cacheprovider
-	PYTHONPATH=. $(GPU_PY) bench/stream.py --device cuda --dtype float16 --model random-small
-	PYTHONPATH=. $(GPU_PY) bench/stream.py --device cuda --dtype bfloat16 --model random-small,random-medium,random-large
-	PYTHONPATH=. $(GPU_PY) bench/live.py --device cuda --dtype float16 --model random-small --seconds 120
-	PYTHONPATH=. $(GPU_PY) bench/harvest.py --model random-small --device cuda --clips 64 --layers 6,12,18 --batch-clips 1,16
-	-PYTHONPATH=. $(GPU_PY) bench/sae_train.py --device cuda --d 1024 --expansion 32 --k 100 --steps 300 --against sparsify
+	$(GPU_PY) bench/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(MIN_VENV) $(DEMO_OUT) .pytest_cache .ruff_cache *.egg-info .gpu-wheels $(GPU_CHECK_OUT)

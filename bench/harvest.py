@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
+from common import machine, one_line_errors
 
 from engine.model import load_musicgen
+from engine.wavfile import write_wav
 from sae.harvest import audio_clips, harvest_to_store
 
 
@@ -40,7 +41,7 @@ def main() -> None:
         audio.mkdir()
         t = np.arange(int(32000 * args.clip_seconds)) / 32000
         for i in range(args.clips):
-            sf.write(str(audio / f"tone{i:04d}.wav"), 0.3 * np.sin(2 * np.pi * (110 + 7 * i) * t), 32000)
+            write_wav(audio / f"tone{i:04d}.wav", 0.3 * np.sin(2 * np.pi * (110 + 7 * i) * t), 32000)
         clips = audio_clips(audio, args.clip_seconds)
         harvest_to_store(lm, clips[:2], layers, Path(tmp) / "warm-up", "audio")  # first-call costs
         for batch in (int(x) for x in args.batch_clips.split(",")):
@@ -55,8 +56,15 @@ def main() -> None:
                     writer.frames * len(layers) * lm.hidden_size * 2 / 2**20 / max(writer.write_s, 1e-9), 1
                 ),
             })  # fmt: skip
-    print(json.dumps({"model": args.model, "device": str(lm.device), "layers": layers, "runs": runs}, indent=2))
+    result = {
+        "model": args.model,
+        "device": str(lm.device),
+        "machine": machine(lm.device),
+        "layers": layers,
+        "runs": runs,
+    }
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, one_line_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from planted import planted_dictionary, planted_store
@@ -116,10 +117,15 @@ def main() -> None:
     device = resolve_device(args.device)
     warnings.filterwarnings("ignore", message="At least one mel filter")  # AST's stock extractor settings
     torch.manual_seed(0)
-    result = {"device": str(device), **examples_pass(args, device), **window_costs(device, args.repeats)}
+    result = {
+        "device": str(device),
+        "machine": machine(device),
+        **examples_pass(args, device),
+        **window_costs(device, args.repeats),
+    }
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

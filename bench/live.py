@@ -19,11 +19,12 @@ import json
 import time
 
 import torch
+from common import machine, one_line_errors
 from stream import make_sae
 
 from engine.audio import NullSink
-from engine.codec_stream import ChunkConfig
 from engine.host import Host, HostConfig
+from engine.limits import LATENCY_PROFILES
 from engine.model import load_musicgen
 from engine.params import ParameterBus
 
@@ -48,8 +49,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=120.0, help="wall seconds to play")
     p.add_argument("--knob-every-ms", type=float, default=500.0)
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=True, help="CUDA graph replay")
-    p.add_argument("--lookahead-ms", type=float, default=HostConfig.lookahead_ms, help="audio kept queued")
-    p.add_argument("--chunk", type=int, default=ChunkConfig.chunk, help="frames decoded at a time")
+    p.add_argument("--latency", default="default", choices=LATENCY_PROFILES, help="engine.host latency profile")
+    p.add_argument("--lookahead-ms", type=float, help="audio kept queued (not given: the profile's)")
+    p.add_argument("--chunk", type=int, help="frames decoded at a time (not given: the profile's)")
     args = p.parse_args()
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = make_sae(lm, expansion=8, k=32)
@@ -60,8 +62,8 @@ def main() -> None:
         bus,
         NullSink(lm.sample_rate),
         sae,
-        HostConfig(
-            lookahead_ms=args.lookahead_ms, chunk=ChunkConfig(chunk=args.chunk), meters=[0, 1, 2, 3], graph=args.graph
+        HostConfig.for_latency(
+            args.latency, lookahead_ms=args.lookahead_ms, chunk=args.chunk, meters=[0, 1, 2, 3], graph=args.graph
         ),
     )
     started = time.perf_counter()
@@ -84,10 +86,13 @@ def main() -> None:
     print(json.dumps({
         "model": args.model,
         "device": str(lm.device),
+        "machine": machine(lm.device),
         "dtype": str(lm.dtype).removeprefix("torch."),
         "graph": args.graph,
-        "lookahead_ms": args.lookahead_ms,
-        "chunk_frames": args.chunk,
+        "latency": args.latency,
+        "lookahead_ms": round(host.lookahead_target_ms(), 1),
+        "chunk_frames": host.chunk_frames,
+        "holdback_frames": host.config.chunk.holdback,
         "seconds": args.seconds,
         "knob_turns": turns,
         "error": None if host.error is None else str(host.error),
@@ -105,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

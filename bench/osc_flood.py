@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from common import machine
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 
@@ -80,6 +81,7 @@ def measure(seconds: float, rate: int) -> dict:
         bus.close()
     stats = server.stats
     return {
+        "machine": machine(),
         "seconds": seconds,
         "rate_asked": rate,
         "sent_per_s": round(sent_per_s),

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import machine
 from sae_train import import_sparsify, train_ours, train_sparsify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -61,7 +62,7 @@ def main() -> None:
                 recipe = f"ours lr {lr:g} ({lr / default:.3g}× default), warm-up {warmup}"
                 rows.append({"recipe": recipe, **_figures(ours, true)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    print(json.dumps(rows, indent=1))
+    print(json.dumps({"machine": machine(resolve_device(base.device)), "runs": rows}, indent=1))
 
 
 def _figures(run: dict, true: torch.Tensor) -> dict:

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
 import json
 import math
 import resource
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
+from common import machine, one_line_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from planted import planted_dictionary, planted_rows, planted_store, recovery
@@ -34,10 +38,28 @@ from sae.train import Position, ShardBatches, TrainConfig, Trainer
 
 
 def import_sparsify():
-    """sparsify prints a line on import; keep stdout for the JSON."""
+    """sparsify prints a line on import; keep stdout for the JSON. Its package also imports
+    its trainer, which needs `datasets` (and pyarrow); where that is missing (a bare GPU image
+    with wheels carried in), the race loads the two modules it uses, the coder and SignSGD,
+    without the package's own start-up."""
     with contextlib.redirect_stdout(sys.stderr):
-        import sparsify
+        try:
+            import sparsify
+        except ModuleNotFoundError as exc:
+            if exc.name != "datasets":
+                raise
+            sparsify = _bare_sparsify()
     return sparsify
+
+
+def _bare_sparsify():
+    spec = importlib.util.find_spec("sparsify")
+    package = types.ModuleType("sparsify")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["sparsify"] = package
+    package.SparseCoder = importlib.import_module("sparsify.sparse_coder").SparseCoder
+    package.SparseCoderConfig = importlib.import_module("sparsify.config").SparseCoderConfig
+    return package
 
 
 def _sync(device: torch.device) -> None:
@@ -160,6 +182,7 @@ def main() -> None:
         peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if trainer_device.type == "cuda" else None
         result = {
             "device": str(trainer_device),
+            "machine": machine(trainer_device),
             "threads": torch.get_num_threads(),
             "d_in": args.d,
             "d_sae": args.expansion * args.d,
@@ -195,4 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

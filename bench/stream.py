@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
+from common import machine, one_line_errors
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from engine.codec import decode_codes
@@ -31,16 +31,6 @@ from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.bootstrap import init_from_activations, measure
 from sae.files import LoadedSAE
 from sae.topk import SAEConfig
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -112,8 +102,14 @@ def gpu_busy_ms(lm, steps: int, graph: bool, steerer: Steerer | None) -> float |
         for _ in range(steps):
             loop.step()
         _sync(lm.device)
-    busy_us = sum(e.device_time_total for e in prof.key_averages())
-    return busy_us / 1000 / steps
+    return kernel_us(prof.key_averages()) / 1000 / steps
+
+
+def kernel_us(events) -> float:
+    """GPU time of the kernels alone. An operator's device time includes its kernels', so a
+    sum of every event's total counts an eager step's kernels twice (once under the operator
+    that launched them) and a replayed graph's once; each kernel's self time counts it once."""
+    return sum(e.self_device_time_total for e in events)
 
 
 def first_audio_ms(lm, chunk: ChunkConfig, graph: bool) -> float:
@@ -276,7 +272,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     result = {
         "model": model,
         "device": str(lm.device),
-        "device_name": _device_name(lm.device),
+        "machine": machine(lm.device),
         "dtype": str(lm.dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "parameters_m": round(lm.parameter_count() / 1e6, 1),
@@ -309,4 +305,4 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

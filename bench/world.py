@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine, one_line_errors
 
 from engine.model import load_musicgen
 from engine.render import render
@@ -163,7 +164,11 @@ def main() -> None:
     args.select_alphas = [float(a) for a in args.select_alphas.split(",")]
     lm = load_musicgen(args.model, "cpu")
     started = time.perf_counter()
-    result: dict = {"model": args.model, "prompted_accuracy": prompted_accuracy(lm, args.generations, seed=args.seed)}
+    result: dict = {
+        "model": args.model,
+        "machine": machine(),
+        "prompted_accuracy": prompted_accuracy(lm, args.generations, seed=args.seed),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         cfg = WorldSAEConfig(clips=args.clips, layer=args.layer, expansion=args.expansion, k=args.k,
@@ -180,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -66,6 +66,7 @@ def run_gui(args: argparse.Namespace) -> None:
         seed=args.seed,
         no_audio=args.no_audio,
         audio_device=device_arg(args.audio_device),
+        latency=args.latency,
         lookahead_ms=args.lookahead_ms,
         graph=args.graph,
     )

@@ -10,6 +10,7 @@ import argparse
 
 from cli import argtypes as types
 from engine.errors import MgsteerError
+from engine.limits import LATENCY_PROFILES
 
 PRESETS_HINT = "not given: $XDG_CONFIG_HOME/mgsteer/presets, else ~/.config/mgsteer/presets"
 
@@ -23,8 +24,14 @@ def live_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-audio", action="store_true", help="no sound device: play into a real-time null clock")
     p.add_argument("--audio-device", help="output device name or index (not given: the system's)")
     p.add_argument(
-        "--lookahead-ms", type=types.number(1.0, 10_000.0), default=300.0, help="audio kept queued ahead of playback"
-    )
+        "--latency", choices=LATENCY_PROFILES,
+        help="default: 300 ms queued, 8-frame chunks; low: 2-frame chunks, lookahead measured while playing "
+        "(not given: the preset's, or default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lookahead-ms", type=types.number(1.0, 10_000.0),
+        help="audio kept queued ahead of playback (not given: the latency profile's: 300, or measured)",
+    )  # fmt: skip
     p.add_argument("--preset", help="preset JSON (model, SAE, prompt, knobs); see presets/")
     p.add_argument("--osc", action="store_true", help="serve OSC control (docs/OSC.md)")
     p.add_argument(
@@ -43,7 +50,9 @@ def live_args(p: argparse.ArgumentParser) -> None:
 
 
 def controller_settings(args: argparse.Namespace, preset) -> None:
-    """OSC address from the flags, else the preset's, else 127.0.0.1:9000."""
+    """OSC address and latency profile from the flags, else the preset's, else 127.0.0.1:9000
+    and the default profile."""
+    args.latency = args.latency or (preset.latency if preset is not None else "default")
     osc = preset.osc if preset is not None else {}
     args.osc_host = args.osc_host or osc.get("host", "127.0.0.1")
     args.osc_port = args.osc_port if args.osc_port is not None else osc.get("port", 9000)

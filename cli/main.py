@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     live_args(p)
     p.add_argument("--out", help="also record what plays to this WAV")
-    p.add_argument("--chunk", type=types.whole(1, 250), default=8, help="frames per EnCodec decode (8 = 160 ms)")
+    p.add_argument(
+        "--chunk", type=types.whole(1, 250), help="frames per EnCodec decode (not given: the latency profile's, 8 or 2)"
+    )
     p.add_argument("--smoothing-ms", type=types.SMOOTHING_MS, default=50.0, help="glide time of steering changes")
     p.add_argument("--meters", help="comma-separated feature ids to meter each step")
     p.add_argument("--gui", action="store_true", help="play in the desktop window (as mgsteer gui)")
@@ -200,7 +202,6 @@ def describe_steering(sae, spec) -> str:
 
 def cmd_play(args: argparse.Namespace) -> None:
     from engine.audio import DeviceSink, NullSink, WavRecorder
-    from engine.codec_stream import ChunkConfig
     from engine.host import Host, HostConfig
     from engine.model import load_musicgen
     from engine.params import ParameterBus
@@ -228,9 +229,10 @@ def cmd_play(args: argparse.Namespace) -> None:
     sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = load_sae(args.sae, lm.device) if args.sae else None
-    config = HostConfig(
+    config = HostConfig.for_latency(
+        args.latency,
         lookahead_ms=args.lookahead_ms,
-        chunk=ChunkConfig(chunk=args.chunk),
+        chunk=args.chunk,
         sampling=sampling,
         meters=meters,
         graph=args.graph,

@@ -117,6 +117,11 @@ class Sink(ABC):
     def underruns(self) -> int:
         return self.ring.underruns
 
+    @property
+    def block_seconds(self) -> float:
+        """The most audio the consumer takes at once (its callback's block)."""
+        return 0.0
+
     def pause_counting(self) -> None:
         """Stop counting underruns (transport stopped: silence is intended)."""
         self.ring.counting = False
@@ -139,6 +144,10 @@ class NullSink(Sink):
         self._scratch = np.zeros(block, dtype=np.float32)
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def block_seconds(self) -> float:
+        return self.block / self.sample_rate
 
     def start(self) -> None:
         self._running.set()
@@ -180,6 +189,7 @@ class DeviceSink(Sink):
         self.device_name = str(info["name"])
         self._channels = max(1, min(2, int(info["max_output_channels"])))
         self.device_underflows = 0
+        self.callback_frames = 0  # the largest block the callback has asked for
         self._stream = sd.OutputStream(
             device=device, samplerate=self.sample_rate, channels=self._channels, dtype="float32",
             callback=self._callback,
@@ -188,9 +198,15 @@ class DeviceSink(Sink):
     def _callback(self, outdata, frames, time_info, status) -> None:
         if status.output_underflow:
             self.device_underflows += 1
+        if frames > self.callback_frames:
+            self.callback_frames = frames
         self.ring.read_into(outdata[:, 0])
         if self._channels == 2:
             outdata[:, 1] = outdata[:, 0]
+
+    @property
+    def block_seconds(self) -> float:
+        return self.callback_frames / self.sample_rate
 
     def start(self) -> None:
         self._stream.start()

@@ -5,6 +5,12 @@ steering vector toward the snapshot's target (smoothing, so jumps do not click),
 decoder step, feeds complete frames to the chunked decoder and queues finished blocks in
 the sink. It keeps `lookahead_ms` of audio queued — enough never to underrun, little
 enough that a knob is heard soon: knob → sound ≈ lookahead + chunk + holdback + 3 frames.
+
+Two latency profiles (`HostConfig.for_latency`): `default` (300 ms queued, 8-frame chunks, a
+6-frame hold-back) and `low` (a 5-frame hold-back with a 20 ms crossfade, and chunk and
+lookahead measured while playing: the smallest chunk of `LOW_LATENCY_CHUNKS` whose decoder
+step plus share of a decode takes at most 60 % of a frame's time, and the smallest lookahead
+that covers the sink's block and the slowest recent stretch of compute between two blocks).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,16 +29,29 @@ from engine import limits
 from engine.audio import Sink, WavRecorder
 from engine.codec_stream import ChunkConfig, ChunkedDecoder
 from engine.errors import MgsteerError
+from engine.limits import LATENCY_PROFILES
 from engine.model import LoadedModel
 from engine.params import ParameterBus, Snapshot
 from engine.steering import METER_SLOTS, Halves, Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.files import LoadedSAE
 
+# The low profile's chunking: the smallest hold-back whose seam stays exact. The codec reaches
+# 4 frames to the right; hold-back 5 = that reach + the 20 ms crossfade
+# (tests/test_codec_stream.py). It starts at the largest chunk and shrinks once measured.
+LOW_LATENCY_CHUNK = ChunkConfig(chunk=8, holdback=5, crossfade_ms=20.0)
+LOW_LATENCY_CHUNKS = (2, 4, 8)  # chunk sizes the low profile chooses among, by measured cost
+# Share of a frame's time the low profile lets a step and its share of a decode take: a chunk
+# is chosen when it fits the first, and left for a larger one only past the second (hysteresis).
+CHUNK_BUDGET = (0.6, 0.8)
+MEASURED_LOOKAHEAD_MS = (20.0, 1000.0)  # bounds of a measured lookahead
+FIRST_LOOKAHEAD_MS = 300.0  # a measured lookahead before enough blocks were timed (the default's)
+FIRST_BLOCKS = 4  # blocks whose compute is not timed: first-call costs, the prompt's encoding
+
 
 @dataclass(frozen=True)
 class HostConfig:
-    lookahead_ms: float = 300.0
+    lookahead_ms: float | None = 300.0  # None: measured while playing (the low-latency profile)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reprime_at_s: float = 30.0  # re-prime when the context holds this much (MusicGen's training length)
@@ -43,9 +62,28 @@ class HostConfig:
     backend: Any = None  # engine.onnx_backend.OnnxBackend: decoder and codec on ONNX Runtime
     meters: list[int] | None = None  # features to meter each step
     meter_knobs: bool = False  # instead, meter the features the knobs drive (the GUI's meters)
+    readback: int | None = None  # steps per read-back of sampled tokens (None: the token loop's default)
+    latency: str = "default"  # the profile these settings came from (for status lines)
+    fit_chunk: bool = False  # choose the chunk among LOW_LATENCY_CHUNKS by measured cost while playing
+
+    @classmethod
+    def for_latency(
+        cls, profile: str = "default", *, lookahead_ms: float | None = None, chunk: int | None = None, **fields
+    ) -> HostConfig:
+        """A profile's lookahead and chunking; `lookahead_ms` and `chunk`, when given, win."""
+        if profile not in LATENCY_PROFILES:
+            raise MgsteerError(f"unknown latency profile '{profile}': use {' or '.join(LATENCY_PROFILES)}")
+        if profile == "low":
+            chunking = LOW_LATENCY_CHUNK if chunk is None else replace(LOW_LATENCY_CHUNK, chunk=chunk)
+            readback = min(LOW_LATENCY_CHUNKS[0], chunking.chunk)
+            return cls(lookahead_ms=lookahead_ms, chunk=chunking, readback=readback, latency=profile,
+                       fit_chunk=chunk is None, **fields)  # fmt: skip
+        chunking = ChunkConfig() if chunk is None else ChunkConfig(chunk=chunk)
+        lookahead = cls.lookahead_ms if lookahead_ms is None else lookahead_ms
+        return cls(lookahead_ms=lookahead, chunk=chunking, latency=profile, **fields)
 
     def validate(self, lm: LoadedModel) -> None:
-        if not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
+        if self.lookahead_ms is not None and not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
             raise MgsteerError(f"lookahead must be a positive number of ms, got {self.lookahead_ms}")
         if self.reprime_piece < 2:  # the head moves one position a step: catching up takes keep/(piece−1) steps
             raise MgsteerError(f"re-prime piece must be ≥ 2 positions, got {self.reprime_piece}")
@@ -122,6 +160,11 @@ class Host:
         self._latency_ms: deque[float] = deque(maxlen=200)
         self._markers: deque[tuple[float, float]] = deque()  # (changed_at, model-rate sample index)
         self._busy_s = 0.0
+        self._since_block_s = 0.0  # compute since the last block was queued
+        self._blocks = 0
+        self._block_ms: deque[float] = deque(maxlen=200)  # compute between consecutive blocks
+        self._model_ms: deque[float] = deque(maxlen=200)  # decoder steps alone
+        self._decode_frame_ms: deque[float] = deque(maxlen=50)  # chunk decodes, per frame of their window
         self._generated = 0  # model-rate samples generated
         self._reprimes_before = 0
         self._nonfinite_before = 0
@@ -164,8 +207,10 @@ class Host:
     @property
     def graph_error(self) -> str | None:
         """Why the step runs eagerly on a GPU where a graph was asked for, if it does."""
-        graphs = self._loop.graphs if self._loop is not None else None
-        return graphs.error if graphs is not None else None
+        loop = self._loop
+        if loop is None or loop.graphs is None:
+            return None
+        return loop.graphs.error or loop.eager_reason
 
     @property
     def alive(self) -> bool:
@@ -207,8 +252,9 @@ class Host:
         context = self.config.context_positions(self.lm)
         backend = self.config.backend
         self._loop = TokenLoop(
-            self.lm, [snap.prompt], self.config.sampling, max_context=context, graph=self.config.graph, backend=backend
-        )
+            self.lm, [snap.prompt], self.config.sampling, max_context=context, graph=self.config.graph,
+            readback=self.config.readback, backend=backend,
+        )  # fmt: skip
         if self.steerer is not None:
             self.steerer.attach(self._loop)
         self._decoder = ChunkedDecoder(self.lm, self.config.chunk, backend.decode_codes if backend else None)
@@ -251,9 +297,13 @@ class Host:
             loop.begin_reprime(self._keep, [snap.prompt])
             self._prompt = snap.prompt
         frames = loop.step()
+        self._model_ms.append(1000 * (time.perf_counter() - started))
         self.steps += 1
+        queued_before = self._generated
         for frame in frames[0].unbind(-1):
-            self._emit(self._decoder.push(frame))
+            self._emit(self._push(frame))
+        if self.config.fit_chunk and self.steps % 50 == 0 and self._decode_frame_ms:
+            self._decoder.cfg = replace(self._decoder.cfg, chunk=self.fitted_chunk())
         if not loop.repriming and loop.cache_len >= self._reprime_at:
             loop.begin_reprime(self._keep)
         if loop.repriming:
@@ -261,6 +311,12 @@ class Host:
         took = time.perf_counter() - started
         self._busy_s += took
         self._step_ms.append(1000 * took)
+        self._since_block_s += took
+        if self._generated > queued_before:
+            self._blocks += 1
+            if self._blocks > FIRST_BLOCKS:
+                self._block_ms.append(1000 * self._since_block_s)
+            self._since_block_s = 0.0
         self._publish_meters(started)
         return True
 
@@ -311,8 +367,51 @@ class Host:
             self.recorder.write(block)
         self._generated += len(block)
 
+    def _push(self, frame: torch.Tensor) -> np.ndarray | None:
+        """Feed a frame to the chunked decoder, timing the decodes (the low profile sizes its
+        chunk by them)."""
+        started = time.perf_counter()
+        block = self._decoder.push(frame)
+        if block is not None:
+            cfg = self._decoder.cfg
+            window = cfg.context + cfg.chunk + cfg.holdback
+            self._decode_frame_ms.append(1000 * (time.perf_counter() - started) / window)
+        return block
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames per decode now (the low profile changes it as it measures)."""
+        return self._decoder.cfg.chunk if self._decoder is not None else self.config.chunk.chunk
+
+    def fitted_chunk(self) -> int:
+        """The smallest of LOW_LATENCY_CHUNKS whose step + decode ÷ chunk takes ≤ 60 % of a
+        frame (a decode reads context + chunk + hold-back frames); the chunk in use stays
+        while it takes ≤ 80 %; the largest if none fits."""
+        cfg = self._decoder.cfg
+        step_ms = _percentile(self._model_ms, 50) or 0.0
+        per_frame = _percentile(self._decode_frame_ms, 50) or 0.0
+        frame_ms = 1000 / self.lm.frame_rate
+
+        def share(chunk: int) -> float:
+            return (step_ms + per_frame * (cfg.context + chunk + cfg.holdback) / chunk) / frame_ms
+
+        fits, keeps = CHUNK_BUDGET
+        best = next((c for c in LOW_LATENCY_CHUNKS if share(c) <= fits), LOW_LATENCY_CHUNKS[-1])
+        return cfg.chunk if best > cfg.chunk and share(cfg.chunk) <= keeps else best
+
+    def lookahead_target_ms(self) -> float:
+        """Audio the host keeps queued: the configured amount, or (measured) the sink's block
+        plus 1.5 × the 99th percentile of the compute between two blocks, within bounds."""
+        if self.config.lookahead_ms is not None:
+            return self.config.lookahead_ms
+        if len(self._block_ms) < 8:
+            return FIRST_LOOKAHEAD_MS
+        lo, hi = MEASURED_LOOKAHEAD_MS
+        wanted = 1000 * self.sink.block_seconds + 1.5 * (_percentile(self._block_ms, 99) or 0.0)
+        return min(hi, max(lo, wanted))
+
     def _pace(self) -> None:
-        limit = self.config.lookahead_ms / 1000.0
+        limit = self.lookahead_target_ms() / 1000.0
         while self._running.is_set() and self.sink.queued_seconds > limit:
             self._collect_latencies()
             time.sleep(0.002)

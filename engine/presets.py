@@ -44,6 +44,7 @@ class Preset:
     features: dict[int, float] = field(default_factory=dict)
     midi: dict[str, Any] = field(default_factory=dict)
     osc: dict[str, Any] = field(default_factory=dict)
+    latency: str = "default"  # engine.host latency profile: default or low
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -54,7 +55,9 @@ class Preset:
         return {"format": FORMAT, **data}
 
 
-PRESET_FIELDS = ("format", "name", "model", "sae", "prompt", "smoothing_ms", "knobs", "features", "midi", "osc")
+PRESET_FIELDS = (
+    "format", "name", "model", "sae", "prompt", "smoothing_ms", "knobs", "features", "midi", "osc", "latency",
+)  # fmt: skip
 KNOB_FIELDS = ("label", "features", "range", "curve", "value")
 OSC_FIELDS = ("host", "port")
 MIDI_FIELDS = ("port", "map")
@@ -188,6 +191,9 @@ def parse_preset(raw: Any, where: str = "preset", feature_count: int | None = No
             raise MgsteerError(f"{at}: strength must be a finite number within ±{limits.MAX_ALPHA:g}, got {alpha!r}")
         features[_feature_id(at, key, feature_count)] = float(alpha)
     prompt = f.checked("prompt", limits.prompt_text, f.text("prompt", "simple melody"))
+    latency = f.text("latency", "default")
+    if latency not in limits.LATENCY_PROFILES:
+        raise f.fail("latency", f"must be one of {', '.join(limits.LATENCY_PROFILES)}, got {latency!r}")
     return Preset(
         name=f.text("name", "untitled"),
         model=f.text("model", "tiny"),
@@ -198,6 +204,7 @@ def parse_preset(raw: Any, where: str = "preset", feature_count: int | None = No
         features=features,
         midi=_midi_settings(f"{where}.midi", f.mapping("midi")),
         osc=_osc_settings(f"{where}.osc", f.mapping("osc")),
+        latency=latency,
     )
 
 

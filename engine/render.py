@@ -71,6 +71,7 @@ def render(
         if steerer is not None:
             steerer.attach(loop)
         codes = loop.frames(frames, progress=progress)
+        eager_reason = loop.eager_reason  # while the steering tap is still on
     finally:
         if steerer is not None:
             steerer.close()
@@ -80,7 +81,7 @@ def render(
         audio=audio,
         sample_rate=lm.sample_rate,
         nonfinite_steps=loop.nonfinite_steps,
-        graph_error=loop.graphs.error if loop.graphs is not None else None,
+        graph_error=loop.graphs.error or eager_reason if loop.graphs is not None else None,
     )
 
 

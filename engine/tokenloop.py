@@ -173,9 +173,11 @@ class TokenLoop:
         for i, layer in enumerate(self.lm.decoder_layers):
             for hook in layer._forward_hooks.values():
                 owner = getattr(hook, "__self__", None)
-                if not (isinstance(owner, ResidualTap) and owner.graph_safe):
+                if isinstance(owner, ResidualTap) and not owner.graph_safe:
+                    return f"the tap at decoder layer {i} records, or edits in a way a CUDA graph cannot replay (clamp)"
+                if not isinstance(owner, ResidualTap):
                     name = getattr(hook, "__qualname__", type(hook).__name__)
-                    return f"decoder layer {i} has a forward hook a captured step cannot run ({name}): running eagerly"
+                    return f"decoder layer {i} has a forward hook a CUDA graph would not replay ({name})"
         return None
 
     def _advance(self) -> None:

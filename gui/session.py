@@ -35,7 +35,8 @@ class SessionSpec:
     seed: int = 0
     no_audio: bool = False
     audio_device: str | int | None = None
-    lookahead_ms: float = 300.0
+    latency: str = "default"  # engine.host latency profile
+    lookahead_ms: float | None = None  # not given: the profile's
     graph: bool = True
 
 
@@ -85,7 +86,9 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
     progress("starting the engine …")
     bus = ParameterBus(knob_count=spec.knobs, prompt=spec.prompt, feature_count=sae.cfg.d_sae if sae else None)
     sink = NullSink(lm.sample_rate) if spec.no_audio else DeviceSink(lm.sample_rate, spec.audio_device)
-    config = HostConfig(lookahead_ms=spec.lookahead_ms, sampling=SamplingConfig(seed=spec.seed), graph=spec.graph)
+    config = HostConfig.for_latency(
+        spec.latency, lookahead_ms=spec.lookahead_ms, sampling=SamplingConfig(seed=spec.seed), graph=spec.graph
+    )
     host = Host(lm, bus, sink, sae, config)
     return Session(spec=spec, lm=lm, bus=bus, host=host, sae=sae, catalog=catalog, catalog_note=note)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from engine.codec import decode_codes
 from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach, fade_curves
 from engine.errors import MgsteerError
+from engine.host import LOW_LATENCY_CHUNK, LOW_LATENCY_CHUNKS
 from engine.tokenloop import SamplingConfig, TokenLoop
 
 
@@ -47,9 +50,12 @@ def _join_report(audio, joins, width):
     return at_joins, np.percentile(ref, 99, axis=0)
 
 
-def test_stream_matches_oneshot_outside_crossfades(tiny_lm, tokens_and_oneshot):
+@pytest.mark.parametrize(
+    "cfg", [ChunkConfig(), replace(LOW_LATENCY_CHUNK, chunk=LOW_LATENCY_CHUNKS[0])], ids=["default", "low-latency"]
+)
+def test_stream_matches_oneshot_outside_crossfades(tiny_lm, tokens_and_oneshot, cfg):
     codes, oneshot = tokens_and_oneshot
-    streamed, decoder = _stream(tiny_lm, codes, ChunkConfig())
+    streamed, decoder = _stream(tiny_lm, codes, cfg)
     assert len(streamed) == len(oneshot)
     assert len(decoder.joins) >= 50
     outside = np.ones(len(streamed), bool)
@@ -87,13 +93,13 @@ def test_holdback_is_what_makes_chunks_exact(tiny_lm, tokens_and_oneshot):
     assert err.max() > 0.2 * np.abs(oneshot).max()
 
 
-def test_default_holdback_covers_the_codec_reach(tiny_lm):
-    cfg = ChunkConfig()
+@pytest.mark.parametrize("cfg", [ChunkConfig(), LOW_LATENCY_CHUNK], ids=["default", "low-latency"])
+def test_holdback_covers_the_codec_reach(tiny_lm, cfg):
     hop = tiny_lm.sample_rate // tiny_lm.frame_rate
     reach = codec_right_reach(tiny_lm)
     assert 1 <= reach <= 6
     assert cfg.holdback * hop >= reach * hop + cfg.crossfade_samples(tiny_lm.sample_rate)
-    assert cfg.context >= 10 and cfg.crossfade_ms >= 40
+    assert cfg.context >= 10 and cfg.crossfade_ms >= 20
 
 
 def test_fade_curves():

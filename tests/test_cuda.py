@@ -3,6 +3,11 @@ without a GPU (`make gpu-check` runs them where there is one)."""
 
 from __future__ import annotations
 
+import gc
+import sys
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -40,24 +45,33 @@ def test_steering_plans_and_meters_live_on_the_gpu(tiny_sae_dir):
         steerer.attach(loop)
         codes = loop.frames(10)
         assert codes.shape == (1, lm.num_codebooks, 10) and steerer.meters.device.type == "cuda"
-        assert loop.graphed and loop.graphs.captures == 1, loop.graphs.error
+        assert loop.graphed and loop.graphs.captures == 2, loop.graphs.error
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("mode", ["add", "clamp"])
-def test_render_steered_on_cuda(tiny_sae_dir, tiny_sae, tmp_path, dtype, mode):
+def test_render_steered_on_cuda(tiny_sae_dir, tiny_sae, tmp_path, dtype, mode, capsys):
     f = alive_features(tiny_sae, 1)[0]
     argv = ["render", "--model", "tiny", "--device", "cuda", "--dtype", dtype, "--sae", str(tiny_sae_dir),
             "--steer", f"{f}=0.8", "--mode", mode, "--seconds", "0.5", "--out", str(tmp_path / "x.wav")]  # fmt: skip
     assert main(argv) == 0
     assert audio_info(tmp_path / "x.wav") == (0.5, 32000)
+    out = capsys.readouterr().out
+    if mode == "add":  # the knobs' mode is captured: a fallback to eager is a failure here
+        assert "note:" not in out, out
+    else:  # clamp encodes inside the step: eager by design, and said so
+        assert "clamp" in out and "note:" in out
 
 
-def test_play_with_knobs_and_meters_on_cuda(tiny_sae_dir, tiny_sae, tmp_path):
+@pytest.mark.parametrize("latency", ["default", "low"])
+def test_play_with_knobs_and_meters_on_cuda(tiny_sae_dir, tiny_sae, tmp_path, latency, capsys):
     f = alive_features(tiny_sae, 2)
     argv = ["play", "--model", "tiny", "--device", "cuda", "--no-audio", "--seconds", "2", "--sae", str(tiny_sae_dir),
-            "--steer", f"{f[0]}=0.5", "--meters", f"{f[0]},{f[1]}", "--out", str(tmp_path / "rec.wav")]  # fmt: skip
+            "--steer", f"{f[0]}=0.5", "--meters", f"{f[0]},{f[1]}", "--out", str(tmp_path / "rec.wav"),
+            "--latency", latency]  # fmt: skip
     assert main(argv) == 0
+    assert "note:" not in capsys.readouterr().out  # no eager fallback
+    assert audio_info(tmp_path / "rec.wav")[0] == pytest.approx(2.0, abs=0.01)
 
 
 def test_harvest_train_label_eval_on_cuda(audio, tmp_path, capsys):
@@ -99,15 +113,32 @@ def test_sparse_training_matches_dense_on_cuda():
         torch.testing.assert_close(sparse, dense, atol=1e-3, rtol=1e-3)
 
 
-def test_graph_replay_is_token_identical_to_the_eager_step():
-    lm = load_musicgen("tiny", device="cuda")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_graph_replay_is_token_identical_to_the_eager_step(dtype):
+    lm = load_musicgen("tiny", device="cuda", dtype=dtype)
     (graphed, a), (eager, b) = [
         (loop, loop.frames(40))
         for loop in (TokenLoop(lm, ["simple melody"], SamplingConfig(seed=9), graph=g) for g in (True, False))
     ]
-    assert graphed.graphs.error is None and graphed.graphs.captures == 1
+    assert graphed.graphs.error is None and graphed.graphs.captures == 2  # both cache sets, before any audio
     assert eager.graphs is None
     assert torch.equal(a, b)
+
+
+def test_graph_and_eager_meters_agree(tiny_sae_dir):
+    lm = load_musicgen("tiny", device="cuda")
+    sae = load_sae(tiny_sae_dir, lm.device)
+    features = alive_features(sae, 4)
+    values = []
+    for graph in (True, False):
+        with Steerer(lm, sae, cfg_doubled=True) as steerer:
+            steerer.set_vector(steerer.vector_for({features[0]: 1.0}))
+            steerer.watch(features)
+            loop = TokenLoop(lm, ["x"], SamplingConfig(seed=4), graph=graph)
+            steerer.attach(loop)
+            loop.frames(12)
+            values.append(steerer.meters.clone())
+    torch.testing.assert_close(values[0], values[1])
 
 
 def test_knob_changes_reach_a_captured_graph(tiny_sae_dir):
@@ -130,7 +161,7 @@ def test_knob_changes_reach_a_captured_graph(tiny_sae_dir):
                 parts.append(loop.frames(10))
             runs.append((torch.cat(parts, dim=-1), loop))
     (a, graphed), (b, _) = runs
-    assert graphed.graphs.captures == 1
+    assert graphed.graphs.captures == 2
     assert torch.equal(a, b)
 
 
@@ -149,3 +180,202 @@ def test_reprime_under_graphs_keeps_memory_flat():
         peaks.append(torch.cuda.memory_allocated())
     assert loop.reprimes == 4 and loop.graphs.captures == 2  # one graph per cache set
     assert peaks[-1] == peaks[1], peaks
+
+
+def test_a_non_finite_step_under_graphs_is_run_again_unsteered(tiny_sae_dir):
+    """The retry's bookkeeping must live on the GPU beside the flags it reads."""
+    lm = load_musicgen("tiny", device="cuda")
+    sae = load_sae(tiny_sae_dir, lm.device)
+    with Steerer(lm, sae, cfg_doubled=True) as steerer:
+        steerer.set_vector(torch.full((lm.hidden_size,), float("inf"), device="cuda"))
+        loop = TokenLoop(lm, ["x"], SamplingConfig(seed=3), readback=5)
+        steerer.attach(loop)
+        codes = loop.frames(16)
+        assert loop.graphed and loop.graphs.error is None
+    assert codes.shape == (1, lm.num_codebooks, 16)
+    assert loop.nonfinite_steps >= 16 and int(codes.max()) < lm.codebook_size
+
+
+def test_both_cache_sets_are_captured_at_the_first_step():
+    """A capture synchronises the device: it happens before the first audio, never mid-set."""
+    lm = load_musicgen("tiny", device="cuda")
+    loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=0), max_context=120)
+    loop.step()
+    assert loop.graphs.captures == 2
+    loop.frames(80)
+    loop.begin_reprime(40)
+    while loop.repriming:
+        loop.step()
+        loop.reprime_step(8)
+    loop.frames(10)
+    assert loop.reprimes == 1 and loop.graphs.captures == 2
+
+
+def test_a_capture_at_the_last_position_stays_inside_the_cache():
+    """A graph dropped late (its cache replaced) is captured again where the loop stands:
+    the warm-up must not write past the cache."""
+    lm = load_musicgen("tiny", device="cuda")
+    loop = TokenLoop(lm, ["x"], SamplingConfig(seed=0), max_context=12)
+    for _ in range(11):
+        loop.step()
+    loop.graphs.forget(0)
+    loop.step()  # position 11 of 12: captured here
+    torch.cuda.synchronize()
+    assert loop.graphs.captures == 3 and loop.graphs.error is None
+
+
+def test_a_failed_capture_names_its_cause_and_puts_everything_back():
+    lm = load_musicgen("tiny", device="cuda")
+    plain = TokenLoop(lm, ["x"], SamplingConfig(seed=6), graph=False).frames(20)
+    loop = TokenLoop(lm, ["x"], SamplingConfig(seed=6))
+    forward = loop.decoder.forward
+
+    def syncs_while_captured(*args, **kwargs):
+        logits = forward(*args, **kwargs)
+        if torch.cuda.is_current_stream_capturing():
+            logits.sum().item()  # a host sync: illegal inside a capture
+        return logits
+
+    loop.decoder.forward = syncs_while_captured
+    codes = loop.frames(20)
+    assert loop.graphs.error is not None and "previous error" not in loop.graphs.error
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert torch.equal(codes, plain)  # state and sampler put back: the eager run is the plain one
+
+
+def test_a_hook_on_a_graphed_loop_runs_every_step():
+    from engine.hooks import recording
+
+    lm = load_musicgen("tiny", device="cuda")
+    loop = TokenLoop(lm, ["x"], SamplingConfig(seed=0))
+    loop.frames(5)
+    with recording(lm, [1]) as taps:
+        assert loop.eager_reason is not None and not loop.graphed
+        before = taps[1].calls
+        for _ in range(6):
+            loop.step()
+        assert taps[1].calls - before == 6 and taps[1].take().shape[1] == 6
+    assert loop.graphed
+
+
+def test_an_sae_on_the_cpu_is_placed_beside_the_model(tiny_sae_dir):
+    lm = load_musicgen("tiny", device="cuda")
+    sae = load_sae(tiny_sae_dir)  # on the CPU
+    features = alive_features(sae, 2)
+    with Steerer(lm, sae, cfg_doubled=True) as steerer:
+        steerer.watch(features)
+        loop = TokenLoop(lm, ["x"], SamplingConfig(seed=0))
+        steerer.attach(loop)
+        loop.frames(5)
+        assert steerer.meters.device.type == "cuda" and len(steerer.read_meters() or features) == 2
+
+
+def test_a_dropped_graphed_loop_frees_its_memory_without_the_collector():
+    lm = load_musicgen("tiny", device="cuda")
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)
+
+    def used() -> int:
+        torch.cuda.synchronize()
+        clear()
+        return torch.cuda.memory_allocated()
+
+    TokenLoop(lm, ["x"], SamplingConfig(seed=0)).frames(5)  # first-use allocations, then dropped
+    gc.collect()
+    before = used()
+    gc.disable()
+    try:
+        loop = TokenLoop(lm, ["x"], SamplingConfig(seed=0))
+        loop.frames(5)
+        assert used() > before
+        del loop
+        assert used() == before
+    finally:
+        gc.enable()
+
+
+def test_knob_changes_and_reprime_pieces_do_not_wait_for_the_gpu(tiny_sae_dir):
+    """A pageable host-to-device copy waits for every queued step; the generation thread must
+    only wait at a read-back, once per read-back."""
+    lm = load_musicgen("tiny", device="cuda")
+    sae = load_sae(tiny_sae_dir, lm.device)
+    f = alive_features(sae, 2)
+    with Steerer(lm, sae, cfg_doubled=True) as steerer:
+        loop = TokenLoop(lm, ["x"], SamplingConfig(seed=0), max_context=200, readback=8)
+        steerer.attach(loop)
+        loop.frames(40)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            steerer.set_vector(steerer.vector_for({f[0]: 1.0, f[1]: -0.5}))
+            loop.begin_reprime(32)
+            assert not loop.reprime_step(8)  # a piece, not yet the swap (which checks once)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for _ in range(16):
+                    loop.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 2, [str(w.message) for w in syncs]  # two read-backs of 8 steps
+
+
+def test_gpu_busy_counts_each_kernel_once():
+    """Eager and replayed steps run the same kernels: their measured GPU time must agree."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from stream import gpu_busy_ms
+
+    lm = load_musicgen("tiny", device="cuda")
+    eager, graphed = gpu_busy_ms(lm, 20, False, None), gpu_busy_ms(lm, 20, True, None)
+    assert 0.6 < eager / graphed < 1.6, (eager, graphed)
+
+
+def test_feature_statistics_after_gpu_training_run_on_the_gpu(tmp_path, monkeypatch):
+    from sae import train as train_module
+    from sae.store import ActivationStore
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from planted import planted_dictionary, planted_store
+
+    seen = []
+    real = train_module.feature_stats
+    monkeypatch.setattr(train_module, "feature_stats", lambda sae, *a, **k: seen.append(sae.W_enc.device.type)
+                        or real(sae, *a, **k))  # fmt: skip
+    store = ActivationStore(planted_store(tmp_path / "acts", planted_dictionary(32, 64), 4096, shard_rows=2048))
+    cfg = train_module.TrainConfig(k=4, expansion=2, steps=5, batch_size=256, ce_clips=0, device="cuda")
+    train_module.Trainer(store, tmp_path / "sae", cfg).run()
+    assert seen == ["cuda"]
+
+
+def test_a_live_host_reprimes_and_swaps_prompts_under_graphs_with_flat_memory(tiny_sae_dir):
+    import time
+
+    from engine.audio import NullSink
+    from engine.host import Host, HostConfig
+    from engine.params import ParameterBus
+
+    lm = load_musicgen("tiny", device="cuda")
+    sae = load_sae(tiny_sae_dir, lm.device)
+    f = alive_features(sae, 1)[0]
+    bus = ParameterBus(knob_count=1, feature_count=sae.cfg.d_sae)
+    bus.configure_knob(0, features=[(f, 1.0)])
+    config = HostConfig(reprime_at_s=3.0, reprime_keep_s=1.0, meters=[f])
+    host = Host(lm, bus, NullSink(lm.sample_rate), sae, config)
+    samples: dict[str, list[int]] = {"early": [], "late": []}
+    host.start()
+    try:
+        for second in range(12):
+            time.sleep(1.0)
+            bus.set_knob(0, (second % 4) / 4)
+            if second == 5:
+                bus.set_prompt("another prompt")
+            if second >= 2:
+                samples["early" if second < 6 else "late"].append(torch.cuda.memory_allocated())
+        status, graph_error, captures = host.status(), host.graph_error, host._loop.graphs.captures
+    finally:
+        host.stop()
+    assert host.error is None and graph_error is None
+    assert status.reprimes >= 2 and captures == 2
+    assert max(samples["late"]) <= max(samples["early"]) + 2**20, samples

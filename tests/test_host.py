@@ -6,15 +6,18 @@ import itertools
 import re
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import alive_features
 
 from cli.main import main
+from engine import host as host_module
 from engine.audio import NullSink
+from engine.errors import MgsteerError
 from engine.hooks import ResidualTap
-from engine.host import Host, HostConfig
+from engine.host import LOW_LATENCY_CHUNK, LOW_LATENCY_CHUNKS, MEASURED_LOOKAHEAD_MS, Host, HostConfig
 from engine.params import ParameterBus
 from engine.prompts import encode_prompts
 
@@ -96,6 +99,51 @@ def test_latency_is_measured_while_playing(tiny_lm, tiny_sae):
     # speed, as do underruns, so neither is asserted here (bench/live.py measures them)
     assert status.latency_ms_p50 > 150 and status.latency_ms_p95 >= status.latency_ms_p50
     assert status.x_realtime > 0 and f"underruns {status.underruns}" in status.line()
+
+
+def test_latency_profiles_and_explicit_settings():
+    low = HostConfig.for_latency("low")
+    assert low.lookahead_ms is None and low.fit_chunk and low.chunk == LOW_LATENCY_CHUNK
+    assert low.readback == LOW_LATENCY_CHUNKS[0]
+    fixed = HostConfig.for_latency("low", lookahead_ms=80.0, chunk=3)
+    assert (fixed.lookahead_ms, fixed.chunk.chunk, fixed.fit_chunk, fixed.readback) == (80.0, 3, False, 2)
+    default = HostConfig.for_latency()
+    assert (default.lookahead_ms, default.chunk.chunk, default.fit_chunk) == (300.0, 8, False)
+    assert HostConfig.for_latency("default", chunk=4).chunk.chunk == 4
+    with pytest.raises(MgsteerError, match="unknown latency profile 'fast': use default or low"):
+        HostConfig.for_latency("fast")
+
+
+def test_the_low_profile_measures_its_chunk_and_lookahead(tiny_lm, tiny_sae):
+    """The chunk shrinks to what the measured step and decode allow, the lookahead to what
+    the measured compute between blocks needs; both follow the machine, so only their
+    bounds and their consistency with the measurements are asserted."""
+    bus = ParameterBus(knob_count=1, feature_count=tiny_sae.cfg.d_sae)
+    host = Host(tiny_lm, bus, NullSink(tiny_lm.sample_rate), tiny_sae, HostConfig.for_latency("low"))
+    assert host.lookahead_target_ms() == host_module.FIRST_LOOKAHEAD_MS  # nothing measured yet
+    for _ in range(120):
+        host._tick()
+    assert host.chunk_frames in LOW_LATENCY_CHUNKS
+    lo, hi = MEASURED_LOOKAHEAD_MS
+    assert lo <= host.lookahead_target_ms() <= hi
+    cheap = host.fitted_chunk
+    host._model_ms.clear()
+    host._model_ms.extend([0.1] * 10)
+    host._decode_frame_ms.clear()
+    host._decode_frame_ms.extend([0.01] * 10)  # a fast machine: the smallest chunk fits
+    assert cheap() == LOW_LATENCY_CHUNKS[0]
+    host._model_ms.extend([100.0] * 30)  # a step slower than a frame: the largest chunk
+    assert cheap() == LOW_LATENCY_CHUNKS[-1]
+    host._decoder.cfg = replace(host._decoder.cfg, chunk=LOW_LATENCY_CHUNKS[1])
+    host._model_ms.clear()
+    host._model_ms.extend([0.7 * 1000 / tiny_lm.frame_rate] * 10)  # 70 % of a frame: keeps its chunk
+    assert cheap() == LOW_LATENCY_CHUNKS[1]
+    host.steerer.close()
+
+
+def test_play_with_the_low_latency_profile(capsys):
+    assert main(["play", "--model", "tiny", "--no-audio", "--seconds", "2", "--latency", "low"]) == 0
+    assert "underruns" in capsys.readouterr().out
 
 
 def test_four_threads_hammering_the_bus_while_playing(tiny_lm, tiny_sae):

@@ -75,6 +75,7 @@ GOOD = json.loads((BUNDLED / "world-demo.json").read_text())
         ({"features": {"x": 1.0}}, ".features.x: feature id must be"),
         ({"features": {"3": None}}, ".features.3: strength must be a finite number"),
         ({"midi": []}, ".midi: must be a JSON object"),
+        ({"latency": "fast"}, ".latency: must be one of default, low, got 'fast'"),
     ],
 )
 def test_broken_presets_name_the_field(tmp_path, change, needle):
@@ -151,3 +152,24 @@ def test_a_presets_folder_overwrites_only_presets(tmp_path):
     folder.save(preset, "fine")
     folder.save(preset, "fine")  # a preset may be replaced by a preset
     assert sorted(p.name for p in root.iterdir()) == ["dir.json", "fine.json", "link.json", "notes.json"]
+
+
+def test_a_preset_chooses_the_latency_profile_unless_the_command_line_does(tmp_path):
+    from argparse import Namespace
+
+    from cli.live import controller_settings
+
+    path = tmp_path / "low.json"
+    path.write_text(json.dumps({"format": "mgsteer-preset/1", "latency": "low"}))
+    preset = load_preset(path)
+    assert preset.latency == "low" and save_preset(preset, tmp_path / "again.json").read_text().count('"low"') == 1
+    given = {"osc_host": None, "osc_port": None}
+    args = Namespace(latency=None, **given)
+    controller_settings(args, preset)
+    assert args.latency == "low"
+    args = Namespace(latency="default", **given)
+    controller_settings(args, preset)
+    assert args.latency == "default"
+    args = Namespace(latency=None, **given)
+    controller_settings(args, None)
+    assert args.latency == "default"
