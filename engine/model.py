@@ -110,7 +110,10 @@ def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: in
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if spec in PRESETS:
-        model, tokenizer = build_random_musicgen(seed=seed, spec=PRESETS[spec])
+        # The large random sizes are for speed and memory figures: drawn where they will run.
+        # `tiny` is drawn on the CPU everywhere, so its weights (and SAEs made on it) match.
+        where = dev if spec != "tiny" else None
+        model, tokenizer = build_random_musicgen(seed=seed, spec=PRESETS[spec], device=where)
     else:
         model, tokenizer = _load_pretrained(spec, dt)
     try:

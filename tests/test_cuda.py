@@ -379,3 +379,10 @@ def test_a_live_host_reprimes_and_swaps_prompts_under_graphs_with_flat_memory(ti
     assert host.error is None and graph_error is None
     assert status.reprimes >= 2 and captures == 2
     assert max(samples["late"]) <= max(samples["early"]) + 2**20, samples
+
+
+def test_a_random_size_model_is_drawn_on_the_gpu():
+    """Drawn where it runs (seconds), not on the CPU and copied (minutes for random-large)."""
+    lm = load_musicgen("random-small", device="cuda", dtype="bfloat16")
+    assert all(p.device.type == "cuda" and p.dtype == torch.bfloat16 for p in lm.model.parameters())
+    assert len(lm.decoder_layers) == 24
