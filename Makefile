@@ -9,9 +9,12 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 # PortAudio for sound output; JACK to test a real audio path without a sound card;
 # Chromium to check the feature browser page headless; the libraries and a font Qt needs to
-# draw the desktop app (also offscreen, as the GUI tests do).
+# draw the desktop app (also offscreen, as the GUI tests do); what Qt's xcb plugin loads to
+# open a window on a real X display (`ldd` of libqxcb.so; libxcb-cursor0 is loaded at start),
+# and Xvfb, a real X server for the test that opens one.
 SYSTEM_PACKAGES := libportaudio2 jackd2 chromium libegl1 libgl1 libfontconfig1 libxkbcommon0 libglib2.0-0 \
-	libdbus-1-3 fonts-dejavu-core
+	libdbus-1-3 fonts-dejavu-core libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
+	libxcb-render-util0 libxcb-shape0 libxcb-randr0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 xvfb xauth
 
 .PHONY: install system demo test test-min lint clean gpu-check gpu-wheels
 

@@ -2,31 +2,40 @@
 clock without sound) while a knob turns every `--knob-every-ms`, steering an SAE feature, with
 4 meters on. Prints one JSON object: underruns, speed (`x_realtime`: audio seconds generated
 per second of compute; real time needs ≥ 1), step ms and knob→sound latency p50/p95, time to
-first audio, re-primes, and memory early and late (process RSS; GPU memory on CUDA).
+first audio, re-primes, and memory early and late (process RSS; GPU memory on CUDA); and
+what played: each second's loudness and, on a world model, the grammar's log-likelihood per
+token for each 10 s (endless play must stay music, not fall silent or into noise).
 
 Underruns and speed depend on how busy the machine is, so they are this benchmark's figures,
 not assertions in the tests (tests/test_host.py checks that play goes on).
 
     python bench/live.py [--model tiny|random-small|random-large] [--device auto] [--dtype auto]
                          [--seconds 120] [--knob-every-ms 500] [--no-graph]
-                         [--lookahead-ms 300] [--chunk 8]
+                         [--lookahead-ms 300] [--chunk 8] [--latency low]
+    python bench/live.py --model demo_out/world --prompt melody --no-steer --seconds 120
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from common import machine, one_line_errors
 from stream import make_sae
 
-from engine.audio import NullSink
+from engine.audio import NullSink, WavRecorder
 from engine.host import Host, HostConfig
+from engine.levels import rms_dbfs
 from engine.limits import LATENCY_PROFILES
 from engine.model import load_musicgen
 from engine.params import ParameterBus
+from engine.synth_codec import SynthCodec
+from engine.wavfile import read_audio
+from sae.world.grammar import ExactScorer
 
 
 def rss_mb() -> float:
@@ -52,20 +61,22 @@ def main() -> None:
     p.add_argument("--latency", default="default", choices=LATENCY_PROFILES, help="engine.host latency profile")
     p.add_argument("--lookahead-ms", type=float, help="audio kept queued (not given: the profile's)")
     p.add_argument("--chunk", type=int, help="frames decoded at a time (not given: the profile's)")
+    p.add_argument("--prompt", default="simple melody", help="what to play (a world model: e.g. 'melody')")
+    p.add_argument("--no-steer", action="store_true", help="no SAE, no knob: endless play alone")
     args = p.parse_args()
     lm = load_musicgen(args.model, args.device, args.dtype)
-    sae = make_sae(lm, expansion=8, k=32)
-    bus = ParameterBus(knob_count=1, feature_count=sae.cfg.d_sae, smoothing_ms=50.0)
-    bus.configure_knob(0, features=[(0, 1.0)])
-    host = Host(
-        lm,
-        bus,
-        NullSink(lm.sample_rate),
-        sae,
-        HostConfig.for_latency(
-            args.latency, lookahead_ms=args.lookahead_ms, chunk=args.chunk, meters=[0, 1, 2, 3], graph=args.graph
-        ),
+    sae = None if args.no_steer else make_sae(lm, expansion=8, k=32)
+    bus = ParameterBus(
+        knob_count=1, feature_count=sae.cfg.d_sae if sae else None, smoothing_ms=50.0, prompt=args.prompt
     )
+    if sae is not None:
+        bus.configure_knob(0, features=[(0, 1.0)])
+    config = HostConfig.for_latency(args.latency, lookahead_ms=args.lookahead_ms, chunk=args.chunk,
+                                    meters=None if sae is None else [0, 1, 2, 3], graph=args.graph)  # fmt: skip
+    recording = Path(tempfile.mkdtemp()) / "live.wav"
+    host = Host(lm, bus, NullSink(lm.sample_rate), sae, config, WavRecorder(recording, lm.sample_rate))
+    codes: list[torch.Tensor] = []
+    host.on_frames = lambda frames: codes.append(frames[0].cpu())
     started = time.perf_counter()
     host.start()
     try:
@@ -76,7 +87,8 @@ def main() -> None:
         while (elapsed := time.perf_counter() - started) < args.seconds and host.error is None:
             time.sleep(period)
             turns += 1
-            bus.set_knob(0, (turns % 10) / 10)
+            if sae is not None:
+                bus.set_knob(0, (turns % 10) / 10)
             if "early" not in memory and elapsed >= min(25.0, args.seconds / 4):
                 memory["early"] = memory_mb(lm.device)
         memory["late"] = memory_mb(lm.device)
@@ -105,8 +117,31 @@ def main() -> None:
         "knob_to_sound_ms_p95": None if status.latency_ms_p95 is None else round(status.latency_ms_p95),
         "first_audio_ms": round(first_audio_ms),
         "reprimes": status.reprimes,
+        "context_s": lm.context_s,
         "memory": memory,
+        **music_figures(lm, recording, torch.cat(codes, dim=-1) if codes else None),
     }, indent=1))  # fmt: skip
+
+
+def music_figures(lm, recording: Path, codes: torch.Tensor | None) -> dict:
+    """What played, second by second: its loudness (RMS, dBFS: is it ever silent?) and, for a
+    world model, the grammar's log-likelihood per token (is it still music?), first 10 s
+    against each later 10 s."""
+    audio, rate = read_audio(recording)
+    seconds = len(audio) // rate
+    rms = [rms_dbfs(audio[i * rate : (i + 1) * rate, 0]) for i in range(seconds)]
+    out: dict = {
+        "rms_dbfs_per_s_min": round(min(rms), 1) if rms else None,
+        "seconds_below_minus_40_dbfs": sum(r < -40 for r in rms),
+    }
+    if codes is None or not isinstance(lm.own_codec, SynthCodec):
+        return out
+    scorer = ExactScorer(lm.codebook_size)
+    per_s = [scorer.loglik_any_phase(codes[:, i * 50 : (i + 1) * 50].numpy()) for i in range(codes.shape[-1] // 50)]
+    tens = [round(sum(per_s[i : i + 10]) / len(per_s[i : i + 10]), 3) for i in range(0, len(per_s), 10)]
+    out["grammar_loglik_per_10s"] = tens
+    out["grammar_loglik_worst_10s_minus_first"] = round(min(tens) - tens[0], 3) if tens else None
+    return out
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.errors import MgsteerError
+from engine.levels import match_loudness
 from engine.model import LoadedModel, load_musicgen
 from engine.render import render, write_wav
 from engine.steering import FeatureSteer, SteeringSpec
@@ -128,8 +129,10 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     others = also_changed(most_probable(heard), most_probable(moved), attribute)
     quality = [scorer.loglik_per_token(r.codes.numpy()) for r in (plain, steered)]
     described, unit = listen(attribute, [plain, steered])
-    plain_path = write_wav(out / "plain.wav", plain.audio, plain.sample_rate)
-    steered_path = write_wav(out / "steered.wav", steered.audio, steered.sample_rate)
+    # A/B only means something at one loudness: the louder clip is turned down to the other's.
+    (plain_audio, steered_audio), loudness = match_loudness([plain.audio, steered.audio])
+    plain_path = write_wav(out / "plain.wav", plain_audio, plain.sample_rate)
+    steered_path = write_wav(out / "steered.wav", steered_audio, steered.sample_rate)
     changed = (plain.codes != steered.codes).float().mean().item()
     strengths = ", ".join(f"{a:g}" for a in cfg.alphas)
     why = (f"the weakest of {strengths} that moves it and keeps the grammar" if met
@@ -146,6 +149,10 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     side = ", ".join(f"{label_text(a, was)} → {label_text(a, now)}" for a, (was, now) in others.items())
     print(f"      exact scorer, other attributes: {side or 'unchanged'}")
     print(f"      descriptors, {unit}: {_shown(described[0])} → {_shown(described[1])}")
+    print(
+        f"      loudness (RMS): plain {loudness[0]:.1f} dBFS, steered {loudness[1]:.1f} dBFS; both written at "
+        f"{min(loudness):.1f} dBFS, through the soft limiter (no sample at full scale)"
+    )
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
     print(
@@ -172,6 +179,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "posterior": {"plain": before, "steered": after},
         "also_changed": others,
         "heard": {"by": "descriptors", "unit": unit, "plain": described[0], "steered": described[1]},
+        "loudness_dbfs_before_matching": {"plain": loudness[0], "steered": loudness[1]},
     }
 
 

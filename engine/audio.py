@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import MgsteerError
+from engine.levels import soft_limit
 
 
 class RingBuffer:
@@ -95,8 +96,9 @@ class Sink(ABC):
         self._resampler = StreamResampler(model_rate, device_rate) if device_rate != model_rate else None
 
     def write(self, block: np.ndarray) -> None:
-        """Queue a block (model rate). Waits for room only if the caller outran the buffer."""
-        data = self._resampler.process(block) if self._resampler else block.astype(np.float32, copy=False)
+        """Queue a block (model rate), through the soft limiter (engine.levels). Waits for room
+        only if the caller outran the buffer."""
+        data = soft_limit(self._resampler.process(block) if self._resampler else block)
         done = 0
         while done < len(data):
             done += self.ring.write(data[done:])

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,8 +55,10 @@ class HostConfig:
     lookahead_ms: float | None = 300.0  # None: measured while playing (the low-latency profile)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    reprime_at_s: float = 30.0  # re-prime when the context holds this much (MusicGen's training length)
-    reprime_keep_s: float = 10.0  # …keeping this much of the most recent music
+    # Re-prime so that the context never holds more than this (None: the longest clip the model
+    # was trained on, `LoadedModel.context_s`: 30 s for MusicGen, a world's clip length)…
+    reprime_at_s: float | None = None
+    reprime_keep_s: float | None = None  # …keeping this much of the most recent music (None: a third)
     reprime_piece: int = 32  # positions prefilled per step while re-priming
     halves: Halves = "both"
     graph: bool = True  # on CUDA, replay the step as a CUDA graph (`TokenLoop`)
@@ -88,16 +91,29 @@ class HostConfig:
         if self.reprime_piece < 2:  # the head moves one position a step: catching up takes keep/(piece−1) steps
             raise MgsteerError(f"re-prime piece must be ≥ 2 positions, got {self.reprime_piece}")
         limit = lm.max_positions / lm.frame_rate
-        if not 0 < self.reprime_keep_s < self.reprime_at_s or self.context_positions(lm) > lm.max_positions:
+        at, keep = self.reprime_span(lm)
+        catch_up = self.catch_up_steps(lm)
+        if not 0 < keep < at or at * lm.frame_rate - catch_up <= keep * lm.frame_rate or at > limit:
             raise MgsteerError(
-                f"need 0 < re-prime keep ({self.reprime_keep_s} s) < re-prime at ({self.reprime_at_s} s), "
-                f"with room to catch up, within this model's {limit:.0f} s"
+                f"need 0 < re-prime keep ({keep:g} s) < re-prime at ({at:g} s), with room to catch up, "
+                f"within this model's {limit:.0f} s"
             )
 
+    def reprime_span(self, lm: LoadedModel) -> tuple[float, float]:
+        """(seconds the context may hold, seconds a re-prime keeps) for `lm`."""
+        at = self.reprime_at_s if self.reprime_at_s is not None else lm.context_s
+        return at, self.reprime_keep_s if self.reprime_keep_s is not None else at / 3
+
+    def catch_up_steps(self, lm: LoadedModel) -> int:
+        """Steps a re-prime takes to catch up with the head (it prefills `reprime_piece`
+        positions a step while the head moves one), with a step to spare on either side."""
+        keep = int(self.reprime_span(lm)[1] * lm.frame_rate)
+        return math.ceil(keep / (self.reprime_piece - 1)) + 2
+
     def context_positions(self, lm: LoadedModel) -> int:
-        """KV cache size: the re-prime point plus the steps the new cache needs to catch up."""
-        keep = int(self.reprime_keep_s * lm.frame_rate)
-        return int(self.reprime_at_s * lm.frame_rate) + math.ceil(keep / (self.reprime_piece - 1)) + 2
+        """KV cache size: the most the context holds. A re-prime starts early enough to be
+        swapped in by then, so the model never plays past what it was trained on."""
+        return int(self.reprime_span(lm)[0] * lm.frame_rate)
 
 
 @dataclass(frozen=True)
@@ -175,11 +191,15 @@ class Host:
         self._target: torch.Tensor | None = None  # steering vector of the current snapshot
         self._glide_left = 0.0  # share of the way from the vector in use to the target still to go
         self._last_meter = 0.0
-        self._reprime_at = int(self.config.reprime_at_s * lm.frame_rate)
-        self._keep = int(self.config.reprime_keep_s * lm.frame_rate)
+        at, keep = self.config.reprime_span(lm)
+        self._reprime_at = int(at * lm.frame_rate) - self.config.catch_up_steps(lm)
+        self._keep = int(keep * lm.frame_rate)
         self.applied: deque[tuple[int, int]] = deque(maxlen=4096)  # (step, snapshot version) when applied
         # The latest generated blocks, for scopes on other threads (a deque appends atomically).
         self.monitor: deque[np.ndarray] = deque(maxlen=32)
+        # Called on the generation thread with each step's complete frames `[batch, K, n]`
+        # (benchmarks score the tokens): it must be quick.
+        self.on_frames: Callable[[torch.Tensor], None] | None = None
 
     # ---- control --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -298,6 +318,8 @@ class Host:
             self._prompt = snap.prompt
         frames = loop.step()
         self._model_ms.append(1000 * (time.perf_counter() - started))
+        if self.on_frames is not None and frames.shape[-1]:
+            self.on_frames(frames)
         self.steps += 1
         queued_before = self._generated
         for frame in frames[0].unbind(-1):

@@ -32,6 +32,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     own_codec: Any = None  # a codec other than the checkpoint's EnCodec (engine.synth_codec)
+    # The longest clip it was trained on: past it the model plays what it never learned (a
+    # world trained on 4 s clips falls silent by 15 s), so endless play re-primes inside it.
+    context_s: float = 30.0  # MusicGen's training clips
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
@@ -121,20 +124,24 @@ def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: in
     except torch.cuda.OutOfMemoryError as exc:
         raise MgsteerError(out_of_memory(spec, model, dt, dev)) from exc
     model.requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=dt, own_codec=_own_codec(spec))
+    codec, context_s = _own_codec(spec)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, spec=spec, device=dev, dtype=dt, own_codec=codec, context_s=context_s
+    )
 
 
 WORLD_FILE = "world.json"  # beside a model trained on the synth codec (sae/world)
 
 
 def _own_codec(spec: str):
-    """The synth codec for a folder that says it speaks it; None (EnCodec) otherwise."""
+    """(the synth codec, the clip length it was trained on) for a folder that says it speaks
+    it; (None: EnCodec, MusicGen's 30 s) otherwise."""
     import json
     from pathlib import Path
 
     marker = Path(spec).expanduser() / WORLD_FILE
     if not marker.is_file():
-        return None
+        return None, 30.0
     from engine.synth_codec import TOKEN_LAYOUT, SynthCodec
 
     try:
@@ -147,7 +154,23 @@ def _own_codec(spec: str):
             f"{marker.parent} was trained on an older synth codec's tokens: train it again "
             f"(mgsteer world train --out {marker.parent} --overwrite)"
         )
-    return codec
+    return codec, _trained_seconds(marker.parent, world)
+
+
+def _trained_seconds(folder, world: dict) -> float:
+    """A world's clip length: its world.json says so; folders trained before it did have it in
+    their training state; failing both, the world trainer's default."""
+    import json
+
+    if "context_seconds" in world:
+        return float(world["context_seconds"])
+    try:
+        return float(json.loads((folder / "train_state.json").read_text())["config"]["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return WORLD_CLIP_SECONDS
+
+
+WORLD_CLIP_SECONDS = 4.0  # a world's clip length by default (sae.world.train)
 
 
 # The oldest transformers the engine's tests run on (CI runs the core tests a second time on

@@ -2,7 +2,8 @@
 
 Why not soundfile everywhere: it needs libsndfile through cffi, which a bare GPU image or a
 minimal server may lack, and everything the engine itself writes is 16-bit PCM WAV, which
-Python's `wave` module writes as well. The stdlib writer also rewrites the header's sizes
+Python's `wave` module writes as well. Whatever is written passes the soft
+limiter (`engine.levels`) first. The stdlib writer also rewrites the header's sizes
 after every block, so a recording cut short by a kill is a valid WAV up to its last block.
 Reading any other format (FLAC, Ogg, MP3…) needs soundfile, and says so in one line.
 """
@@ -16,14 +17,15 @@ from typing import BinaryIO
 import numpy as np
 
 from engine.errors import MgsteerError
+from engine.levels import soft_limit
 
 _INT_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
 
 
 def _pcm16(audio: np.ndarray) -> bytes:
-    """Float samples (clipped to ±1) as little-endian 16-bit PCM."""
-    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    return np.round(clipped * 32767.0).astype("<i2").tobytes()
+    """Float samples, through the soft limiter (engine.levels: nothing reaches full scale), as
+    little-endian 16-bit PCM."""
+    return np.round(soft_limit(audio) * 32767.0).astype("<i2").tobytes()
 
 
 class WavWriter:

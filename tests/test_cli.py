@@ -14,6 +14,7 @@ from conftest import alive_features
 from cli import demo
 from cli.demo import DemoConfig, run_demo
 from cli.main import main
+from engine.levels import LIMIT_CEILING, rms_dbfs
 from engine.synth_codec import SynthCodec, token_notes
 from sae.world.grammar import Attributes, ExactScorer, sample_clip
 from sae.world.pipeline import WorldSAEConfig
@@ -107,6 +108,12 @@ def test_demo_renders_plain_and_steered(tmp_path, capsys):
     assert result["target"]["alpha"] in QUICK_DEMO.alphas and "grammar log-likelihood per token" in printed
     assert result["target"]["attribute"] not in result["also_changed"] and "other attributes: " in printed
     assert re.search(r"detects '[^']+' by its (mean|peak) over 2 s windows: held-out AUROC \d\.\d\d", printed)
+    # the A/B pair at one loudness (the louder turned down), reported before matching, nothing at full scale
+    written = [sf.read(str(result[key]))[0] for key in ("plain", "steered")]
+    before = result["loudness_dbfs_before_matching"]
+    assert f"plain {before['plain']:.1f} dBFS, steered {before['steered']:.1f} dBFS" in printed
+    assert abs(rms_dbfs(written[0]) - rms_dbfs(written[1])) < 0.2
+    assert max(np.abs(w).max() for w in written) <= LIMIT_CEILING
 
 
 def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_the_grammar(monkeypatch):

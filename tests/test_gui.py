@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import mido
 import pytest
 from conftest import alive_features
 from PyQt6.QtCore import QMimeData, QPointF, QSettings, Qt
-from PyQt6.QtGui import QDropEvent
+from PyQt6.QtGui import QDropEvent, QImage
 
 from cli.main import main
 from gui.knobs import STEPS, feature_mime
@@ -256,3 +259,32 @@ def test_without_pyqt_the_gui_command_says_what_to_install(capsys, monkeypatch):
     assert main(["gui", "--model", "tiny", "--no-audio", "--seconds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs PyQt6" in err[0] and "[gui]" in err[0]
+
+
+@pytest.fixture()
+def x_display():
+    """A real X server (Xvfb, which `make system` installs): the xcb platform plugin, as on a desktop."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (`make system` adds it as root)")
+    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    display = server.stdout.readline().decode().strip()
+    yield f":{display}"
+    server.terminate()
+    server.wait(timeout=5)
+
+
+def test_the_window_opens_on_a_real_x_display(x_display, tmp_path, tiny_sae_dir):
+    """Qt's xcb plugin loads (its libraries are installed) and the window draws on the display."""
+    shot = tmp_path / "x.png"
+    argv = ["gui", "--model", "tiny", "--sae", str(tiny_sae_dir), "--no-audio", "--seconds", "1",
+            "--screenshot", str(shot)]  # fmt: skip
+    env = dict(os.environ, DISPLAY=x_display, QT_QPA_PLATFORM="xcb")
+    code = f"from cli.main import main; raise SystemExit(main({argv!r}))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    image = QImage(str(shot))
+    assert image.width() > 400 and image.height() > 300
+    colours = {image.pixel(x, y) for x in range(0, image.width(), 37) for y in range(0, image.height(), 29)}
+    assert len(colours) > 20  # drawn, not a blank rectangle

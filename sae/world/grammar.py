@@ -26,6 +26,7 @@ vocabulary) with probability ε, so sequences that break the grammar still get a
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ TIMBRES = {"dark": 1, "bright": 3 + 4 * 6}  # triangle at brightness 0; saw at b
 DENSITIES = {"sparse": (1, 0, 2, 0), "busy": (1, 1, 1, 1)}  # kick 1, snare 2
 LEVEL = 13  # the octave-level token's level step: −6.4 dBFS
 BAR = 4  # notes per bar: the tonic, the third, two free notes
+PHASES = BAR * math.lcm(*TEMPOS.values())  # frames after which every tempo's bar starts again
 EPSILON = 0.01
 OPENING_FRAMES = min(TEMPOS.values())  # the shortest note: a clip's opening, before any note changes
 
@@ -189,6 +191,11 @@ class ExactScorer:
         certainty, log(ε/V) ≈ −9.5 for noise (a quality proxy for steered music)."""
         codes = np.asarray(codes)
         return float(self.log_likelihoods(codes, start).max() / codes.size)
+
+    def loglik_any_phase(self, codes: np.ndarray) -> float:
+        """`loglik_per_token` at the clip position that suits `codes` best: a window cut from
+        endless play starts anywhere in a bar (every bar's place repeats within PHASES frames)."""
+        return max(self.loglik_per_token(codes, start) for start in range(PHASES))
 
     def predict(self, codes: np.ndarray, start: int = 0) -> Attributes:
         return most_probable(self.posterior(codes, start))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import MgsteerError
 from engine.hub import quiet_transformers
-from engine.model import WORLD_FILE, LoadedModel, load_musicgen
+from engine.model import WORLD_CLIP_SECONDS, WORLD_FILE, LoadedModel, load_musicgen
 from engine.prompts import tokenize_prompts
 from engine.synth_codec import TOKEN_LAYOUT
 from engine.tiny import ArchSpec, build_random_musicgen
@@ -71,7 +71,7 @@ SHORT_SHARE = 0.65
 class WorldTrainConfig:
     steps: int = 3000
     batch_size: int = 16
-    seconds: float = 4.0  # clip length
+    seconds: float = WORLD_CLIP_SECONDS  # clip length (what endless play re-primes inside)
     # The first `short_steps` steps train on clips of `short_seconds`: what the prompt decides
     # shows in a clip's first second (the key's third is frame 10 or 25), and a step on 1 s
     # clips costs a third of one on 4 s clips. The later steps teach the whole clip's span.
@@ -234,7 +234,8 @@ class WorldTrainer:
             lm.model.save_pretrained(self.out)
             lm.tokenizer.save_pretrained(self.out)
         marker = {"format": FORMAT, "codec": "synth", "tokens": TOKEN_LAYOUT, "grammar": GRAMMAR,
-                  "codebook_size": lm.codebook_size, "steps": step}  # fmt: skip
+                  "codebook_size": lm.codebook_size, "steps": step,
+                  "context_seconds": self.cfg.seconds}  # fmt: skip
         (self.out / WORLD_FILE).write_text(json.dumps(marker, indent=1))
         tensors = {}
         for i, p in enumerate(params):
