@@ -131,8 +131,8 @@ def music_figures(lm, recording: Path, codes: torch.Tensor | None) -> dict:
     seconds = len(audio) // rate
     rms = [rms_dbfs(audio[i * rate : (i + 1) * rate, 0]) for i in range(seconds)]
     out: dict = {
-        "rms_dbfs_per_s_min": round(min(rms), 1) if rms else None,
-        "seconds_below_minus_40_dbfs": sum(r < -40 for r in rms),
+        "rms_dbfs_per_s_min": round(float(min(rms)), 1) if rms else None,
+        "seconds_below_minus_40_dbfs": int(sum(r < -40 for r in rms)),
     }
     if codes is None or not isinstance(lm.own_codec, SynthCodec):
         return out

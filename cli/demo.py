@@ -33,11 +33,18 @@ from sae.label import LabelConfig, choose_features, label_features
 from sae.labelers.world import label_text
 from sae.world.detect import feature_detection
 from sae.world.grammar import Attributes, ExactScorer, most_probable
-from sae.world.pipeline import SteerSelection, WorldSAEConfig, detected, harvest_and_train
+from sae.world.pipeline import (
+    SteerSelection,
+    WorldSAEConfig,
+    choose_steering,
+    detected,
+    harvest_and_train,
+    ranked_attributes,
+)
 from sae.world.train import WorldTrainConfig, WorldTrainer
 
-# audible attribute values, most audible first: the demo steers the first one a feature detects
-AUDIBLE = ("high", "bright", "fast", "busy", "low", "dark", "slow", "sparse")
+# what the demo may steer: heard without a score sheet (a key needs a trained ear)
+DEMO_ATTRIBUTES = ("register", "timbre", "tempo", "density")
 # what the descriptors labeler measures for each attribute (name, unit)
 HEARD_AS = {
     "register": ("note", "median note"),
@@ -48,6 +55,11 @@ HEARD_AS = {
     "density": ("onset_rate", "onsets/s"),
     "key": ("key", "key estimate"),
 }
+
+
+DEMO_SELECTION = SteerSelection(
+    prompts=2, seeds=(100, 101), seconds=2.0, alphas=(0.5, 1.0, 2.0, 4.0), candidates=1, aligned=1, margin=0
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,12 @@ class DemoConfig:
     alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     seconds: float = 5.0
     seed: int = 0
+    # What to steer is chosen on selection pairs of its own (neutral prompts × seeds 100, 101:
+    # never the demo's clip), an attribute at a time, best detected first: the feature that
+    # best detects a value need not be the one that makes it (a detector of note onsets does
+    # not make music fast), and a choice that holds on one world may not on another.
+    selection: SteerSelection = field(default_factory=lambda: DEMO_SELECTION)
+    clip_seeds: int = 4  # seeds tried for the demo's clip, for one that does not have the value already
 
 
 def world_model(folder: Path, cfg: WorldTrainConfig, progress: bool = False) -> LoadedModel:
@@ -95,21 +113,20 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     )
 
     detection = feature_detection(store, loaded, cfg.sae.layer, frame_rate=lm.frame_rate)
-    prompt = "melody"  # names no attribute: the model chooses, the steering pushes
-    sampling = SamplingConfig(seed=cfg.seed)
-    plain = render(lm, prompt, cfg.seconds, sampling, progress=progress)
-    scorer = ExactScorer(lm.codebook_size)
-    heard = scorer.posterior(plain.codes.numpy())
-    # the best-detected audible value that the plain clip does not have already
-    measured = detected(detection)
-    if not measured:
+    if not detected(detection):
         raise MgsteerError("no attribute value could be measured on held-out windows: harvest more or longer clips")
-    candidates = [r for r in measured if r[2] in AUDIBLE and heard[r[1]][r[2]] < 0.5]
-    auroc, attribute, value, feature = (candidates or measured)[0]
+    prompt = "melody"  # names no attribute: the model chooses, the steering pushes
+    scorer = ExactScorer(lm.codebook_size)
+    pick = choose_demo_steer(lm, loaded, scorer, detection, prompt, cfg)
+    attribute, value, feature, plain = pick["attribute"], pick["value"], pick["feature"], pick["plain"]
     concept = label_text(attribute, value)
-    pool = detection["values"][f"{attribute}={value}"]["pool"]
+    heard = scorer.posterior(plain.codes.numpy())
+    found = detection["values"][f"{attribute}={value}"]
     window = f"{detection['window_s']:g} s windows"
-    print(f"[3/5] feature {feature} detects '{concept}' by its {pool} over {window}: held-out AUROC {auroc:.2f}")
+    print(
+        f"[3/5] feature {feature} ({pick['source']}) for '{concept}': the best detector of it reads its "
+        f"{found['pool']} over {window} at detection AUROC {found['auroc_held_out']:.2f} on held-out windows"
+    )
 
     names = ("world", "descriptors")
     chosen = tuple(dict.fromkeys([feature, *choose_features(loaded, LabelConfig(limit=5))]))
@@ -123,7 +140,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         text = "; ".join(line for line in said if not line.endswith(": ")) or "(nothing stands out)"
         print(f"      feature {f}: {text}")
 
-    steered, alpha, met = _steer(lm, loaded, scorer, prompt, cfg, (attribute, value, feature))
+    steered, alpha, met = pick["steered"], pick["alpha"], pick["met"]
     moved = scorer.posterior(steered.codes.numpy())
     before, after = heard[attribute][value], moved[attribute][value]
     others = also_changed(most_probable(heard), most_probable(moved), attribute)
@@ -134,13 +151,15 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     plain_path = write_wav(out / "plain.wav", plain_audio, plain.sample_rate)
     steered_path = write_wav(out / "steered.wav", steered_audio, steered.sample_rate)
     changed = (plain.codes != steered.codes).float().mean().item()
-    strengths = ", ".join(f"{a:g}" for a in cfg.alphas)
+    strengths = ", ".join(f"{a:g}" for a in pick["alphas"])
     why = (f"the weakest of {strengths} that moves it and keeps the grammar" if met
            else f"none of {strengths} both moves it and keeps the grammar: the closest")  # fmt: skip
     print(
-        f"[5/5] rendered '{prompt}' for {plain.seconds:.1f} s, seed {cfg.seed}: plain, and with feature {feature} "
-        f"at α {alpha:g} ({why})"
+        f"[5/5] rendered '{prompt}' for {plain.seconds:.1f} s, seed {pick['seed']}: plain, and with feature "
+        f"{feature} at α {alpha:g} ({why})"
     )
+    if not met:
+        print("      this world's SAE steered none of its attributes on this clip: " + pick["why"])
     print(
         f"      exact scorer, P({concept}): {before:.2f} plain → {after:.2f} steered "
         f"({100 * changed:.0f}% of tokens changed)"
@@ -157,15 +176,18 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     print(f"steered WAV: {steered_path.resolve()}")
     print(
         f"again by hand: mgsteer render --model {out / 'world'} --sae {sae_dir} --prompt {prompt} "
-        f"--steer {feature}={alpha:g} --seconds {cfg.seconds:g} --seed {cfg.seed} --out steered.wav"
+        f"--steer {feature}={alpha:g} --seconds {cfg.seconds:g} --seed {pick['seed']} --out steered.wav"
     )
     target = {
         "attribute": attribute,
         "value": value,
         "feature": feature,
-        "auroc": auroc,
+        "source": pick["source"],
+        "detection_auroc": found["auroc_held_out"],
         "alpha": alpha,
+        "seed": pick["seed"],
         "reached_and_grammatical": met,
+        "selection": pick["selection"],
     }
     return {
         "sae": sae_dir,
@@ -183,7 +205,51 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     }
 
 
-def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoConfig, target: tuple[str, str, int]):
+def choose_demo_steer(lm: LoadedModel, loaded, scorer: ExactScorer, detection: dict, prompt: str, cfg: DemoConfig):
+    """What the demo steers, and its clip. The audible attributes, best detected first: each
+    one's (value, feature, α) is chosen on selection pairs (`choose_steering`), then played on
+    the demo's clip (the first seed whose plain clip lacks the value) from that α up; the first
+    that reaches its value with the music kept wins. If none does, the best-detected audible
+    value the plain clip lacks is pushed at every α, and the closest grammatical clip is kept
+    (with `why` saying so)."""
+    sel, tried = cfg.selection, []
+    for attribute in ranked_attributes(detection, DEMO_ATTRIBUTES):
+        choice = choose_steering(lm, loaded, detection, attribute, sel)["chosen"]
+        if choice is None or not choice["moved_share"]:
+            tried.append(f"{attribute}: no feature moved its selection pairs")
+            print(f"      selection: {tried[-1]}")
+            continue
+        value, feature = choice["value"], choice["feature"]
+        print(f"      selection: {attribute}: feature {feature} ({choice['source']}) at α {choice['alpha']:g} moved "
+              f"{choice['moved_share']:.0%} of {len(sel.seeds) * sel.prompts} pairs toward {value}")  # fmt: skip
+        alphas = tuple(a for a in cfg.alphas if a >= choice["alpha"]) or (choice["alpha"],)
+        for seed in range(cfg.seed, cfg.seed + cfg.clip_seeds):
+            plain = render(lm, prompt, cfg.seconds, SamplingConfig(seed=seed))
+            if scorer.posterior(plain.codes.numpy())[attribute][value] >= 0.5:
+                continue  # this clip has the value already: nothing to show
+            steered, alpha, met = _steer(lm, loaded, scorer, prompt, alphas, cfg.seconds, seed,
+                                         (attribute, value, feature))  # fmt: skip
+            pick = {"attribute": attribute, "value": value, "feature": feature, "source": choice["source"],
+                    "plain": plain, "steered": steered, "alpha": alpha, "alphas": alphas, "met": met, "seed": seed,
+                    "selection": choice}  # fmt: skip
+            if met:
+                return pick
+            tried.append(f"{attribute}: feature {feature} did not move the clip of seed {seed}")
+            break
+    plain = render(lm, prompt, cfg.seconds, SamplingConfig(seed=cfg.seed))
+    heard = scorer.posterior(plain.codes.numpy())
+    measured = detected(detection)
+    lacking = [r for r in measured if r[1] in DEMO_ATTRIBUTES and heard[r[1]][r[2]] < 0.5]
+    _, attribute, value, feature = (lacking or measured)[0]
+    steered, alpha, met = _steer(lm, loaded, scorer, prompt, cfg.alphas, cfg.seconds, cfg.seed,
+                                 (attribute, value, feature))  # fmt: skip
+    return {"attribute": attribute, "value": value, "feature": feature, "source": "best detector", "plain": plain,
+            "steered": steered, "alpha": alpha, "alphas": cfg.alphas, "met": met, "seed": cfg.seed, "selection": None,
+            "why": "; ".join(tried) or "no attribute had a candidate"}  # fmt: skip
+
+
+def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, alphas: tuple[float, ...], seconds: float,
+           seed: int, target: tuple[str, str, int]):  # fmt: skip
     """The clip steered with `target`'s (attribute, value, feature) at the weakest α whose music
     reaches the value (posterior ≥ 0.5) above the selection's quality floor; failing that, the
     grammatical one that comes closest (the weakest α if none stays grammatical). Returns
@@ -191,8 +257,8 @@ def _steer(lm: LoadedModel, loaded, scorer: ExactScorer, prompt: str, cfg: DemoC
     attribute, value, feature = target
     floor = SteerSelection().quality_floor
     tried = []
-    for alpha in cfg.alphas:
-        out = render(lm, prompt, cfg.seconds, SamplingConfig(seed=cfg.seed), loaded,
+    for alpha in alphas:
+        out = render(lm, prompt, seconds, SamplingConfig(seed=seed), loaded,
                      SteeringSpec((FeatureSteer(feature, alpha),)))  # fmt: skip
         grammatical = scorer.loglik_per_token(out.codes.numpy()) >= floor
         reached = scorer.posterior(out.codes.numpy())[attribute][value]

@@ -17,7 +17,7 @@ from cli.main import main
 from engine.levels import LIMIT_CEILING, rms_dbfs
 from engine.synth_codec import SynthCodec, token_notes
 from sae.world.grammar import Attributes, ExactScorer, sample_clip
-from sae.world.pipeline import WorldSAEConfig
+from sae.world.pipeline import SteerSelection, WorldSAEConfig
 from sae.world.train import WorldTrainConfig
 
 
@@ -90,6 +90,8 @@ QUICK_DEMO = DemoConfig(
     sae=WorldSAEConfig(clips=8, seconds=2.0, steps=50, batch_size=128),
     seconds=1.0,
     alphas=(16.0,),  # a world trained 4 steps is near noise: a weak push changes no token of it
+    selection=SteerSelection(prompts=1, seeds=(100,), seconds=1.0, alphas=(16.0,), candidates=1, aligned=1),
+    clip_seeds=1,
 )
 
 
@@ -107,7 +109,8 @@ def test_demo_renders_plain_and_steered(tmp_path, capsys):
     assert str(result["browser"].resolve()) in printed and "__DATA__" not in result["browser"].read_text()
     assert result["target"]["alpha"] in QUICK_DEMO.alphas and "grammar log-likelihood per token" in printed
     assert result["target"]["attribute"] not in result["also_changed"] and "other attributes: " in printed
-    assert re.search(r"detects '[^']+' by its (mean|peak) over 2 s windows: held-out AUROC \d\.\d\d", printed)
+    assert re.search(r"reads its (mean|peak) over 2 s windows at detection AUROC \d\.\d\d on held-out", printed)
+    assert "selection: " in printed  # what was tried on the selection pairs, attribute by attribute
     # the A/B pair at one loudness (the louder turned down), reported before matching, nothing at full scale
     written = [sf.read(str(result[key]))[0] for key in ("plain", "steered")]
     before = result["loudness_dbfs_before_matching"]
@@ -129,10 +132,10 @@ def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_
 
     monkeypatch.setattr(demo, "render", fake_render)
     lm, scorer = SimpleNamespace(codebook_size=128), ExactScorer()
-    _, alpha, met = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 2.0, 4.0)), ("register", "high", 3))
+    _, alpha, met = demo._steer(lm, None, scorer, "melody", (1.0, 2.0, 4.0), 1.0, 0, ("register", "high", 3))
     assert alpha == 2.0 and met
     del clips[2.0]
-    _, alpha, met = demo._steer(lm, None, scorer, "melody", DemoConfig(alphas=(1.0, 4.0)), ("register", "high", 3))
+    _, alpha, met = demo._steer(lm, None, scorer, "melody", (1.0, 4.0), 1.0, 0, ("register", "high", 3))
     assert alpha == 1.0 and not met  # nothing reaches it grammatically: the grammatical clip, not the noise
 
 
@@ -164,3 +167,34 @@ def test_the_demo_hears_each_register_in_the_octave_it_was_played_over_busy_drum
     assert unit == "median note"
     octaves = [int(np.median(token_notes(c.codes[0], c.codes[1]))) // 12 - 1 for c in clips]
     assert [int(n[-1]) for n in notes] == octaves == [3, 4, 5]
+
+
+def test_the_demo_falls_back_to_the_next_attribute_when_a_choice_does_not_move_its_clip(monkeypatch):
+    """Register is detected best and its selection choice moved its pairs, but not the demo's
+    clip; timbre's does: the demo plays timbre. With neither, it says so and keeps the closest."""
+    rng = np.random.default_rng(1)
+    plain = Attributes("C major", "low", "fast", "dark", "sparse")
+    clip = {None: plain, 3: plain, 5: Attributes("C major", "low", "fast", "bright", "sparse")}
+    detection = {"window_s": 2.0, "values": {
+        "register=high": {"feature": 3, "pool": "mean", "auroc_held_out": 0.99},
+        "timbre=bright": {"feature": 5, "pool": "mean", "auroc_held_out": 0.95},
+    }}  # fmt: skip
+    choices = {"register": ("high", 3), "timbre": ("bright", 5)}
+
+    def fake_choose(lm, loaded, detection, attribute, sel):
+        value, feature = choices[attribute]
+        return {"chosen": {"value": value, "feature": feature, "alpha": 1.0, "moved_share": 1.0, "source": "detector"}}
+
+    def fake_render(lm, prompt, seconds, sampling, sae=None, spec=None):
+        feature = spec.steers[0].feature if spec else None
+        return SimpleNamespace(codes=torch.from_numpy(sample_clip(rng, clip[feature], 100)))
+
+    monkeypatch.setattr(demo, "choose_steering", fake_choose)
+    monkeypatch.setattr(demo, "render", fake_render)
+    lm, scorer = SimpleNamespace(codebook_size=128), ExactScorer()
+    cfg = DemoConfig(alphas=(1.0, 2.0), clip_seeds=1)
+    pick = demo.choose_demo_steer(lm, None, scorer, detection, "melody", cfg)
+    assert (pick["attribute"], pick["value"], pick["feature"], pick["met"]) == ("timbre", "bright", 5, True)
+    clip[5] = plain  # now nothing moves
+    pick = demo.choose_demo_steer(lm, None, scorer, detection, "melody", cfg)
+    assert not pick["met"] and "register: feature 3 did not move" in pick["why"] and "timbre" in pick["why"]

@@ -89,6 +89,15 @@ def detected(detection: dict) -> list[tuple[float, str, str, int]]:
     return sorted(rows, key=lambda r: -r[0])
 
 
+def ranked_attributes(detection: dict, attributes: tuple[str, ...]) -> list[str]:
+    """`attributes` that have a measured value, by their best value's held-out AUROC, best first."""
+    best: dict[str, float] = {}
+    for auroc, name, _, _ in detected(detection):
+        if name in attributes:
+            best.setdefault(name, auroc)
+    return sorted(best, key=lambda name: -best[name])
+
+
 def moves(plain: list[float] | np.ndarray, pushed: list[float] | np.ndarray, kept: np.ndarray | None = None) -> dict:
     """How many pairs could move toward the target, and the share of those, and of all pairs,
     that did (and, given `kept`, whose pushed clip is still music)."""
