@@ -21,6 +21,8 @@ from pathlib import Path
 from engine.errors import MgsteerError
 from engine.levels import match_loudness
 from engine.model import LoadedModel, load_musicgen
+from engine.params import Knob
+from engine.presets import KnobPreset, Preset, save_preset
 from engine.render import render, write_wav
 from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
@@ -172,12 +174,14 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         f"      loudness (RMS): plain {loudness[0]:.1f} dBFS, steered {loudness[1]:.1f} dBFS; both written at "
         f"{min(loudness):.1f} dBFS, through the soft limiter (no sample at full scale)"
     )
+    preset = write_preset(out, prompt, (feature, concept, alpha), chosen, catalog)
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
     print(
         f"again by hand: mgsteer render --model {out / 'world'} --sae {sae_dir} --prompt {prompt} "
         f"--steer {feature}={alpha:g} --seconds {cfg.seconds:g} --seed {pick['seed']} --out steered.wav"
     )
+    print(f"in the window, its features on knobs: mgsteer gui --preset {preset} --no-audio   (or without --no-audio)")
     target = {
         "attribute": attribute,
         "value": value,
@@ -196,6 +200,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "changed": changed,
         "features": list(chosen),
         "browser": page,
+        "preset": preset,
         "target": target,
         "grammar_loglik": {"plain": quality[0], "steered": quality[1]},
         "posterior": {"plain": before, "steered": after},
@@ -203,6 +208,25 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         "heard": {"by": "descriptors", "unit": unit, "plain": described[0], "steered": described[1]},
         "loudness_dbfs_before_matching": {"plain": loudness[0], "steered": loudness[1]},
     }
+
+
+def write_preset(out: Path, prompt: str, steered: tuple[int, str, float], features: tuple[int, ...],
+                 catalog: dict) -> Path:  # fmt: skip
+    """`OUT/preset.json`: the demo's model, SAE and prompt, its steered feature on the first knob
+    (named by what it steers, set at the α the demo used) and the other labelled features on the
+    next ones (named by their best label), every knob bipolar, so the window opens on what the
+    demo found."""
+    feature, concept, alpha = steered
+    reach = max(1.0, 2 * abs(alpha))
+    first = Knob(lo=-reach, hi=reach)
+    knobs = [KnobPreset(f"{concept} #{feature}", ((feature, 1.0),), (-reach, reach), "linear", first.value_for(alpha))]
+    for other in features:
+        if other != feature and len(knobs) < 8:  # the window's default bank
+            labels = catalog.get(other, {})
+            best = next((found[0]["label"] for name in ("world", "descriptors") if (found := labels.get(name))), "")
+            knobs.append(KnobPreset(f"{best or 'feature'} #{other}", ((other, 1.0),), (-1.0, 1.0), "linear", 0.5))
+    preset = Preset(name="what the demo found", model="./world", sae="./sae", prompt=prompt, knobs=tuple(knobs))
+    return save_preset(preset, out / "preset.json")
 
 
 def choose_demo_steer(lm: LoadedModel, loaded, scorer: ExactScorer, detection: dict, prompt: str, cfg: DemoConfig):

@@ -13,9 +13,8 @@ from cli import argtypes as types
 from cli.common import DEFAULT_MODEL, graph_args, model_args
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
 from engine.errors import MgsteerError
+from engine.limits import MAX_KNOBS
 from engine.outputs import output_file
-
-MAX_KNOBS = 16
 
 
 def add_gui_command(sub) -> None:

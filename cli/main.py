@@ -238,7 +238,12 @@ def cmd_play(args: argparse.Namespace) -> None:
         graph=args.graph,
         backend=open_backend(args, lm, sae),
     )
-    bus = ParameterBus(prompt=args.prompt, smoothing_ms=args.smoothing_ms, feature_count=sae.cfg.d_sae if sae else None)
+    bus = ParameterBus(
+        knob_count=max(8, len(preset.knobs)) if preset is not None else 8,
+        prompt=args.prompt,
+        smoothing_ms=args.smoothing_ms,
+        feature_count=sae.cfg.d_sae if sae else None,
+    )
     if preset is not None:
         load_preset(args.preset, sae.cfg.d_sae if sae else None)  # feature ids checked against the SAE
         apply_preset(preset, bus)

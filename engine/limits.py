@@ -27,6 +27,7 @@ MAX_GUIDANCE = 100.0
 MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 65_536
 MAX_PORT = 65_535
+MAX_KNOBS = 16  # the most knobs a bank (and a preset) holds
 LATENCY_PROFILES = ("default", "low")  # engine.host.HostConfig.for_latency
 
 

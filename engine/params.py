@@ -44,6 +44,18 @@ class Knob:
         shaped = v * v if self.curve == "exp" else math.sqrt(v) if self.curve == "log" else v
         return self.lo + (self.hi - self.lo) * shaped
 
+    @property
+    def bipolar(self) -> bool:
+        """A range through 0: the knob pushes either way, with no push somewhere inside."""
+        return self.lo < 0 < self.hi
+
+    def value_for(self, alpha: float) -> float:
+        """The knob value (0–1) whose α is `alpha`, or the nearer end when it is out of range."""
+        if self.hi == self.lo:
+            return 0.0
+        shaped = min(1.0, max(0.0, (alpha - self.lo) / (self.hi - self.lo)))
+        return math.sqrt(shaped) if self.curve == "exp" else shaped * shaped if self.curve == "log" else shaped
+
 
 @dataclass(frozen=True)
 class Snapshot:

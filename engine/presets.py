@@ -174,7 +174,9 @@ def _midi_settings(where: str, raw: Any) -> dict[str, Any]:
     return out
 
 
-def parse_preset(raw: Any, where: str = "preset", feature_count: int | None = None, knob_count: int = 8) -> Preset:
+def parse_preset(
+    raw: Any, where: str = "preset", feature_count: int | None = None, knob_count: int = limits.MAX_KNOBS
+) -> Preset:
     f = _Fields(where, raw, PRESET_FIELDS)
     if raw.get("format") != FORMAT:
         raise f.fail("format", f"must be {FORMAT!r}, got {raw.get('format')!r}")
@@ -208,7 +210,7 @@ def parse_preset(raw: Any, where: str = "preset", feature_count: int | None = No
     )
 
 
-def load_preset(path: str | Path, feature_count: int | None = None, knob_count: int = 8) -> Preset:
+def load_preset(path: str | Path, feature_count: int | None = None, knob_count: int = limits.MAX_KNOBS) -> Preset:
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -266,7 +268,7 @@ class PresetFolder:
             raise MgsteerError(f"preset '{stem}' points outside the presets folder; refused")
         return path
 
-    def load(self, name: str, feature_count: int | None = None, knob_count: int = 8) -> Preset:
+    def load(self, name: str, feature_count: int | None = None, knob_count: int = limits.MAX_KNOBS) -> Preset:
         path = self.path(name)
         if not path.is_file():
             raise MgsteerError(f"no preset '{path.stem}' in the presets folder")

@@ -42,7 +42,7 @@ def run_app(
 
     def steer_once(session) -> None:
         for feature, alpha in (steer or {}).items():
-            window._bus_call("set_feature", feature, alpha)
+            window.steer_on_knob(feature, alpha)
 
     window.installed.connect(steer_once)
     if preset is not None:

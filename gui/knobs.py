@@ -113,7 +113,7 @@ class KnobWidget(QFrame):
         for widget in (self.title, self.dial, self.value, self.detail, self.meter, self.learn):
             layout.addWidget(widget)
         self.dial.valueChanged.connect(self._dial_moved)
-        self.dial.reset.connect(lambda: self.dial.setValue(0))
+        self.dial.reset.connect(self.to_zero)
         self.learn.clicked.connect(lambda: self.learn_clicked.emit(self.index))
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._menu)
@@ -129,9 +129,18 @@ class KnobWidget(QFrame):
             self._showing = False
         features = ", ".join(f"#{f}" + ("" if w == 1 else f"×{w:g}") for f, w in knob.features)
         self.title.setText(knob.label or (f"feature {features}" if features else f"knob {self.index + 1}"))
-        self.value.setText(f"{knob.value:.2f} → α {knob.alpha():+.2f}")
-        self.detail.setText(f"α {knob.lo:g}…{knob.hi:g} · {knob.curve}" + (f" · {features}" if features else ""))
+        if knob.bipolar:  # where the dial sits says less than which way it pushes
+            self.value.setText(f"α {knob.alpha():+.2f}" + (" (no push)" if abs(knob.alpha()) < 5e-3 else ""))
+            span = f"α {knob.lo:+g}…{knob.hi:+g}, 0 at {knob.value_for(0.0):.0%}"
+        else:
+            self.value.setText(f"{knob.value:.2f} → α {knob.alpha():+.2f}")
+            span = f"α {knob.lo:g}…{knob.hi:g}"
+        self.detail.setText(f"{span} · {knob.curve}" + (f" · {features}" if features else ""))
         self.setToolTip("Drop a feature here, or right-click to assign one")
+
+    def to_zero(self) -> None:
+        """Turn the dial to no push (α 0: the middle of a bipolar knob, or its bottom)."""
+        self.dial.setValue(round(self.knob.value_for(0.0) * STEPS))
 
     def show_binding(self, text: str | None) -> None:
         self.learn.setText(text or "MIDI learn")
@@ -160,7 +169,7 @@ class KnobWidget(QFrame):
             action = curves.addAction(curve, lambda c=curve: self.curve_chosen.emit(self.index, c))
             action.setCheckable(True)
             action.setChecked(curve == self.knob.curve)
-        menu.addAction("Reset to 0", lambda: self.dial.setValue(0))
+        menu.addAction("Reset to α 0", self.to_zero)
         menu.addAction("Clear", lambda: self.cleared.emit(self.index))
         menu.popup(self.mapToGlobal(pos))
 

@@ -310,6 +310,23 @@ class MainWindow(QMainWindow):
             return
         self._assigned(free, feature, label)
 
+    def steer_on_knob(self, feature: int, alpha: float) -> None:
+        """A strength given at start (`--steer F=A`) on the first free knob, so it shows and can
+        be turned: labelled from the catalog, bipolar around it (±2|α|, at least ±1)."""
+        if self.session is None:
+            return
+        knobs = self.session.bus.snapshot().knobs
+        free = next((i for i, k in enumerate(knobs) if not k.features), None)
+        if free is None or not 0 <= feature < self.session.feature_count:
+            self._bus_call("set_feature", feature, alpha)  # refused in one line if it does not exist
+            if free is None:
+                self.statusBar().showMessage(f"feature {feature} at α {alpha:+g}: no free knob to show it on")
+            return
+        label = next((r.label for r in self.browser.model.rows if r.feature == feature and r.label), "")
+        reach = max(1.0, 2 * abs(alpha))
+        self._configure(free, label=f"{label or 'feature'} #{feature}", features=[(feature, 1.0)], lo=-reach, hi=reach)
+        self._bus_call("set_knob", free, self.session.bus.snapshot().knobs[free].value_for(alpha))
+
     def _learn(self, index: int) -> None:
         midi = self.session.controllers.midi if self.session is not None else None
         if midi is None:

@@ -7,6 +7,7 @@ import re
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from conftest import alive_features
@@ -15,6 +16,8 @@ from cli import demo
 from cli.demo import DemoConfig, run_demo
 from cli.main import main
 from engine.levels import LIMIT_CEILING, rms_dbfs
+from engine.params import Knob
+from engine.presets import load_preset
 from engine.synth_codec import SynthCodec, token_notes
 from sae.world.grammar import Attributes, ExactScorer, sample_clip
 from sae.world.pipeline import SteerSelection, WorldSAEConfig
@@ -117,6 +120,13 @@ def test_demo_renders_plain_and_steered(tmp_path, capsys):
     assert f"plain {before['plain']:.1f} dBFS, steered {before['steered']:.1f} dBFS" in printed
     assert abs(rms_dbfs(written[0]) - rms_dbfs(written[1])) < 0.2
     assert max(np.abs(w).max() for w in written) <= LIMIT_CEILING
+    # the window opens on what it found: the steered feature first, at the α the demo used
+    preset = load_preset(result["preset"])
+    first, target = preset.knobs[0], result["target"]
+    assert first.features == ((target["feature"], 1.0),) and first.range[0] < 0 < first.range[1]
+    knob = Knob(lo=first.range[0], hi=first.range[1], value=first.value)
+    assert knob.alpha() == pytest.approx(target["alpha"]) and preset.model == str(tmp_path / "world")
+    assert f"mgsteer gui --preset {result['preset']}" in printed
 
 
 def test_the_demo_steers_at_the_weakest_strength_that_moves_the_music_and_keeps_the_grammar(monkeypatch):

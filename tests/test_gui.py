@@ -288,3 +288,18 @@ def test_the_window_opens_on_a_real_x_display(x_display, tmp_path, tiny_sae_dir)
     assert image.width() > 400 and image.height() > 300
     colours = {image.pixel(x, y) for x in range(0, image.width(), 37) for y in range(0, image.height(), 29)}
     assert len(colours) > 20  # drawn, not a blank rectangle
+
+
+def test_a_steer_given_at_start_shows_on_a_bipolar_knob(qtbot, tmp_path, labelled_sae, tiny_sae):
+    f1, _ = alive_features(tiny_sae)
+    window = _window(qtbot, tmp_path, labelled_sae)
+    window.steer_on_knob(f1, -1.5)
+    knob = window.session.bus.snapshot().knobs[0]
+    assert knob.features == ((f1, 1.0),) and (knob.lo, knob.hi) == (-3.0, 3.0)
+    assert knob.alpha() == pytest.approx(-1.5) and window.session.bus.snapshot().alphas()[f1] == pytest.approx(-1.5)
+    widget = window.bank.knobs[0]
+    qtbot.waitUntil(lambda: "α -1.50" in widget.value.text(), timeout=5000)
+    assert widget.title.text() == f"bright timbre #{f1}" and "0 at 50%" in widget.detail.text()
+    widget.dial.mouseDoubleClickEvent(None)  # double-click: no push, the middle of a bipolar knob
+    assert window.session.bus.snapshot().knobs[0].alpha() == pytest.approx(0.0, abs=1e-3)
+    window.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -136,3 +137,12 @@ def test_feedback_is_rate_limited_and_ends_on_the_latest_values():
     last_knobs = next(f.knobs for f in reversed(got) if f.knobs)
     assert last_knobs[0].value == pytest.approx(0.777)
     assert any(f.meters for f in got)
+
+
+@pytest.mark.parametrize("curve", ["linear", "exp", "log"])
+def test_a_knob_finds_the_value_of_an_alpha(curve):
+    knob = Knob(lo=-2.0, hi=6.0, curve=curve)
+    for alpha in (-2.0, 0.0, 1.5, 6.0):
+        assert replace(knob, value=knob.value_for(alpha)).alpha() == pytest.approx(alpha)
+    assert knob.value_for(-9.0) == 0.0 and knob.value_for(9.0) == 1.0 and knob.bipolar
+    assert not Knob(lo=0.0, hi=1.0).bipolar

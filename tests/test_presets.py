@@ -71,7 +71,7 @@ GOOD = json.loads((BUNDLED / "world-demo.json").read_text())
         ({"knobs": [{"range": [0]}]}, ".knobs[0].range: must be [low, high]"),
         ({"knobs": [{"curve": "cubic"}]}, ".knobs[0].curve: must be one of linear, exp, log"),
         ({"knobs": [{"value": 1.5}]}, ".knobs[0].value: must be between 0 and 1"),
-        ({"knobs": [{}] * 9}, ".knobs: has 9 knobs; the host has 8"),
+        ({"knobs": [{}] * 17}, ".knobs: has 17 knobs; the host has 16"),
         ({"features": {"x": 1.0}}, ".features.x: feature id must be"),
         ({"features": {"3": None}}, ".features.3: strength must be a finite number"),
         ({"midi": []}, ".midi: must be a JSON object"),
@@ -173,3 +173,12 @@ def test_a_preset_chooses_the_latency_profile_unless_the_command_line_does(tmp_p
     args = Namespace(latency=None, **given)
     controller_settings(args, None)
     assert args.latency == "default"
+
+
+def test_play_takes_a_preset_of_sixteen_knobs(tmp_path, capsys):
+    knobs = [{"label": f"k{i}", "value": i / 16} for i in range(16)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"format": "mgsteer-preset/1", "model": "tiny", "knobs": knobs}))
+    assert len(load_preset(path).knobs) == 16
+    assert main(["play", "--preset", str(path), "--no-audio", "--seconds", "1"]) == 0
+    assert "preset 'untitled'" in capsys.readouterr().out
