@@ -16,7 +16,7 @@ SYSTEM_PACKAGES := libportaudio2 jackd2 chromium libegl1 libgl1 libfontconfig1 l
 	libdbus-1-3 fonts-dejavu-core libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-randr0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 xvfb xauth
 
-.PHONY: install system demo test test-min lint clean gpu-check gpu-wheels
+.PHONY: install system demo test test-min lint clean gpu-check gpu-wheels docs-images
 
 install: $(STAMP)
 
@@ -44,6 +44,18 @@ $(STAMP): pyproject.toml Makefile | system
 
 demo: $(STAMP)
 	$(BIN)/mgsteer demo --out $(DEMO_OUT)
+
+# docs/gui.png and docs/browser.png, drawn from the world demo (made first if it is not there):
+# the window opened on the demo's own preset, and the feature browser page in headless Chromium.
+CHROMIUM_FLAGS := --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run --disable-quic \
+	--disable-background-networking --disable-component-update --disable-sync --window-size=1280,860
+docs-images: $(STAMP)
+	test -f $(DEMO_OUT)/preset.json || $(MAKE) demo
+	QT_QPA_PLATFORM=offscreen $(BIN)/mgsteer gui --preset $(DEMO_OUT)/preset.json --no-audio --seconds 4 \
+		--screenshot docs/gui.png
+	profile=$$(mktemp -d) && chromium $(CHROMIUM_FLAGS) --user-data-dir=$$profile \
+		--screenshot=$(CURDIR)/docs/browser.png file://$(abspath $(DEMO_OUT))/features.html 2>/dev/null; \
+		rm -rf $$profile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

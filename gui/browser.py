@@ -29,7 +29,7 @@ from PyQt6.QtWidgets import (
 
 from gui.knobs import feature_mime
 
-COLUMNS = ("id", "label", "labeler", "AUROC", "firing", "spectrogram")
+COLUMNS = ("id", "label", "labeler", "label AUROC", "firing", "spectrogram")
 THUMB_COLUMN = COLUMNS.index("spectrogram")
 
 
@@ -143,7 +143,7 @@ def _display(row: FeatureRow, column: int) -> str | None:
         return row.label
     if name == "labeler":
         return row.labeler
-    if name == "AUROC":
+    if name == "label AUROC":
         return "" if row.auroc is None else f"{row.auroc:.2f}"
     if name == "firing":
         return "" if row.firing_rate is None else f"{100 * row.firing_rate:.1f} %"
@@ -154,7 +154,7 @@ def _sort_key(row: FeatureRow, column: int):
     name = COLUMNS[column]
     if name == "id":
         return row.feature
-    if name == "AUROC":
+    if name == "label AUROC":
         return -1.0 if row.auroc is None else row.auroc
     if name == "firing":
         return -1.0 if row.firing_rate is None else row.firing_rate
@@ -196,7 +196,7 @@ class FeatureBrowser(QDockWidget):
         self.min_auroc = QDoubleSpinBox()
         self.min_auroc.setRange(0.0, 1.0)
         self.min_auroc.setSingleStep(0.05)
-        self.min_auroc.setPrefix("AUROC ≥ ")
+        self.min_auroc.setPrefix("label AUROC ≥ ")
         self.model = FeatureModel([])
         self.proxy = FeatureFilter()
         self.proxy.setSourceModel(self.model)
@@ -238,7 +238,7 @@ class FeatureBrowser(QDockWidget):
         self.model.rows = rows
         self.model._thumbs.clear()
         self.model.endResetModel()
-        self.table.sortByColumn(COLUMNS.index("AUROC"), Qt.SortOrder.DescendingOrder)
+        self.table.sortByColumn(COLUMNS.index("label AUROC"), Qt.SortOrder.DescendingOrder)
         self.note.setText(note or f"{len(rows)} features; drag one onto a knob")
 
     def visible_features(self) -> list[int]:

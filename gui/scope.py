@@ -66,21 +66,27 @@ class Spectrogram(QWidget):
         self.sample_rate = sample_rate
         freqs = np.fft.rfftfreq(FFT, 1 / sample_rate)
         edges = np.geomspace(40, sample_rate / 2, BANDS + 1)
-        self._bins = []
+        bands = []
         for lo, hi in itertools.pairwise(edges):  # bands narrower than a bin take the nearest bin
             band = np.flatnonzero((freqs >= lo) & (freqs < hi))
-            self._bins.append(band if len(band) else np.array([np.abs(freqs - np.sqrt(lo * hi)).argmin()]))
+            bands.append(band if len(band) else np.array([np.abs(freqs - np.sqrt(lo * hi)).argmin()]))
+        # [BANDS, widest band] bin indices, each band padded with its own first bin: a band's
+        # maximum is then one gather and one max over all columns at once
+        widest = max(len(b) for b in bands)
+        self._bins = np.stack([np.pad(b, (0, widest - len(b)), mode="edge") for b in bands])
 
     def feed(self, audio: np.ndarray) -> None:
+        """Add audio; every whole FFT frame of it becomes a column (vectorised: this runs on the
+        GUI thread, beside the generation thread, and must cost it as little as possible)."""
         self._pending = np.concatenate([self._pending, audio.astype(np.float32, copy=False)])
-        columns = []
-        while len(self._pending) >= FFT:
-            frame, self._pending = self._pending[:FFT], self._pending[FFT:]
-            mag = np.abs(np.fft.rfft(frame * self._window))
-            db = np.array([_db(float(mag[b].max())) for b in self._bins])
-            columns.append(np.clip((db + 40) / 80 * 255, 0, 255).astype(np.uint8)[::-1])
-        if columns:
-            self._scroll(np.stack(columns, axis=1))
+        count = len(self._pending) // FFT
+        if not count:
+            return
+        frames = self._pending[: count * FFT].reshape(count, FFT)
+        self._pending = self._pending[count * FFT :]
+        mag = np.abs(np.fft.rfft(frames * self._window, axis=1))  # [columns, bins]
+        db = 20.0 * np.log10(np.maximum(mag[:, self._bins].max(axis=2), 1e-6))  # [columns, BANDS]
+        self._scroll(np.clip((db + 40) / 80 * 255, 0, 255).astype(np.uint8)[:, ::-1].T)
 
     def _scroll(self, new: np.ndarray) -> None:
         width = self.image.width()

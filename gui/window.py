@@ -9,6 +9,7 @@ window, which stays usable.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -73,11 +74,19 @@ class Bridge(QObject):
     feedback = pyqtSignal(object)
 
 
+# The window shares its process with the generation thread. CPython hands the GIL from the
+# thread holding it (here: painting, feedback) to one waiting for it (generation, between two
+# torch calls) only every switch interval, 5 ms by default: a quarter of a 20 ms frame, paid
+# many times a step. A shorter interval gives it back sooner, at a small cost in switches.
+GIL_SWITCH_S = 0.0005
+
+
 class MainWindow(QMainWindow):
     installed = pyqtSignal(object)  # a session was loaded and started
 
     def __init__(self, spec: SessionSpec, attach: Attach | None = None, settings: QSettings | None = None) -> None:
         super().__init__()
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self.spec = spec
         self.attach = attach
         self.settings = settings or QSettings("mgsteer", "mgsteer")

@@ -150,7 +150,7 @@ function card(f) {
       l.label + " " + Number(l.score.toPrecision(2))));
     const v = (f.validation || {})[name];
     if (v && v.auroc != null) row.appendChild(el("span", {class: "val"},
-      " AUROC " + v.auroc.toFixed(2) + " by " + v.scorer + (v.independent ? "" : " (held-out only)")));
+      " label AUROC " + v.auroc.toFixed(2) + " by " + v.scorer + (v.independent ? "" : " (held-out only)")));
     labels.appendChild(row);
   }
   for (const [name, e] of Object.entries(f.errors || {}))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import mido
+import numpy as np
 import pytest
 from conftest import alive_features
 from PyQt6.QtCore import QMimeData, QPointF, QSettings, Qt
@@ -303,3 +304,19 @@ def test_a_steer_given_at_start_shows_on_a_bipolar_knob(qtbot, tmp_path, labelle
     widget.dial.mouseDoubleClickEvent(None)  # double-click: no push, the middle of a bipolar knob
     assert window.session.bus.snapshot().knobs[0].alpha() == pytest.approx(0.0, abs=1e-3)
     window.close()
+
+
+def test_the_spectrogram_draws_a_tone_in_its_band(qtbot):
+    from gui.scope import BANDS, FFT, Spectrogram
+
+    scope = Spectrogram(32000, columns=50)
+    qtbot.addWidget(scope)
+    t = np.arange(FFT * 20 + 100) / 32000
+    scope.feed((0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))
+    assert len(scope._pending) == 100  # whole frames only; the rest waits for more
+    pixels = np.frombuffer(scope.image.bits().asarray(scope.image.sizeInBytes()), dtype=np.uint8)
+    newest = pixels.reshape(BANDS, scope.image.bytesPerLine())[:, 49]
+    edges = np.geomspace(40, 16000, BANDS + 1)
+    band = int(np.searchsorted(edges, 1000) - 1)
+    assert BANDS - 1 - int(newest.argmax()) == band  # low frequencies at the bottom
+    assert newest.max() > 200 and np.median(newest) < 100
