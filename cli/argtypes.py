@@ -16,12 +16,24 @@ from engine import limits
 from engine.errors import MgsteerError
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Each flag's default, once: not for a required flag, a default of nothing (None, False,
+    an empty list), nor where the help already says what happens when it is not given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        nothing = default is None or default is False or default == [] or default is argparse.SUPPRESS
+        if action.required or nothing or "default" in text or "not given" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit status 2, and whose help shows
     each flag's default."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help, --version, or a bad argument (one line, see OneLineParser)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        existing_sae(args)
         args.func(args)
     except MgsteerError as exc:
         print(f"mgsteer: error: {exc}", file=sys.stderr)
@@ -152,6 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         print("mgsteer: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def existing_sae(args: argparse.Namespace) -> None:
+    """A `--sae` folder that is not there is said before any model loads (a hub lookup of the
+    model would otherwise answer first)."""
+    from pathlib import Path
+
+    sae = getattr(args, "sae", None)
+    if sae and not Path(sae).expanduser().is_dir():
+        raise MgsteerError(f"SAE folder '{sae}' does not exist")
 
 
 def cmd_render(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ unreachable hub costs one line instead of half a minute of retries.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,10 @@ def fetch_pretrained(spec: str, load: Callable[[str, bool], T], what: str, hint:
     try:
         return load(spec, True)
     except NotCached:
+        parent = path.parent
+        if parent.is_dir():  # "demo_out/wrld": a folder misspelt beside real ones, not a hub id
+            near = ", ".join(sorted(p.name for p in parent.iterdir() if p.is_dir())[:8]) or "no folders"
+            raise MgsteerError(f"{what} folder '{spec}' does not exist ('{parent}' holds: {near}); {hint}") from None
         probe_hub(spec, what, hint)
         return load(spec, False)
 
@@ -58,10 +63,11 @@ def load_parts(source: str, local_only: bool, what: str, kind: str, *classes, **
     as the `load` of `fetch_pretrained`: NotCached when a cache-only load misses, otherwise one
     line — "cannot load" for I/O, "is not <kind>" for a checkpoint of another model type."""
     try:
-        return [
-            cls.from_pretrained(source, local_files_only=local_only, **(model_kwargs if i == 0 else {}))
-            for i, cls in enumerate(classes)
-        ]
+        with bars_off():  # a loading bar on every start, in every log, says nothing a user needs
+            return [
+                cls.from_pretrained(source, local_files_only=local_only, **(model_kwargs if i == 0 else {}))
+                for i, cls in enumerate(classes)
+            ]
     except OSError as exc:
         if local_only and not Path(source).is_dir():
             raise NotCached(source) from exc
@@ -90,14 +96,23 @@ def quiet_transformers(bars: bool = True) -> Iterator[None]:
 
     Why: building a model from code has no checkpoint to warn about, and a save's bar would
     break up a training run's own."""
-    verbosity, shown = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    if not bars:
-        hf_logging.disable_progress_bar()
+    try:
+        with contextlib.nullcontext() if bars else bars_off():
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+@contextmanager
+def bars_off() -> Iterator[None]:
+    """None of transformers' own progress bars inside (the hub's download bars are its own)."""
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
         if shown:
             hf_logging.enable_progress_bar()
 

@@ -19,7 +19,10 @@ from engine.hub import fetch_pretrained, load_parts
 from engine.tiny import PRESETS, build_random_musicgen
 
 HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
-ALTERNATIVES = "use --model tiny (offline test model) or a local folder saved with save_pretrained"
+ALTERNATIVES = (
+    "offline, use --model demo_out/world (a MusicGen trained on a planted world by `make demo`), "
+    "--model tiny (random weights, for plumbing) or a local folder saved with save_pretrained"
+)
 
 
 @dataclass

@@ -162,9 +162,13 @@ class OscServer:
         if m := re.fullmatch(r"/knob/(\d{1,9})", path):
             _arity(args, 1, 1)
             value = _number(args, 0)
-            applied = self.bus.set_knob(int(m[1]), value)
+            index = int(m[1])
+            applied = self.bus.set_knob(index, value)
             if applied != value:
                 self._reject(sender, f"{address}: {value} is outside 0..1, clamped to {applied}")
+            elif not self.bus.snapshot().knobs[index].features:  # set, but it moves nothing: say so
+                hint = f"{PREFIX}/knob/{index}/assign FEATURE gives it one (the SAE's, from --sae or a preset)"
+                self.send(sender, f"{PREFIX}/error", f"{address}: knob {index} drives no feature yet: {hint}")
         elif m := re.fullmatch(r"/knob/(\d{1,9})/assign", path):
             _arity(args, 1, 2)
             feature = _integer(args, 0)

@@ -208,3 +208,29 @@ def test_the_demo_falls_back_to_the_next_attribute_when_a_choice_does_not_move_i
     clip[5] = plain  # now nothing moves
     pick = demo.choose_demo_steer(lm, None, scorer, detection, "melody", cfg)
     assert not pick["met"] and "register: feature 3 did not move" in pick["why"] and "timbre" in pick["why"]
+
+
+def test_a_missing_sae_or_a_misspelt_model_folder_is_said_before_any_hub_lookup(tmp_path, capsys, monkeypatch):
+    from engine import hub
+
+    monkeypatch.setattr(hub, "probe_hub", lambda *a: pytest.fail("the hub must not be asked"))
+    assert main(["render", "--model", "facebook/musicgen-small", "--sae", str(tmp_path / "nope")]) == 2
+    assert f"SAE folder '{tmp_path / 'nope'}' does not exist" in capsys.readouterr().err
+    (tmp_path / "out" / "world").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "--model", "out/wrld"]) == 2
+    err = capsys.readouterr().err
+    assert "model folder 'out/wrld' does not exist ('out' holds: world)" in err and "demo_out/world" in err
+
+
+def test_help_shows_each_default_once_and_none_on_required_flags(capsys):
+    for command in ("render", "play", "harvest", "train", "label", "gui", "export-onnx", "eval-steer", "demo"):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "(default: None)" not in text and "(default: False)" not in text, command
+        options = re.split(r"\n  (?=-)", text)
+        assert not [o for o in options if o.count("default") > 1 and "(default:" in o], command
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out.split("options:")[1]
+    assert "(default: 32)" in re.search(r"--k K.*?\n  -", text, re.S)[0]
+    assert "default" not in re.search(r"--acts ACTS.*?\n  -", text, re.S)[0]

@@ -166,3 +166,8 @@ def test_out_of_memory_at_load_names_the_size(monkeypatch):
     monkeypatch.setattr(MusicgenForConditionalGeneration, "to", no_room)
     with pytest.raises(MgsteerError, match=r"out of GPU memory loading tiny \(0.00 B parameters, .* GiB in float32\)"):
         load_musicgen("tiny")
+
+
+def test_loading_a_saved_model_draws_no_progress_bar(world_demo_dir, capfd):
+    load_musicgen(str(world_demo_dir / "world"))
+    assert "Loading weights" not in capfd.readouterr().err

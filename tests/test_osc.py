@@ -86,6 +86,20 @@ def test_round_trip_sets_the_bus_and_feeds_back(served):
     assert server.stats.rejected == 0
 
 
+def test_a_knob_that_drives_nothing_says_so_to_its_sender(served):
+    """The value is set (a feature may be assigned later), and the sender learns why nothing
+    changed instead of hearing nothing."""
+    bus, _, client = served
+    client.send("/mgsteer/knob/0", 0.5)
+    errors = [m for m in client.messages(0.3) if m.address == "/mgsteer/error"]
+    assert bus.snapshot().knobs[0].value == 0.5
+    assert len(errors) == 1 and "knob 0 drives no feature yet: /mgsteer/knob/0/assign FEATURE" in errors[0].params[0]
+    client.send("/mgsteer/knob/0/assign", 7)
+    client.send("/mgsteer/knob/0", 0.75)  # exact in an OSC float32
+    assert wait_for(lambda: bus.snapshot().knobs[0].value == 0.75)
+    assert not [m for m in client.messages(0.3) if m.address == "/mgsteer/error"]
+
+
 BAD = [
     (lambda c: c.send("/mgsteer/knob/0", "loud"), "must be a number"),
     (lambda c: c.send("/mgsteer/knob/0"), "takes 1 argument"),
