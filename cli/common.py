@@ -48,13 +48,9 @@ def backend_args(p: argparse.ArgumentParser) -> None:
 
 def open_backend(args: argparse.Namespace, lm, sae):
     """The ONNX backend the flags ask for, or None for torch; checked against model and SAE."""
-    if args.backend != "onnx":
-        return None
-    if not args.onnx_dir:
-        raise MgsteerError(f"--backend onnx needs --onnx-dir DIR: make one with mgsteer export-onnx --model {lm.spec}")
-    from engine.onnx_backend import OnnxBackend
+    from engine.backends import open_backend as backend
 
-    return OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer if sae is not None else None, int8=args.int8)
+    return backend(args.backend, args.onnx_dir, args.int8, lm, sae)
 
 
 def sampling_args(p: argparse.ArgumentParser) -> None:

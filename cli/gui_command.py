@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from cli import argtypes as types
-from cli.common import DEFAULT_MODEL, graph_args, model_args
+from cli.common import DEFAULT_MODEL, model_args, sampling_config
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
 from engine.errors import MgsteerError
 from engine.limits import MAX_KNOBS
@@ -24,29 +24,27 @@ def add_gui_command(sub) -> None:
     g.add_argument(
         "--knobs", type=types.whole(1, MAX_KNOBS), help="knobs in the bank (not given: the preset's count, at least 8)"
     )
-    g.add_argument("--seed", type=types.SEED, default=0, help="sampling seed")
     g.add_argument("--screenshot", help="with --seconds: write a PNG of the window before exiting")
-    graph_args(g)
     g.set_defaults(func=run_gui)
 
 
 def run_gui(args: argparse.Namespace) -> None:
     """Shared by `gui` and `play --gui`; flags that only the console player has are refused."""
-    for flag, attr in (("--out", "out"), ("--meters", "meters")):
-        if getattr(args, attr, None):
-            raise MgsteerError(f"{flag} is not used with the window (it meters the knobs' features itself)")
+    if getattr(args, "meters", None):
+        raise MgsteerError("--meters is not used with the window: it meters the knobs' features itself")
     from engine.presets import load_preset
     from engine.steering import parse_steer
 
     try:
         from gui.app import run_app
-        from gui.session import SessionSpec
+        from gui.session import Backend, SessionSpec
     except ImportError as exc:
         raise MgsteerError(f"the window needs PyQt6 ({exc}): pip install 'musicgen-steer[gui]'") from exc
 
     shot = output_file(args.screenshot, (".png",)) if args.screenshot else None
     if shot is not None and args.seconds is None:
         raise MgsteerError("--screenshot needs --seconds: the picture is taken after that much has played")
+    record = output_file(args.out, (".wav",)) if args.out else None
     steers = {s.feature: s.alpha for s in (parse_steer(text) for text in args.steer)}
     preset = load_preset(args.preset) if args.preset else None
     given = args.model not in (None, DEFAULT_MODEL)
@@ -62,25 +60,31 @@ def run_gui(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         knobs=getattr(args, "knobs", None) or min(MAX_KNOBS, max(8, len(preset.knobs) if preset else 0)),
         prompt=args.prompt,
-        seed=args.seed,
+        sampling=sampling_config(args),
         no_audio=args.no_audio,
         audio_device=device_arg(args.audio_device),
         latency=args.latency,
         lookahead_ms=args.lookahead_ms,
+        chunk=args.chunk,
+        smoothing_ms=args.smoothing_ms,
         graph=args.graph,
+        backend=Backend(args.backend, args.onnx_dir, args.int8),
+        record=str(record) if record else None,
+        record_seconds=args.seconds,
     )
-    error = run_app(spec, _attach(args), args.preset, args.seconds, shot, steers)
+    error = run_app(spec, _attach(args, preset), args.preset, args.seconds, shot, steers)
     if error is not None:
         raise MgsteerError(error)
 
 
-def _attach(args: argparse.Namespace):
-    """The controllers to start beside each session the window opens."""
+def _attach(args: argparse.Namespace, preset=None):
+    """The controllers to start beside each session the window opens (MIDI with the start
+    preset's CC bindings)."""
     from gui.session import Controllers
 
     def attach(session) -> Controllers:
         osc = start_osc(args, session.bus, session.host, session.lm, session.sae) if args.osc else None
-        midi = start_midi(args, session.bus, None) if args.midi is not None else None
+        midi = start_midi(args, session.bus, preset) if args.midi is not None else None
 
         def describe() -> str:
             where = f"OSC {osc.address[0]}:{osc.address[1]}" if osc is not None else "OSC off"

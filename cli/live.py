@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from cli import argtypes as types
+from cli.common import backend_args, graph_args, sampling_args
 from engine.errors import MgsteerError
 from engine.limits import LATENCY_PROFILES
 
@@ -47,6 +48,14 @@ def live_args(p: argparse.ArgumentParser) -> None:
         help="MIDI input: a port name, or none for a virtual 'mgsteer' port",
     )
     p.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"), help="MIDI backend")
+    p.add_argument("--out", help="also record what plays to this WAV")
+    p.add_argument(
+        "--chunk", type=types.whole(1, 250), help="frames per EnCodec decode (not given: the latency profile's, 8 or 2)"
+    )
+    p.add_argument("--smoothing-ms", type=types.SMOOTHING_MS, default=50.0, help="glide time of steering changes")
+    sampling_args(p)
+    graph_args(p)
+    backend_args(p)
 
 
 def controller_settings(args: argparse.Namespace, preset) -> None:

@@ -56,17 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("play", help="play endlessly, steerable live (the resident host)")
     model_args(p)
     live_args(p)
-    p.add_argument("--out", help="also record what plays to this WAV")
-    p.add_argument(
-        "--chunk", type=types.whole(1, 250), help="frames per EnCodec decode (not given: the latency profile's, 8 or 2)"
-    )
-    p.add_argument("--smoothing-ms", type=types.SMOOTHING_MS, default=50.0, help="glide time of steering changes")
     p.add_argument("--meters", help="comma-separated feature ids to meter each step")
     p.add_argument("--gui", action="store_true", help="play in the desktop window (as mgsteer gui)")
     p.add_argument("--screenshot", help="with --gui and --seconds: write a PNG of the window before exiting")
-    sampling_args(p)
-    graph_args(p)
-    backend_args(p)
     p.set_defaults(func=cmd_play)
     add_gui_command(sub)
     add_export_command(sub)

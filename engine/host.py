@@ -302,6 +302,7 @@ class Host:
         if snap.version != self._applied_version:
             self._applied_version = snap.version
             if self.steerer is not None:
+                self._follow_knobs(snap)
                 first = self._target is None
                 self._target = self.steerer.vector_for(snap.alphas())
                 self._glide_left = 1.0

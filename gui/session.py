@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.audio import DeviceSink, NullSink
+from engine.audio import DeviceSink, NullSink, WavRecorder
+from engine.backends import open_backend
 from engine.errors import MgsteerError
 from engine.host import Host, HostConfig
 from engine.model import LoadedModel, load_musicgen
@@ -23,8 +24,18 @@ from sae.files import LoadedSAE, load_sae
 
 
 @dataclass(frozen=True)
+class Backend:
+    """Which runtime steps the model: torch, or ONNX Runtime on an exported folder."""
+
+    name: str = "torch"
+    onnx_dir: str | None = None
+    int8: bool = True
+
+
+@dataclass(frozen=True)
 class SessionSpec:
-    """How to open a session; the window keeps it to reopen with another model or SAE."""
+    """How to open a session; the window keeps it to reopen with another model or SAE. Every
+    setting `mgsteer play` has for the engine is here too, so `play --gui` plays the same."""
 
     model: str = "tiny"
     sae: str | None = None
@@ -32,12 +43,17 @@ class SessionSpec:
     dtype: str = "auto"
     knobs: int = 8
     prompt: str = "simple melody"
-    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     no_audio: bool = False
     audio_device: str | int | None = None
     latency: str = "default"  # engine.host latency profile
     lookahead_ms: float | None = None  # not given: the profile's
+    chunk: int | None = None  # not given: the profile's
+    smoothing_ms: float = 50.0
     graph: bool = True
+    backend: Backend = field(default_factory=Backend)
+    record: str | None = None  # a WAV that records what plays
+    record_seconds: float | None = None  # …this much of it (a timed run's lookahead is not played)
 
 
 @dataclass
@@ -84,12 +100,17 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
         except MgsteerError as exc:  # an unlabelled SAE still plays: features by id
             note = str(exc)
     progress("starting the engine …")
-    bus = ParameterBus(knob_count=spec.knobs, prompt=spec.prompt, feature_count=sae.cfg.d_sae if sae else None)
+    bus = ParameterBus(
+        knob_count=spec.knobs, prompt=spec.prompt, smoothing_ms=spec.smoothing_ms,
+        feature_count=sae.cfg.d_sae if sae else None,
+    )  # fmt: skip
     sink = NullSink(lm.sample_rate) if spec.no_audio else DeviceSink(lm.sample_rate, spec.audio_device)
     config = HostConfig.for_latency(
-        spec.latency, lookahead_ms=spec.lookahead_ms, sampling=SamplingConfig(seed=spec.seed), graph=spec.graph
-    )
-    host = Host(lm, bus, sink, sae, config)
+        spec.latency, lookahead_ms=spec.lookahead_ms, chunk=spec.chunk, sampling=spec.sampling, graph=spec.graph,
+        backend=open_backend(spec.backend.name, spec.backend.onnx_dir, spec.backend.int8, lm, sae), meter_knobs=True,
+    )  # fmt: skip
+    recorder = WavRecorder(spec.record, lm.sample_rate, spec.record_seconds) if spec.record else None
+    host = Host(lm, bus, sink, sae, config, recorder)
     return Session(spec=spec, lm=lm, bus=bus, host=host, sae=sae, catalog=catalog, catalog_note=note)
 
 

@@ -17,6 +17,7 @@ from PyQt6.QtCore import QMimeData, QPointF, QSettings, Qt
 from PyQt6.QtGui import QDropEvent, QImage
 
 from cli.main import main
+from engine.wavfile import audio_info
 from gui.knobs import STEPS, feature_mime
 from gui.session import Controllers, SessionSpec
 from gui.window import MainWindow
@@ -90,6 +91,21 @@ def test_dragging_a_browser_row_onto_a_knob_assigns_and_relabels_it(qtbot, tmp_p
     browser.search.setText("")
     browser.min_auroc.setValue(0.9)  # only validated features
     assert len(browser.visible_features()) == 1
+    window.close()
+
+
+def test_a_steer_given_at_start_shows_on_a_bipolar_knob(qtbot, tmp_path, labelled_sae, tiny_sae):
+    f1, _ = alive_features(tiny_sae)
+    window = _window(qtbot, tmp_path, labelled_sae)
+    window.steer_on_knob(f1, -1.5)
+    knob = window.session.bus.snapshot().knobs[0]
+    assert knob.features == ((f1, 1.0),) and (knob.lo, knob.hi) == (-3.0, 3.0)
+    assert knob.alpha() == pytest.approx(-1.5) and window.session.bus.snapshot().alphas()[f1] == pytest.approx(-1.5)
+    widget = window.bank.knobs[0]
+    qtbot.waitUntil(lambda: "α -1.50" in widget.value.text(), timeout=5000)
+    assert widget.title.text() == f"bright timbre #{f1}" and "0 at 50%" in widget.detail.text()
+    widget.dial.mouseDoubleClickEvent(None)  # double-click: no push, the middle of a bipolar knob
+    assert window.session.bus.snapshot().knobs[0].alpha() == pytest.approx(0.0, abs=1e-3)
     window.close()
 
 
@@ -247,12 +263,40 @@ def test_a_scripted_window_leaves_no_timer_running_when_it_returns(qtbot, monkey
 
 
 def test_gui_refuses_console_only_flags_and_a_bad_screenshot_path(capsys, tmp_path):
-    assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--out", str(tmp_path / "x.wav")]) == 2
-    assert "--out is not used with the window" in capsys.readouterr().err
+    assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--meters", "1"]) == 2
+    assert "--meters is not used with the window: it meters the knobs' features itself" in capsys.readouterr().err
     assert main(["gui", "--model", "tiny", "--no-audio", "--screenshot", str(tmp_path / "x.png")]) == 2
     assert "--screenshot needs --seconds" in capsys.readouterr().err
     assert main(["play", "--model", "tiny", "--no-audio", "--screenshot", str(tmp_path / "x.png")]) == 2
     assert "needs --gui" in capsys.readouterr().err
+
+
+def test_the_window_plays_with_the_players_settings_and_records(tmp_path, monkeypatch):
+    """`play --gui` takes every engine flag `play` takes: none is dropped without a word."""
+    from gui import app as app_module
+
+    seen = {}
+    real = app_module.run_app
+
+    def spy(spec, *args, **kwargs):
+        seen["spec"] = spec
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(app_module, "run_app", spy)
+    out = tmp_path / "rec.wav"
+    argv = ["play", "--gui", "--model", "tiny", "--no-audio", "--seconds", "2", "--out", str(out), "--chunk", "4",
+            "--smoothing-ms", "120", "--guidance", "2", "--top-k", "50", "--temperature", "0.9", "--seed", "7",
+            "--latency", "low"]  # fmt: skip
+    assert main(argv) == 0
+    spec = seen["spec"]
+    assert (spec.chunk, spec.smoothing_ms, spec.latency) == (4, 120.0, "low")
+    assert (spec.sampling.guidance, spec.sampling.top_k, spec.sampling.temperature, spec.sampling.seed) == (
+        2,
+        50,
+        0.9,
+        7,
+    )
+    assert audio_info(out)[0] == pytest.approx(2.0, abs=0.01)
 
 
 def test_without_pyqt_the_gui_command_says_what_to_install(capsys, monkeypatch):
@@ -289,21 +333,6 @@ def test_the_window_opens_on_a_real_x_display(x_display, tmp_path, tiny_sae_dir)
     assert image.width() > 400 and image.height() > 300
     colours = {image.pixel(x, y) for x in range(0, image.width(), 37) for y in range(0, image.height(), 29)}
     assert len(colours) > 20  # drawn, not a blank rectangle
-
-
-def test_a_steer_given_at_start_shows_on_a_bipolar_knob(qtbot, tmp_path, labelled_sae, tiny_sae):
-    f1, _ = alive_features(tiny_sae)
-    window = _window(qtbot, tmp_path, labelled_sae)
-    window.steer_on_knob(f1, -1.5)
-    knob = window.session.bus.snapshot().knobs[0]
-    assert knob.features == ((f1, 1.0),) and (knob.lo, knob.hi) == (-3.0, 3.0)
-    assert knob.alpha() == pytest.approx(-1.5) and window.session.bus.snapshot().alphas()[f1] == pytest.approx(-1.5)
-    widget = window.bank.knobs[0]
-    qtbot.waitUntil(lambda: "α -1.50" in widget.value.text(), timeout=5000)
-    assert widget.title.text() == f"bright timbre #{f1}" and "0 at 50%" in widget.detail.text()
-    widget.dial.mouseDoubleClickEvent(None)  # double-click: no push, the middle of a bipolar knob
-    assert window.session.bus.snapshot().knobs[0].alpha() == pytest.approx(0.0, abs=1e-3)
-    window.close()
 
 
 def test_the_spectrogram_draws_a_tone_in_its_band(qtbot):

@@ -1,0 +1,26 @@
+"""Which runtime steps the model: torch (None), or ONNX Runtime on an exported folder.
+
+One place for the choice, because the command line's player and the window open the same
+engine with the same flags.
+"""
+
+from __future__ import annotations
+
+from engine.errors import MgsteerError
+from engine.model import LoadedModel
+from sae.files import LoadedSAE
+
+BACKENDS = ("torch", "onnx")
+
+
+def open_backend(name: str, onnx_dir: str | None, int8: bool, lm: LoadedModel, sae: LoadedSAE | None):
+    """The ONNX backend `name` asks for, checked against model and SAE; None for torch."""
+    if name not in BACKENDS:
+        raise MgsteerError(f"unknown backend '{name}': use {' or '.join(BACKENDS)}")
+    if name != "onnx":
+        return None
+    if not onnx_dir:
+        raise MgsteerError(f"--backend onnx needs --onnx-dir DIR: make one with mgsteer export-onnx --model {lm.spec}")
+    from engine.onnx_backend import OnnxBackend  # onnxruntime only where it is asked for
+
+    return OnnxBackend(onnx_dir, lm, sae.cfg.hook_layer if sae is not None else None, int8=int8)
