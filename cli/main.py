@@ -353,13 +353,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     report = filter_report(load_sae(args.out).require_stats(), lo, hi)
     (trainer.out / "filter.json").write_text(json.dumps(report, indent=1))
+    total, dead = report["total"], report["dead"]
     print(
-        f"trained {trainer.sae_cfg.d_sae} features (k={cfg.k}) at layer {trainer.layer}: "
-        f"FVU {last.get('fvu')}, L0 {last.get('l0')}, dead {last.get('dead_frac')}"
-        + (f", codebook CE recovered {last['ce_recovered']:.3f}" if "ce_recovered" in last else "")
+        f"trained {trainer.sae_cfg.d_sae} features (k={cfg.k}) at layer {trainer.layer}: FVU {last.get('fvu')}, "
+        f"L0 {last.get('l0')}; {total - dead}/{total} fire on the store, {dead} never do"
+        + (f"; codebook CE recovered {last['ce_recovered']:.3f}" if "ce_recovered" in last else "")
     )
     print(
-        f"filter {lo}–{hi} of clips keeps {len(report['kept'])}/{report['total']} features; sensitivity in filter.json"
+        f"filter: firing on {lo:g}–{hi:g} of clips keeps {len(report['kept'])}/{total} features "
+        f"({report['generic']} fire on more than {hi:g} of clips, {report['rare']} on fewer than {lo:g}, "
+        f"{dead} on none); `label` labels those kept, or every feature that fires if none is; "
+        "other thresholds in filter.json"
     )
     print(f"wrote {trainer.out}/cfg.json, sae_weights.safetensors, feature_stats.safetensors, metrics.jsonl")
 

@@ -22,7 +22,8 @@ def add_commands(sub) -> None:
     )
     lab.add_argument(
         "--features",
-        help="comma-separated ids, or 'all': every feature that fired (default: those filter.json kept)",
+        help="comma-separated ids, or 'all': every feature that fired (not given: those filter.json kept, "
+        "or every feature that fired when it kept none)",
     )
     lab.add_argument("--limit", type=types.COUNT, help="label at most this many features (most frequent first)")
     lab.add_argument("--top-n", type=types.whole(1, 1000), default=10, help="top windows per feature")
@@ -42,7 +43,9 @@ def add_commands(sub) -> None:
     ev.add_argument("--sae", required=True, help="SAE folder")
     ev.add_argument("--features", required=True, help="comma-separated feature ids")
     ev.add_argument("--concept", action="append", default=[], metavar="FEATURE=TEXT", help="override a label")
-    ev.add_argument("--prompts", help="text file, one prompt per line (not given: 4 neutral prompts)")
+    ev.add_argument(
+        "--prompts", help="text file, one prompt per line (not given: 4 neutral prompts; a world model: 4 keys)"
+    )
     ev.add_argument("--seeds", type=types.whole(1, 1000), default=2, help="seeds per prompt")
     ev.add_argument("--seconds", type=types.SECONDS, default=5.0, help="seconds per clip")
     ev.add_argument("--alpha", type=types.ALPHA, default=1.0, help="steering strength, in units of β")
@@ -122,11 +125,19 @@ def cmd_browse(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_steer(args: argparse.Namespace) -> None:
+    from dataclasses import replace
     from pathlib import Path
 
     from engine.model import load_musicgen
     from sae.catalog import CATALOG_FILE, load_catalog
-    from sae.eval_steer import DEFAULT_PROMPTS, EvalConfig, concept_for, evaluate_steering, write_report
+    from sae.eval_steer import (
+        DEFAULT_PROMPTS,
+        EvalConfig,
+        concept_for,
+        default_prompts,
+        evaluate_steering,
+        write_report,
+    )
     from sae.files import load_sae
     from sae.harvest import prompt_clips
     from sae.labelers import build_labelers
@@ -160,7 +171,9 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
     for feature in cfg.features:  # every feature needs a concept: say so before loading models
         concept_for(feature, catalog, cfg)
     lm = load_musicgen(args.model, args.device, args.dtype)
-    for prompt in prompts:
+    if not args.prompts:
+        cfg = replace(cfg, prompts=default_prompts(lm))
+    for prompt in cfg.prompts:
         limits.prompt_tokens(lm.tokenizer, prompt)
     loaded = load_sae(args.sae, device=lm.device)
     scorer = build_labelers((args.scorer,), _settings(args))[0]

@@ -36,6 +36,7 @@ def add_world_command(sub) -> None:
     e.add_argument("--generations", type=types.whole(1, 10_000), default=50, help="prompted clips to score")
     e.add_argument("--seconds", type=types.CLIP_SECONDS, default=4.0, help="seconds per clip")
     e.add_argument("--seed", type=types.SEED, default=0, help="sampling seed")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of the lines")
     e.set_defaults(func=cmd_world_eval)
 
 
@@ -61,7 +62,7 @@ def cmd_world_train(args: argparse.Namespace) -> None:
     print(f"trained {result['steps']} steps in {(time.perf_counter() - started) / 60:.1f} min, loss {result['loss']}")
     if args.generations:
         accuracy = prompted_accuracy(load_musicgen(str(out), "cpu"), args.generations, args.seconds, args.seed)
-        print(json.dumps({"prompted_accuracy": accuracy}))
+        print(accuracy_line(accuracy))
     print(f"use it: mgsteer render --model {out} --prompt 'fast A minor melody, bright' --out world.wav")
 
 
@@ -70,4 +71,24 @@ def cmd_world_eval(args: argparse.Namespace) -> None:
     from sae.world.train import prompted_accuracy
 
     lm = load_musicgen(args.model, "cpu")
-    print(json.dumps({"prompted_accuracy": prompted_accuracy(lm, args.generations, args.seconds, args.seed)}))
+    accuracy = prompted_accuracy(lm, args.generations, args.seconds, args.seed)
+    print(json.dumps({"prompted_accuracy": shown(accuracy)}) if args.json else accuracy_line(accuracy))
+
+
+def shown(accuracy: dict) -> dict:
+    """The attributes by the names prompts use ("drums", not the grammar's "density")."""
+    return {SHOWN.get(name, name): value for name, value in accuracy.items()}
+
+
+SHOWN = {"density": "drums"}
+
+
+def accuracy_line(accuracy: dict) -> str:
+    """How often the exact scorer's most probable value is the one the prompt asked for."""
+    from sae.world.grammar import ATTRIBUTES
+
+    parts = " · ".join(f"{SHOWN.get(name, name)} {accuracy[name]:.2f}" for name in ATTRIBUTES)
+    return (
+        f"prompted accuracy over {accuracy['generations']} clips of {accuracy['seconds']:g} s (the exact "
+        f"scorer's most probable value is the one the prompt named): {parts}"
+    )

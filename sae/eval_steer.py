@@ -35,6 +35,16 @@ from sae.labelers import Labeler
 from sae.labelers.base import WindowCodes, window_scores
 
 DEFAULT_PROMPTS = ("simple melody", "a calm piano piece", "an upbeat pop song", "ambient pads")
+# A planted world's model knows only its grammar's words: its neutral prompts name a key alone
+# (which no other attribute depends on); for a key concept, give --prompts of your own.
+WORLD_PROMPTS = ("C major melody", "D minor melody", "F major melody", "A minor melody")
+
+
+def default_prompts(lm) -> tuple[str, ...]:
+    """The neutral prompts steering is measured under when none are given, in `lm`'s words."""
+    return WORLD_PROMPTS if lm.own_codec is not None else DEFAULT_PROMPTS
+
+
 LABEL_PREFERENCE = ("world", "llm", "classifier", "clap", "notes", "descriptors")
 BASELINES = ("none", "random", "prompt")
 TIE_RTOL = 1e-9  # scores closer than this, relatively, differ by rounding alone

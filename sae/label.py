@@ -49,6 +49,8 @@ def choose_features(loaded: LoadedSAE, cfg: LabelConfig) -> list[int]:
         filter_path = loaded.path / "filter.json"
         if filter_path.is_file() and not cfg.every_live:
             kept = json.loads(filter_path.read_text()).get("kept", [])
+        if filter_path.is_file() and not kept and not cfg.every_live:
+            print(f"note: {filter_path} kept no feature: labeling every feature that fires")
         ids = kept or (stats.firing_rate > 0).nonzero().flatten().tolist()
         ids = sorted(ids, key=lambda f: -float(stats.firing_rate[f]))
     return ids[: cfg.limit] if cfg.limit is not None else ids

@@ -593,4 +593,13 @@ def filter_report(stats: FeatureStats, lo: float = 0.01, hi: float = 0.25) -> di
         for a in (0.001, 0.005, 0.01, 0.02, 0.05)
         for b in (0.1, 0.25, 0.5)
     ]
-    return {"lo": lo, "hi": hi, "kept": kept, "dead": int((rate == 0).sum()), "total": len(rate), "sensitivity": table}
+    return {
+        "lo": lo,
+        "hi": hi,
+        "kept": kept,
+        "dead": int((rate == 0).sum()),
+        "rare": int(((rate > 0) & (rate < lo)).sum()),
+        "generic": int((rate > hi).sum()),
+        "total": len(rate),
+        "sensitivity": table,
+    }

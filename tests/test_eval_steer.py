@@ -123,3 +123,14 @@ def test_concepts_come_from_the_catalog_or_fail_clearly(tmp_path):
               "prompts": ["a"], "seeds": [0], "alpha": 1.0, "scorer": "clap", "model": "tiny", "sae": "s"}  # fmt: skip
     _, page = write_report(report, tmp_path)
     assert "&lt;b&gt;" in page.read_text() and "nothing evaluated" in page.read_text()
+
+
+def test_a_world_model_is_steered_under_prompts_in_its_own_words(world_demo_dir, tiny_lm):
+    from engine.model import load_musicgen
+    from sae.eval_steer import DEFAULT_PROMPTS, WORLD_PROMPTS, default_prompts
+    from sae.world.grammar import attribute_values
+
+    world = load_musicgen(str(world_demo_dir / "world"))
+    assert default_prompts(world) == WORLD_PROMPTS and default_prompts(tiny_lm) == DEFAULT_PROMPTS
+    keys = set(attribute_values()["key"])
+    assert all(prompt.removesuffix(" melody") in keys for prompt in WORLD_PROMPTS)

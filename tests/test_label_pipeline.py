@@ -144,6 +144,13 @@ def test_label_catalog_browse_eval_steer_end_to_end(tiny_lm, tmp_path, capsys):
                  "--out", str(acts), "--device", "cpu"]) == 0  # fmt: skip
     assert main(["train", "--acts", str(acts), "--out", str(sae), "--k", "8", "--expansion", "2", "--steps", "100",
                  "--batch-size", "256", "--device", "cpu"]) == 0  # fmt: skip
+    # one count of what fires, the same in train's lines, filter.json and info
+    trained, report = capsys.readouterr().out, json.loads((sae / "filter.json").read_text())
+    fire = report["total"] - report["dead"]
+    assert f"{fire}/{report['total']} fire on the store, {report['dead']} never do" in trained
+    assert f"keeps {len(report['kept'])}/{report['total']} features ({report['generic']} fire on more than" in trained
+    assert main(["info", "--model", "tiny", "--sae", str(sae), "--device", "cpu"]) == 0
+    assert f"stats      {fire}/{report['total']} features fire" in capsys.readouterr().out
     with FakeLLM([("content", GOOD), ("content", "not json at all"), ("content", "still not json"),
                   ("content", GOOD)]) as llm:  # fmt: skip
         code = main(["label", "--sae", str(sae), "--acts", str(acts), "--labelers", "descriptors,clap,classifier,llm",

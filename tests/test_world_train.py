@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import soundfile as sf
@@ -131,8 +132,10 @@ def test_world_cli_trains_and_scores(tmp_path, capsys):
     out = tmp_path / "world"
     assert main(["world", "train", "--out", str(out), "--steps", "2", "--batch-size", "2", "--seconds", "1",
                  "--generations", "2"]) == 0  # fmt: skip
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("{"))
-    assert set(json.loads(line)["prompted_accuracy"]) >= {"key", "tempo", "generations"}
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("prompted accuracy"))
+    assert "over 2 clips of 1 s" in line and re.search(r"key \d\.\d\d · register .* drums \d\.\d\d$", line)
     # by default the first 65 % of the steps are short: here 1 of 2
     assert json.loads((out / "train_state.json").read_text())["config"]["short_steps"] == 1
-    assert main(["world", "eval", "--model", str(out), "--generations", "2", "--seconds", "1"]) == 0
+    assert main(["world", "eval", "--model", str(out), "--generations", "2", "--seconds", "1", "--json"]) == 0
+    accuracy = json.loads(capsys.readouterr().out)["prompted_accuracy"]
+    assert {"key", "tempo", "drums", "generations"} <= set(accuracy) and "density" not in accuracy
