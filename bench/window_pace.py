@@ -5,6 +5,7 @@ process. Prints one JSON object: for each, x_realtime, underruns after the first
 p95 and knob→sound p50/p95, and the window's speed as a share of the host's.
 
     python bench/window_pace.py [--model tiny] [--seconds 15] [--no-busy]
+    python bench/window_pace.py --model demo_out/world --sae demo_out/sae --prompt melody   # after make demo
 
 (Not bench/gui.py: a script there would stand in for the `gui` package it imports.)
 """
@@ -45,13 +46,13 @@ def figures(host: Host) -> dict:
     }
 
 
-def play_host(model: str, sae_dir: Path, seconds: float) -> dict:
+def play_host(model: str, sae_dir: Path, seconds: float, prompt: str) -> dict:
     """The command line's host: `mgsteer play --no-audio` with a knob turning."""
     from sae.files import load_sae
 
     lm = load_musicgen(model)
     sae = load_sae(sae_dir)
-    bus = ParameterBus(knob_count=8, feature_count=sae.cfg.d_sae)
+    bus = ParameterBus(knob_count=8, feature_count=sae.cfg.d_sae, prompt=prompt)
     bus.configure_knob(0, features=[(0, 1.0)])
     host = Host(lm, bus, NullSink(lm.sample_rate), sae, HostConfig(meter_knobs=True))
     host.start()
@@ -67,7 +68,7 @@ def play_host(model: str, sae_dir: Path, seconds: float) -> dict:
         bus.close()
 
 
-def play_window(model: str, sae_dir: Path, seconds: float) -> dict:
+def play_window(model: str, sae_dir: Path, seconds: float, prompt: str) -> dict:
     """The window, as `mgsteer gui --no-audio` opens it, with the same knob turning."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PyQt6.QtCore import QSettings, QTimer
@@ -77,7 +78,7 @@ def play_window(model: str, sae_dir: Path, seconds: float) -> dict:
     from gui.window import MainWindow
 
     app = QApplication.instance() or QApplication(["mgsteer"])
-    spec = SessionSpec(model=model, sae=str(sae_dir), no_audio=True)
+    spec = SessionSpec(model=model, sae=str(sae_dir), no_audio=True, prompt=prompt)
     settings = QSettings(str(Path(tempfile.mkdtemp()) / "settings.ini"), QSettings.Format.IniFormat)
     window = MainWindow(spec, None, settings)
     window.show()
@@ -112,17 +113,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--seconds", type=float, default=15.0, help="audio each run plays")
+    parser.add_argument("--sae", help="an SAE folder, labelled or not (not given: a random one, no catalog)")
+    parser.add_argument("--prompt", default="simple melody", help="what to play (a world model: e.g. 'melody')")
     parser.add_argument("--busy", action=argparse.BooleanOptionalAction, default=True,
                         help="also run both beside a second process that keeps one core busy")  # fmt: skip
     args = parser.parse_args()
-    lm = load_musicgen(args.model)
-    sae_dir = Path(tempfile.mkdtemp()) / "sae"
-    _save(lm, sae_dir)
+    if args.sae:
+        sae_dir = Path(args.sae)
+    else:
+        sae_dir = Path(tempfile.mkdtemp()) / "sae"
+        _save(load_musicgen(args.model), sae_dir)
     runs = {}
     for busy in (False, True) if args.busy else (False,):
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
-            host, window = play_host(args.model, sae_dir, args.seconds), play_window(args.model, sae_dir, args.seconds)
+            host = play_host(args.model, sae_dir, args.seconds, args.prompt)
+            window = play_window(args.model, sae_dir, args.seconds, args.prompt)
         finally:
             if spinner is not None:
                 spinner.kill()
@@ -132,7 +138,8 @@ def main() -> None:
             "window": window,
             "window_speed_share": None if speed is None else round(speed, 2),
         }
-    print(json.dumps({"machine": machine(), "model": args.model, "seconds": args.seconds, **runs}, indent=1))
+    head = {"machine": machine(), "model": args.model, "sae": args.sae, "seconds": args.seconds}
+    print(json.dumps({**head, **runs}, indent=1))
 
 
 def _save(lm, folder: Path) -> None:
