@@ -53,6 +53,7 @@ docs-images: $(STAMP)
 	test -f $(DEMO_OUT)/preset.json || $(MAKE) demo
 	QT_QPA_PLATFORM=offscreen $(BIN)/mgsteer gui --preset $(DEMO_OUT)/preset.json --no-audio --seconds 4 \
 		--screenshot docs/gui.png
+	$(BIN)/mgsteer browse --sae $(DEMO_OUT)/sae --out $(DEMO_OUT)/features.html
 	profile=$$(mktemp -d) && chromium $(CHROMIUM_FLAGS) --user-data-dir=$$profile \
 		--screenshot=$(CURDIR)/docs/browser.png file://$(abspath $(DEMO_OUT))/features.html 2>/dev/null; \
 		rm -rf $$profile

@@ -27,7 +27,7 @@ from engine.render import render, write_wav
 from engine.steering import FeatureSteer, SteeringSpec
 from engine.tokenloop import SamplingConfig
 from sae.browse import write_browser
-from sae.catalog import load_catalog
+from sae.catalog import best_label, load_catalog
 from sae.descriptors import describe
 from sae.examples import ExampleConfig
 from sae.files import load_sae
@@ -135,7 +135,8 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
     examples = ExampleConfig(top_n=6, window_s=1.0, negatives=10, seed=cfg.seed)
     label_features(sae_dir, out / "acts", lm, LabelConfig(names, features=chosen, examples=examples), progress=progress)
     page = write_browser(sae_dir, out / "features.html")
-    catalog = {r["id"]: r["labels"] for r in load_catalog(sae_dir)["features"]}
+    records = {r["id"]: r for r in load_catalog(sae_dir)["features"]}
+    catalog = {f: record["labels"] for f, record in records.items()}
     print(f"[4/5] labeled {len(chosen)} features with the world's exact scorer and music descriptors: {page.resolve()}")
     for f in chosen:
         said = [f"{n}: {', '.join(lab['label'] for lab in catalog.get(f, {}).get(n, [])[:3])}" for n in names]
@@ -174,7 +175,7 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
         f"      loudness (RMS): plain {loudness[0]:.1f} dBFS, steered {loudness[1]:.1f} dBFS; both written at "
         f"{min(loudness):.1f} dBFS, through the soft limiter (no sample at full scale)"
     )
-    preset = write_preset(out, prompt, (feature, concept, alpha), chosen, catalog)
+    preset = write_preset(out, prompt, (feature, concept, alpha), chosen, records)
     print(f"plain WAV:   {plain_path.resolve()}")
     print(f"steered WAV: {steered_path.resolve()}")
     print(
@@ -211,19 +212,18 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, progress: bool = False) -
 
 
 def write_preset(out: Path, prompt: str, steered: tuple[int, str, float], features: tuple[int, ...],
-                 catalog: dict) -> Path:  # fmt: skip
+                 records: dict[int, dict]) -> Path:  # fmt: skip
     """`OUT/preset.json`: the demo's model, SAE and prompt, its steered feature on the first knob
     (named by what it steers, set at the α the demo used) and the other labelled features on the
-    next ones (named by their best label), every knob bipolar, so the window opens on what the
-    demo found."""
+    next ones (named by their best-validated label, as the browser shows them), every knob
+    bipolar, so the window opens on what the demo found."""
     feature, concept, alpha = steered
     reach = max(1.0, 2 * abs(alpha))
     first = Knob(lo=-reach, hi=reach)
     knobs = [KnobPreset(f"{concept} #{feature}", ((feature, 1.0),), (-reach, reach), "linear", first.value_for(alpha))]
     for other in features:
         if other != feature and len(knobs) < 8:  # the window's default bank
-            labels = catalog.get(other, {})
-            best = next((found[0]["label"] for name in ("world", "descriptors") if (found := labels.get(name))), "")
+            best = best_label(records.get(other, {}))[0]
             knobs.append(KnobPreset(f"{best or 'feature'} #{other}", ((other, 1.0),), (-1.0, 1.0), "linear", 0.5))
     preset = Preset(name="what the demo found", model="./world", sae="./sae", prompt=prompt, knobs=tuple(knobs))
     return save_preset(preset, out / "preset.json")

@@ -28,6 +28,7 @@ from PyQt6.QtWidgets import (
 )
 
 from gui.knobs import feature_mime
+from sae.catalog import best_label
 
 COLUMNS = ("id", "label", "labeler", "label AUROC", "firing", "spectrogram")
 THUMB_COLUMN = COLUMNS.index("spectrogram")
@@ -49,16 +50,7 @@ def catalog_rows(catalog: dict | None, folder: str | None, feature_count: int) -
         return [FeatureRow(f) for f in range(feature_count)]
     rows = []
     for record in catalog.get("features", []):
-        validation = record.get("validation") or {}
-        best = max(validation.values(), key=lambda v: v.get("auroc") or 0.0, default=None)
-        label, labeler = "", ""
-        if best is not None:
-            label, labeler = best.get("label", ""), best.get("scorer", "")
-        else:
-            for name, labels in (record.get("labels") or {}).items():
-                if labels:
-                    label, labeler = labels[0].get("label", ""), name
-                    break
+        label, labeler, auroc = best_label(record)
         examples = record.get("examples") or []
         example = Path(folder) / examples[0]["audio"] if examples and folder else None
         rows.append(
@@ -66,7 +58,7 @@ def catalog_rows(catalog: dict | None, folder: str | None, feature_count: int) -
                 feature=int(record["id"]),
                 label=label,
                 labeler=labeler,
-                auroc=best.get("auroc") if best else None,
+                auroc=auroc,
                 firing_rate=record.get("firing_rate"),
                 example=example,
             )

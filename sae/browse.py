@@ -104,10 +104,14 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:
 .tag{display:inline-block;background:#eef;border-radius:3px;padding:1px 5px;margin:1px}
 .val{font-size:12px;color:#555}.ex{display:flex;align-items:center;gap:6px;margin:3px 0;font-size:12px}
 .ex img{width:96px;height:40px;image-rendering:pixelated;border:1px solid #ccc}.ex audio{height:28px;width:180px}
-.err{color:#a00;font-size:12px}
+.err{color:#a00;font-size:12px}.note{margin:8px 16px 0;font-size:12px;color:#555}
 </style></head><body>
 <header><strong>mgsteer features</strong><input id="q" placeholder="search labels, e.g. piano, C major, ~120 BPM"
  aria-label="search"><span id="count"></span></header>
+<p class="note">A label's number is its labeler's contrast between the feature's top windows and random
+ ones (world: the value's mean posterior on the top windows minus on random ones, so 0.8 is a
+ value always there against one random window in five; hover a label for its evidence). The
+ <i>label AUROC</i> tests the best label on windows its labeler never heard.</p>
 <main id="list"></main>
 <script type="application/json" id="catalog">__DATA__</script>
 <script>

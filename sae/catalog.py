@@ -109,3 +109,16 @@ def load_catalog(folder: str | Path) -> dict:
     if not isinstance(catalog, dict) or catalog.get("format") != FORMAT:
         raise MgsteerError(f"{path}: not a {FORMAT} catalog")
     return catalog
+
+
+def best_label(record: dict) -> tuple[str, str, float | None]:
+    """A catalogued feature's (label, labeler, label AUROC): its best-validated label, else
+    the first labeler's first label (not validated: no AUROC), else nothing."""
+    validation = record.get("validation") or {}
+    best = max(validation.values(), key=lambda v: v.get("auroc") or 0.0, default=None)
+    if best is not None:
+        return best.get("label", ""), best.get("scorer", ""), best.get("auroc")
+    for name, labels in (record.get("labels") or {}).items():
+        if labels:
+            return labels[0].get("label", ""), name, None
+    return "", "", None
