@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT_ON_THE_IMAGE = ("soundfile", "cffi", "_cffi_backend", "pythonosc", "mido", "rtmidi", "PyQt6", "pytestqt",
                        "sounddevice")  # fmt: skip
@@ -83,3 +86,12 @@ def test_the_gpu_check_runs_every_stage_where_the_image_lacks_packages(tmp_path)
         assert "needs eai-sparsify" in result["stages"]["sae_train"]["peer_unavailable"]
     assert result["machine"]["cpu"] and isinstance(result["machine"]["simd"], list)
     assert (out / "pytest.log").is_file() and "===== harvest" in (out / "stages.log").read_text()
+
+
+def test_a_benchmark_asked_for_a_missing_gpu_says_so_in_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the one-line refusal is for machines without one")
+    done = subprocess.run([sys.executable, "bench/stream.py", "--device", "cuda", "--model", "tiny"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("bench: error: device 'cuda' asked for but no CUDA GPU")
