@@ -66,7 +66,6 @@ class HostConfig:
     meters: list[int] | None = None  # features to meter each step
     meter_knobs: bool = False  # instead, meter the features the knobs drive (the GUI's meters)
     readback: int | None = None  # steps per read-back of sampled tokens (None: the token loop's default)
-    latency: str = "default"  # the profile these settings came from (for status lines)
     fit_chunk: bool = False  # choose the chunk among LOW_LATENCY_CHUNKS by measured cost while playing
 
     @classmethod
@@ -79,11 +78,10 @@ class HostConfig:
         if profile == "low":
             chunking = LOW_LATENCY_CHUNK if chunk is None else replace(LOW_LATENCY_CHUNK, chunk=chunk)
             readback = min(LOW_LATENCY_CHUNKS[0], chunking.chunk)
-            return cls(lookahead_ms=lookahead_ms, chunk=chunking, readback=readback, latency=profile,
-                       fit_chunk=chunk is None, **fields)  # fmt: skip
+            return cls(lookahead_ms=lookahead_ms, chunk=chunking, readback=readback, fit_chunk=chunk is None, **fields)
         chunking = ChunkConfig() if chunk is None else ChunkConfig(chunk=chunk)
         lookahead = cls.lookahead_ms if lookahead_ms is None else lookahead_ms
-        return cls(lookahead_ms=lookahead, chunk=chunking, latency=profile, **fields)
+        return cls(lookahead_ms=lookahead, chunk=chunking, **fields)
 
     def validate(self, lm: LoadedModel) -> None:
         if self.lookahead_ms is not None and not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
