@@ -236,7 +236,13 @@ def choose_demo_steer(lm: LoadedModel, loaded, scorer: ExactScorer, detection: d
     that reaches its value with the music kept wins. If none does, the best-detected audible
     value the plain clip lacks is pushed at every α, and the closest grammatical clip is kept
     (with `why` saying so)."""
-    sel, tried = cfg.selection, []
+    sel, tried, plains = cfg.selection, [], {}
+
+    def plain_clip(seed: int):
+        if seed not in plains:
+            plains[seed] = render(lm, prompt, cfg.seconds, SamplingConfig(seed=seed))
+        return plains[seed]
+
     for attribute in ranked_attributes(detection, DEMO_ATTRIBUTES):
         choice = choose_steering(lm, loaded, detection, attribute, sel)["chosen"]
         if choice is None or not choice["moved_share"]:
@@ -248,19 +254,18 @@ def choose_demo_steer(lm: LoadedModel, loaded, scorer: ExactScorer, detection: d
               f"{choice['moved_share']:.0%} of {len(sel.seeds) * sel.prompts} pairs toward {value}")  # fmt: skip
         alphas = tuple(a for a in cfg.alphas if a >= choice["alpha"]) or (choice["alpha"],)
         for seed in range(cfg.seed, cfg.seed + cfg.clip_seeds):
-            plain = render(lm, prompt, cfg.seconds, SamplingConfig(seed=seed))
+            plain = plain_clip(seed)
             if scorer.posterior(plain.codes.numpy())[attribute][value] >= 0.5:
                 continue  # this clip has the value already: nothing to show
             steered, alpha, met = _steer(lm, loaded, scorer, prompt, alphas, cfg.seconds, seed,
                                          (attribute, value, feature))  # fmt: skip
-            pick = {"attribute": attribute, "value": value, "feature": feature, "source": choice["source"],
-                    "plain": plain, "steered": steered, "alpha": alpha, "alphas": alphas, "met": met, "seed": seed,
-                    "selection": choice}  # fmt: skip
             if met:
-                return pick
+                return {"attribute": attribute, "value": value, "feature": feature, "source": choice["source"],
+                        "plain": plain, "steered": steered, "alpha": alpha, "alphas": alphas, "met": met,
+                        "seed": seed, "selection": choice}  # fmt: skip
             tried.append(f"{attribute}: feature {feature} did not move the clip of seed {seed}")
             break
-    plain = render(lm, prompt, cfg.seconds, SamplingConfig(seed=cfg.seed))
+    plain = plain_clip(cfg.seed)
     heard = scorer.posterior(plain.codes.numpy())
     measured = detected(detection)
     lacking = [r for r in measured if r[1] in DEMO_ATTRIBUTES and heard[r[1]][r[2]] < 0.5]

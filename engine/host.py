@@ -177,6 +177,7 @@ class Host:
         self._since_block_s = 0.0  # compute since the last block was queued
         self._blocks = 0
         self._block_ms: deque[float] = deque(maxlen=200)  # compute between consecutive blocks
+        self._measured_lookahead_ms = FIRST_LOOKAHEAD_MS  # from `_block_ms`, renewed with each block
         self._model_ms: deque[float] = deque(maxlen=200)  # decoder steps alone
         self._decode_frame_ms: deque[float] = deque(maxlen=50)  # chunk decodes, per frame of their window
         self._generated = 0  # model-rate samples generated
@@ -337,6 +338,7 @@ class Host:
             self._blocks += 1
             if self._blocks > FIRST_BLOCKS:
                 self._block_ms.append(1000 * self._since_block_s)
+                self._measure_lookahead()
             self._since_block_s = 0.0
         self._publish_meters(started)
         return True
@@ -421,15 +423,17 @@ class Host:
         return cfg.chunk if best > cfg.chunk and share(cfg.chunk) <= keeps else best
 
     def lookahead_target_ms(self) -> float:
-        """Audio the host keeps queued: the configured amount, or (measured) the sink's block
-        plus 1.5 × the 99th percentile of the compute between two blocks, within bounds."""
-        if self.config.lookahead_ms is not None:
-            return self.config.lookahead_ms
-        if len(self._block_ms) < 8:
-            return FIRST_LOOKAHEAD_MS
+        """Audio the host keeps queued: the configured amount, or the measured one."""
+        return self.config.lookahead_ms if self.config.lookahead_ms is not None else self._measured_lookahead_ms
+
+    def _measure_lookahead(self) -> None:
+        """The sink's block plus 1.5 × the 99th percentile of the compute between two blocks,
+        within bounds (once 8 blocks are timed): renewed as a block is queued, not per step."""
+        if self.config.lookahead_ms is not None or len(self._block_ms) < 8:
+            return
         lo, hi = MEASURED_LOOKAHEAD_MS
         wanted = 1000 * self.sink.block_seconds + 1.5 * (_percentile(self._block_ms, 99) or 0.0)
-        return min(hi, max(lo, wanted))
+        self._measured_lookahead_ms = min(hi, max(lo, wanted))
 
     def _pace(self) -> None:
         limit = self.lookahead_target_ms() / 1000.0

@@ -182,12 +182,15 @@ class TokenLoop:
 
     def _advance(self) -> None:
         cache = self._sets[self._live]
-        if self.graphed and not self._prepared:
-            self._prepared = True
-            for key, each in enumerate(self._sets):
-                if not self.graphs.prepare(key, each):
-                    break
-        if not (self.graphed and self.graphs.replay(self._live, cache)):
+        replayed = False
+        if self.graphed:  # one look at the hooks a step
+            if not self._prepared:
+                self._prepared = True
+                for key, each in enumerate(self._sets):
+                    if not self.graphs.prepare(key, each):
+                        break
+            replayed = self.graphs.usable and self.graphs.replay(self._live, cache)
+        if not replayed:
             self._step_core(cache)
         self.position += 1
         self.cache_len += 1
