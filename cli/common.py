@@ -7,7 +7,9 @@ and neither imports the other for them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections.abc import Callable
 
 from cli import argtypes as types
 from engine import limits
@@ -103,3 +105,23 @@ def parse_filter(text: str) -> tuple[float, float]:
     if lo > hi:
         raise MgsteerError(f"bad --filter '{text}': lo must not exceed hi")
     return lo, hi
+
+
+def stop_on_signals() -> Callable[[], None]:
+    """SIGTERM and SIGHUP (a closed terminal, a service stop, `kill`) end a live session the
+    way Ctrl-C does: the recording is finished and closed, the devices released. Returns
+    what puts the previous handlers back."""
+
+    def stop(signum, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[name] = signal.signal(getattr(signal, name), stop)
+
+    def restore() -> None:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+    return restore

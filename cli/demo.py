@@ -13,7 +13,6 @@ attribute moved.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from sae.world.pipeline import (
     harvest_and_train,
     ranked_attributes,
 )
-from sae.world.train import WorldTrainConfig, WorldTrainer
+from sae.world.train import WorldTrainConfig, WorldTrainer, saved_state
 
 # what the demo may steer: heard without a score sheet (a key needs a trained ear)
 DEMO_ATTRIBUTES = ("register", "timbre", "tempo", "density")
@@ -92,8 +91,7 @@ class DemoConfig:
 def world_model(folder: Path, cfg: WorldTrainConfig, progress: bool = False) -> LoadedModel:
     """The world model in `folder`: reused when it was trained to the end with `cfg`, resumed
     when it was interrupted, trained afresh otherwise."""
-    state_file = folder / "train_state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    state = saved_state(folder) if folder.is_dir() else None
     same = state is not None and state.get("config") == asdict(cfg)
     if same and state["step"] >= cfg.steps:
         print(f"[1/5] reusing the world model in {folder} ({cfg.steps} training steps)")

@@ -78,7 +78,7 @@ def start_osc(args, bus, host, lm, sae):
             "underruns": st.underruns,
             "x_realtime": round(st.x_realtime, 3),
             "nonfinite_steps": st.nonfinite_steps,
-        }
+        } | ({"recording": st.recording} if st.recording else {})
 
     folder = PresetFolder(args.presets_dir or user_presets_dir())
     presets = preset_handler(bus, lm.spec, str(sae.path) if sae else None, sae.cfg.d_sae if sae else None, folder)

@@ -23,6 +23,7 @@ from cli.common import (
     progress_bars,
     sampling_args,
     sampling_config,
+    stop_on_signals,
 )
 from cli.gui_command import add_gui_command, run_gui
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
@@ -31,6 +32,7 @@ from cli.sae_commands import add_commands
 from cli.world_command import add_world_command
 from engine import limits
 from engine.errors import MgsteerError
+from engine.inputs import os_reason
 from engine.outputs import output_dir, output_file
 
 
@@ -140,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except MgsteerError as exc:
         print(f"mgsteer: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no where no check could foresee it: a full disk, mostly
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        print(f"mgsteer: error: {os_reason(exc)}{where}"[:400], file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mgsteer: interrupted", file=sys.stderr)
@@ -265,6 +271,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     host.start()
     next_line = time.perf_counter() + 1.0
     graph_noted = False
+    restore_signals = stop_on_signals()
     try:
         while args.seconds is None or host.status().position_s < args.seconds:
             time.sleep(0.02)
@@ -277,17 +284,20 @@ def cmd_play(args: argparse.Namespace) -> None:
                     graph_noted = True
                 meters = " ".join(f"{f}:{v:.2f}" for f, v in sorted(latest.items()))
                 print(host.status().line() + (f" | meters {meters}" if meters else ""), flush=True)
-    except KeyboardInterrupt:
-        print("stopping")
+    except KeyboardInterrupt as exc:
+        print(f"stopping ({exc})" if str(exc) else "stopping")
     finally:
+        restore_signals()
         if osc is not None:
             osc.stop()
         if midi is not None:
             midi.stop()
         host.stop()
         bus.close()
-    if recorder is not None:
-        print(f"recorded {recorder.samples / lm.sample_rate:.1f} s to {recorder.path}")
+    if recorder is not None and recorder.error:
+        print(f"note: {recorder.error}")
+    elif recorder is not None:
+        print(f"recorded {recorder.written / lm.sample_rate:.1f} s to {recorder.path}")
 
 
 def cmd_harvest(args: argparse.Namespace) -> None:

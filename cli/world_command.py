@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from cli import argtypes as types
 from cli.common import progress_bars
@@ -42,9 +43,12 @@ def add_world_command(sub) -> None:
 
 def cmd_world_train(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
-    from sae.world.train import SHORT_SHARE, WorldTrainConfig, WorldTrainer, prompted_accuracy
+    from sae.world.train import SHORT_SHARE, WorldTrainConfig, WorldTrainer, prompted_accuracy, saved_state
 
-    short_steps = round(SHORT_SHARE * args.steps) if args.short_steps is None else args.short_steps
+    short_steps = args.short_steps
+    if short_steps is None:  # derived from --steps; a resume keeps the run's own (a new --steps may extend it)
+        saved = saved_state(Path(args.out)) if args.resume and Path(args.out).is_dir() else None
+        short_steps = saved["config"].get("short_steps", 0) if saved else round(SHORT_SHARE * args.steps)
     if short_steps > args.steps:
         raise MgsteerError(f"--short-steps {short_steps} is more than --steps {args.steps}")
     out = output_dir(args.out)

@@ -8,15 +8,18 @@ its own counter, after its copy, so no lock is needed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import MgsteerError
+from engine.inputs import os_reason
 from engine.levels import soft_limit
 
 
@@ -231,8 +234,14 @@ def import_sounddevice():
 
 
 class WavRecorder:
-    """Records the played stream (model rate) to a 16-bit WAV as blocks arrive (engine.wavfile:
-    the standard library's writer, whose header is valid after every block)."""
+    """Records the played stream (model rate) to a 16-bit WAV on a thread of its own.
+
+    Why a thread: a disk can stall (a network share, a busy laptop disk) or fill up, and the
+    generation thread must never wait on one. `write` only queues the block; the writer thread
+    writes it with a header patched after every block and unbuffered (engine.wavfile), so a
+    kill leaves a valid WAV up to the last block written. A write that fails (a full disk, a
+    removed drive) ends the recording, not the music: `error` says why, in one line, and
+    later blocks are dropped."""
 
     def __init__(self, path: str | Path, sample_rate: int, max_seconds: float | None = None) -> None:
         """`max_seconds`: record exactly this much and drop the rest (generation runs ahead of
@@ -241,18 +250,63 @@ class WavRecorder:
 
         self.limit = None if max_seconds is None else round(max_seconds * sample_rate)
         self.path = Path(path)
+        self.sample_rate = sample_rate
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = WavWriter(self.path, sample_rate)
         except OSError as exc:
-            raise MgsteerError(f"cannot write '{self.path}': {exc}") from exc
-        self.samples = 0
+            raise MgsteerError(f"cannot write '{self.path}': {os_reason(exc)}") from exc
+        self.samples = 0  # queued for the file (what `limit` counts)
+        self.written = 0  # samples in the file
+        self.error: str | None = None
+        self._queue: deque[np.ndarray] = deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._drain, name="mgsteer-recorder", daemon=True)
+        self._thread.start()
 
     def write(self, block: np.ndarray) -> None:
+        """Queue a block (never waits: the generation thread calls this)."""
+        if self.error is not None or self._closing:
+            return
         if self.limit is not None:
             block = block[: max(0, self.limit - self.samples)]
-        self._file.write(block)
-        self.samples += len(block)
+        if len(block):
+            self._queue.append(np.array(block, dtype=np.float32))
+            self.samples += len(block)
+            self._wake.set()
+
+    def _drain(self) -> None:
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while self._queue:
+                block = self._queue.popleft()
+                if self.error is None:
+                    self._write(block)
+            if self._closing and not self._queue:
+                return
+
+    def _write(self, block: np.ndarray) -> None:
+        try:
+            self._file.write(block)
+            self.written += len(block)
+        except OSError as exc:
+            self.error = (
+                f"recording to '{self.path.name}' stopped at {self.written / self.sample_rate:.1f} s: "
+                f"{os_reason(exc)}; the music goes on"
+            )
+            self._queue.clear()
+            with contextlib.suppress(OSError):
+                self._file.close()
 
     def close(self) -> None:
-        self._file.close()
+        """Write what is queued, then close the file."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+        if self.error is None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self.error = f"recording to '{self.path.name}' could not be finished: {os_reason(exc)}"

@@ -128,6 +128,7 @@ class Status:
     reprimes: int
     steps: int
     nonfinite_steps: int = 0  # steps whose steered logits were not finite and were run unsteered
+    recording: str | None = None  # why the recording stopped, if it did (the music goes on)
 
     def line(self) -> str:
         latency = (
@@ -139,6 +140,7 @@ class Status:
             f"p50/p95 | lookahead {self.lookahead_ms:.0f} ms | underruns {self.underruns} | "
             f"knob→sound {latency} | reprimes {self.reprimes}"
             + (f" | non-finite steps {self.nonfinite_steps} (run unsteered)" if self.nonfinite_steps else "")
+            + (f" | {self.recording}" if self.recording else "")
         )
 
 
@@ -190,6 +192,7 @@ class Host:
         self._target: torch.Tensor | None = None  # steering vector of the current snapshot
         self._glide_left = 0.0  # share of the way from the vector in use to the target still to go
         self._last_meter = 0.0
+        self._recording_said = False
         at, keep = self.config.reprime_span(lm)
         self._reprime_at = int(at * lm.frame_rate) - self.config.catch_up_steps(lm)
         self._keep = int(keep * lm.frame_rate)
@@ -252,6 +255,7 @@ class Host:
             reprimes=self._reprimes_before + (self._loop.reprimes if self._loop is not None else 0),
             steps=self.steps,
             nonfinite_steps=self._nonfinite_before + (self._loop.nonfinite_steps if self._loop is not None else 0),
+            recording=self.recorder.error if self.recorder is not None else None,
         )
 
     # ---- generation thread ------------------------------------------------------------------------
@@ -387,7 +391,10 @@ class Host:
         self.sink.write(block)
         self.monitor.append(block)
         if self.recorder is not None:
-            self.recorder.write(block)
+            self.recorder.write(block)  # queued: the recorder writes on its own thread
+            if self.recorder.error is not None and not self._recording_said:
+                self._recording_said = True  # controllers hear it once, as status feedback
+                self.bus.publish_status({"recording": self.recorder.error})
         self._generated += len(block)
 
     def _push(self, frame: torch.Tensor) -> np.ndarray | None:

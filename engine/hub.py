@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from safetensors import SafetensorError
 from transformers.utils import logging as hf_logging
 
 from engine.errors import MgsteerError
@@ -72,6 +73,8 @@ def load_parts(source: str, local_only: bool, what: str, kind: str, *classes, **
         if local_only and not Path(source).is_dir():
             raise NotCached(source) from exc
         raise MgsteerError(f"cannot load {what} '{source}': {first_line(exc)}") from exc
+    except SafetensorError as exc:  # a weights file cut short or overwritten
+        raise MgsteerError(f"cannot load {what} '{source}': its weights are damaged ({first_line(exc)})") from exc
     except ValueError as exc:  # a config of another model type
         raise MgsteerError(f"'{source}' is not {kind}: {first_line(exc)}") from exc
 

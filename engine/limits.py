@@ -11,6 +11,7 @@ is refused on all, with the same words. Two policies:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from engine.errors import MgsteerError
@@ -80,6 +81,18 @@ def integer(value: Any, what: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise MgsteerError(f"{what} must be between {low} and {high}, got {value}")
     return value
+
+
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def decimal(text: str, what: str) -> int:
+    """An index written as text: plain ASCII digits only, at most 18 of them ("٣", "²" and
+    "3.0" are refused, as are signs and spaces; "007" is refused too, so that one number has
+    one spelling and two names never alias one knob)."""
+    if not _DECIMAL.fullmatch(text) or (len(text) > 1 and text[0] == "0"):
+        raise MgsteerError(f"{what} must be a plain decimal number, got {text!r}"[:200])
+    return int(text)
 
 
 def port(value: Any, what: str = "port") -> int:

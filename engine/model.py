@@ -6,6 +6,7 @@ the model (depth, hidden size, codebooks, frame rate) and fail the same clear wa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTra
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import MgsteerError
 from engine.hub import fetch_pretrained, load_parts
+from engine.staged import settle
 from engine.tiny import PRESETS, build_random_musicgen
 
 HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
@@ -121,6 +123,8 @@ def load_musicgen(spec: str, device: str = "auto", dtype: str = "auto", seed: in
         where = dev if spec != "tiny" else None
         model, tokenizer = build_random_musicgen(seed=seed, spec=PRESETS[spec], device=where)
     else:
+        if os.path.isdir(os.path.expanduser(spec)):
+            settle(os.path.expanduser(spec))  # a checkpoint a kill interrupted: finished or dropped
         model, tokenizer = _load_pretrained(spec, dt)
     try:
         model = model.to(device=dev, dtype=dt).eval()
@@ -139,8 +143,9 @@ WORLD_FILE = "world.json"  # beside a model trained on the synth codec (sae/worl
 def _own_codec(spec: str):
     """(the synth codec, the clip length it was trained on) for a folder that says it speaks
     it; (None: EnCodec, MusicGen's 30 s) otherwise."""
-    import json
     from pathlib import Path
+
+    from engine.inputs import read_json_object
 
     marker = Path(spec).expanduser() / WORLD_FILE
     if not marker.is_file():
@@ -148,9 +153,9 @@ def _own_codec(spec: str):
     from engine.synth_codec import TOKEN_LAYOUT, SynthCodec
 
     try:
-        world = json.loads(marker.read_text())
+        world = read_json_object(marker, "world marker")
         codec = SynthCodec(int(world["codebook_size"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (MgsteerError, ValueError, KeyError, TypeError) as exc:
         raise MgsteerError(f"{marker} is damaged ({exc}): train the world again with mgsteer world train") from exc
     if world.get("tokens", 1) != TOKEN_LAYOUT:
         raise MgsteerError(
@@ -163,13 +168,13 @@ def _own_codec(spec: str):
 def _trained_seconds(folder, world: dict) -> float:
     """A world's clip length: its world.json says so; folders trained before it did have it in
     their training state; failing both, the world trainer's default."""
-    import json
+    from engine.inputs import read_json_object
 
     if "context_seconds" in world:
         return float(world["context_seconds"])
     try:
-        return float(json.loads((folder / "train_state.json").read_text())["config"]["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_json_object(folder / "train_state.json", "world training state")["config"]["seconds"])
+    except (MgsteerError, ValueError, KeyError, TypeError):
         return WORLD_CLIP_SECONDS
 
 

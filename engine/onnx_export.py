@@ -20,6 +20,7 @@ import torch
 
 from engine.codec_stream import ChunkConfig
 from engine.errors import MgsteerError
+from engine.inputs import read_json_object
 from engine.model import LoadedModel
 from engine.onnx_graphs import CodecGraph, PromptGraph, StepGraph
 
@@ -188,11 +189,11 @@ def load_manifest(folder: str | Path, model: str | None = None, layer: int | Non
     if not path.is_file():
         raise MgsteerError(f"'{folder}' has no {MANIFEST}: make it with mgsteer export-onnx --out {folder}")
     try:
-        raw = json.loads(path.read_text())
+        raw = read_json_object(path, "ONNX manifest")
         if raw.get("format") != FORMAT:
             raise MgsteerError(f"{path}: not a {FORMAT} manifest")
         manifest = Manifest(**raw)
-    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+    except (MgsteerError, TypeError, AttributeError) as exc:
         raise MgsteerError(f"{path} is damaged ({exc}); export again with mgsteer export-onnx") from exc
     if model is not None and manifest.model != model:
         raise MgsteerError(f"'{folder}' was exported from model '{manifest.model}', not '{model}': export it again")

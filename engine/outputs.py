@@ -7,7 +7,9 @@ Each command checks its outputs first, before loading a model.
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import shutil
 from pathlib import Path
 
 from engine.errors import MgsteerError
@@ -49,3 +51,24 @@ def _writable_parent(path: Path, what: str) -> None:
         raise MgsteerError(f"{what} '{path}': '{parent}' is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MgsteerError(f"{what} '{path}': cannot write in '{parent}'")
+
+
+def clear_own(folder: Path, own: tuple[str, ...], marks: tuple[str, ...], what: str) -> list[str]:
+    """Clear `folder` for a fresh run of `what`: remove the entries whose names match the
+    `own` patterns (what that command writes), keep everything else and return its names.
+
+    Why not `rmtree`: `--overwrite` on the wrong folder (a home folder, a folder of songs, one
+    holding the activation store the run is about to read) must not delete what the command
+    did not write. A folder with none of `marks` was not written by `what` at all: refused."""
+    entries = list(folder.iterdir())
+    if not any((folder / mark).exists() for mark in marks):
+        raise MgsteerError(f"'{folder}' holds no {what}, and --overwrite clears only that; use an empty or new --out")
+    kept = []
+    for entry in entries:
+        if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in own):
+            kept.append(entry.name + ("/" if entry.is_dir() else ""))
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return sorted(kept)

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine import limits
 from engine.errors import MgsteerError
+from engine.inputs import PRESET_BYTES, read_json
 from engine.params import CURVES, MAX_LABEL, ParameterBus
 
 FORMAT = "mgsteer-preset/1"
@@ -111,8 +112,8 @@ class _Fields:
 
 
 def _feature_id(where: str, value: Any, feature_count: int | None) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        value = limits.decimal(value, f"{where}: feature id")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise MgsteerError(f"{where}: feature id must be a non-negative integer, got {value!r}")
     if feature_count is not None and value >= feature_count:
@@ -212,12 +213,7 @@ def parse_preset(
 
 def load_preset(path: str | Path, feature_count: int | None = None, knob_count: int = limits.MAX_KNOBS) -> Preset:
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise MgsteerError(f"cannot read preset '{path}': {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MgsteerError(f"preset '{path}' is not valid JSON ({exc})") from exc
+    raw = read_json(path, "preset", PRESET_BYTES)
     preset = parse_preset(raw, f"preset '{path.name}'", feature_count, knob_count)
     if preset.sae is not None and not Path(preset.sae).is_absolute():
         preset = Preset(**{**preset.__dict__, "sae": str((path.parent / preset.sae).resolve())})
@@ -285,8 +281,8 @@ class PresetFolder:
 
 def _is_preset_file(path: Path) -> bool:
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = read_json(path, "preset", PRESET_BYTES)
+    except MgsteerError:
         return False
     return isinstance(raw, dict) and raw.get("format") == FORMAT
 

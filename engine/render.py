@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.audio import WavRecorder
+from engine import wavfile
 from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
@@ -86,8 +86,8 @@ def render(
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """16-bit PCM (what every DAW opens); samples beyond ±1 are clipped."""
-    recorder = WavRecorder(path, sample_rate)
-    recorder.write(audio)
-    recorder.close()
-    return recorder.path
+    """16-bit PCM (what every DAW opens), through the soft limiter; written whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wavfile.write_wav(path, audio, sample_rate)
+    return path

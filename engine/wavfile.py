@@ -10,6 +10,7 @@ Reading any other format (FLAC, Ogg, MP3…) needs soundfile, and says so in one
 
 from __future__ import annotations
 
+import os
 import wave
 from pathlib import Path
 from typing import BinaryIO
@@ -17,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from engine.errors import MgsteerError
+from engine.inputs import os_reason
 from engine.levels import soft_limit
 
 _INT_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
@@ -29,26 +31,53 @@ def _pcm16(audio: np.ndarray) -> bytes:
 
 
 class WavWriter:
-    """A 16-bit PCM WAV written block by block; the header is valid after every `write`."""
+    """A 16-bit PCM WAV written block by block; the header is valid after every `write`.
+
+    A file named by path is written unbuffered, header first: `wave` patches the sizes in the
+    header after every block, and with no buffer in between every patch is in the file at
+    once, so a recording cut by a kill (even SIGKILL) is a valid WAV up to its last block."""
 
     def __init__(self, target: str | Path | BinaryIO, sample_rate: int, channels: int = 1) -> None:
-        self._wave = wave.open(str(target) if isinstance(target, Path) else target, "wb")  # noqa: SIM115
+        self._own = open(target, "wb", buffering=0) if isinstance(target, str | Path) else None  # noqa: SIM115
+        self._wave = wave.open(self._own or target, "wb")  # noqa: SIM115
         self._wave.setnchannels(channels)
         self._wave.setsampwidth(2)
         self._wave.setframerate(int(sample_rate))
+        self._wave.writeframes(b"")  # the header, for zero frames
 
     def write(self, block: np.ndarray) -> None:
         """`block`: `[n]` mono or `[n, channels]` float samples."""
         self._wave.writeframes(_pcm16(block))
 
     def close(self) -> None:
-        self._wave.close()
+        try:
+            self._wave.close()
+        finally:
+            if self._own is not None:
+                self._own.close()
 
 
 def write_wav(target: str | Path | BinaryIO, audio: np.ndarray, sample_rate: int) -> None:
-    """Write a whole clip (`[n]` or `[n, channels]` floats) as 16-bit PCM WAV."""
+    """Write a whole clip (`[n]` or `[n, channels]` floats) as 16-bit PCM WAV. A file named
+    by path is written under a temporary name and renamed: a full disk or a kill leaves no
+    partial file behind (one line says why)."""
     audio = np.asarray(audio)
-    writer = WavWriter(target, sample_rate, 1 if audio.ndim == 1 else audio.shape[1])
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    if not isinstance(target, str | Path):
+        _write_whole(target, audio, sample_rate, channels)
+        return
+    path = Path(target)
+    part = path.with_name(f".{path.name}.part")
+    try:
+        _write_whole(part, audio, sample_rate, channels)
+        os.replace(part, path)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise MgsteerError(f"cannot write '{path}': {os_reason(exc)}; nothing was written there") from exc
+
+
+def _write_whole(target, audio: np.ndarray, sample_rate: int, channels: int) -> None:
+    writer = WavWriter(target, sample_rate, channels)
     try:
         writer.write(audio)
     finally:

@@ -10,6 +10,7 @@ window, which stays usable.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from PyQt6.QtWidgets import (
 from engine.errors import MgsteerError
 from engine.params import Feedback, Knob
 from engine.presets import apply_preset, capture_preset, load_preset, save_preset
+from engine.wavfile import read_audio
 from gui.browser import FeatureBrowser, catalog_rows
 from gui.knobs import KnobBank
 from gui.scope import LevelMeter, Spectrogram
@@ -69,9 +71,40 @@ class Loader(QThread):
 
 
 class Bridge(QObject):
-    """Bus feedback (bus thread) → a queued signal handled on the GUI thread."""
+    """Bus feedback (bus thread) → a queued signal handled on the GUI thread; so are errors
+    that escaped a slot on any thread (`SlotGuard`)."""
 
     feedback = pyqtSignal(object)
+    failed = pyqtSignal(str)
+
+
+class SlotGuard:
+    """One guard for every slot: an exception that leaves a slot is shown in the window.
+
+    Why: PyQt6 aborts the process (the music with it) on an exception that leaves a slot or a
+    virtual method, unless `sys.excepthook` was replaced; then it calls the hook and carries
+    on. A preset, an example clip or the engine can raise anything (a file's fault is not a
+    bug in the window), so the window installs this hook while it is open: the error goes to
+    the window by a queued signal (safe from any thread), its traceback to stderr for a bug
+    report, and the window and the music go on."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.previous = sys.excepthook
+
+    def __call__(self, kind, exc, tb) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            self.previous(kind, exc, tb)
+            return
+        traceback.print_exception(kind, exc, tb, file=sys.stderr)
+        self.bridge.failed.emit(f"{kind.__name__}: {one_line(exc)}" if not isinstance(exc, MgsteerError) else str(exc))
+
+    def install(self) -> None:
+        sys.excepthook = self
+
+    def remove(self) -> None:
+        if sys.excepthook is self:
+            sys.excepthook = self.previous
 
 
 # The window shares its process with the generation thread. CPython hands the GIL from the
@@ -98,8 +131,12 @@ class MainWindow(QMainWindow):
         self._pending_preset: str | None = None
         self._auditions: list = []
         self._engine_error_shown = False
+        self._recording_error_shown = False
         self.bridge = Bridge()
         self.bridge.feedback.connect(self._on_feedback)
+        self.bridge.failed.connect(self.show_error)
+        self.guard = SlotGuard(self.bridge)
+        self.guard.install()
         self.setWindowTitle("mgsteer")
         self.resize(1280, 800)
         self._build(spec.knobs)
@@ -244,7 +281,7 @@ class MainWindow(QMainWindow):
         snap = session.bus.snapshot()
         self.prompt.setText(snap.prompt)
         self._show_knobs(snap.knobs)
-        self._engine_error_shown = False
+        self._engine_error_shown = self._recording_error_shown = False
         session.host.start()
         self._status_timer.start()
         self._scope_timer.start()
@@ -382,6 +419,9 @@ class MainWindow(QMainWindow):
             self._engine_error_shown = True
             self.show_error(f"generation stopped: {one_line(host.error)} (load a model or preset to go on)")
         st = host.status()
+        if st.recording and not self._recording_error_shown:
+            self._recording_error_shown = True
+            self.show_error(st.recording)
         latency = "n/a" if st.latency_ms_p50 is None else f"{st.latency_ms_p50:.0f}/{st.latency_ms_p95:.0f} ms p50/p95"
         values = {
             "speed": f"{st.x_realtime:.2f}× real time",
@@ -496,10 +536,8 @@ class MainWindow(QMainWindow):
         if path is None:
             self.show_error(f"feature {feature} has no example window to play (label the SAE to make some)")
             return
-        import soundfile as sf
-
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
         try:
+            audio, sr = read_audio(path)
             sink = NullSink(sr) if session.spec.no_audio else DeviceSink(sr, session.spec.audio_device)
             sink.start()
             sink.write(audio.mean(1))
@@ -525,6 +563,7 @@ class MainWindow(QMainWindow):
         box.show()
 
     def closeEvent(self, event) -> None:
+        self.guard.remove()
         self._status_timer.stop()
         self._scope_timer.stop()
         if self._loader is not None:

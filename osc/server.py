@@ -247,6 +247,8 @@ class OscServer:
                     self.send(target, f"{PREFIX}/meter/{feature}", float(value))
             if feedback.prompt:
                 self.send(target, f"{PREFIX}/prompt", feedback.prompt)
+            if feedback.status:
+                self.send(target, f"{PREFIX}/status", *(f"{k}={v}" for k, v in feedback.status.items()))
 
 
 VALUE_ADDRESS = re.compile(PREFIX + r"/(knob|feature)/\d+")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import MgsteerError
+from engine.inputs import CATALOG_BYTES, read_json, read_json_object
 
 CATALOG_FILE = "features.json"
 FORMAT = "mgsteer-features/1"
@@ -40,9 +41,9 @@ def read_records(folder: Path) -> dict[int, dict]:
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+                records[int(record["id"])] = record
+            except (ValueError, KeyError, TypeError):  # a torn or foreign line
                 continue
-            records[int(record["id"])] = record
     return records
 
 
@@ -56,7 +57,7 @@ def merge(folder: Path, clap=None) -> Path:
     """Write `features.json` from all parts; `clap` (a ClapLabeler) adds the shuffled-label baseline."""
     records = read_records(folder)
     run_path = folder / RUN_FILE
-    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    run = read_json_object(run_path, "labeling run") if run_path.is_file() else {}
     features = [records[i] for i in sorted(records)]
     baseline = _clap_baseline(features, clap) if clap is not None else {}
     for record in features:
@@ -102,13 +103,60 @@ def load_catalog(folder: str | Path) -> dict:
         raise MgsteerError(
             f"SAE '{folder}' has no {CATALOG_FILE}; make it with mgsteer label --sae {folder} --acts ACTS"
         )
-    try:
-        catalog = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MgsteerError(f"{path} is not valid JSON ({exc})") from exc
+    catalog = read_json(path, "catalog", CATALOG_BYTES)
     if not isinstance(catalog, dict) or catalog.get("format") != FORMAT:
         raise MgsteerError(f"{path}: not a {FORMAT} catalog")
+    check_catalog(catalog, str(path))
     return catalog
+
+
+def check_catalog(catalog: dict, where: str) -> None:
+    """The fields the window, the browser page and the demo read, in the types they expect
+    (a catalog comes from other people too): one line naming the first that is not."""
+
+    def fail(at: str, what: str) -> MgsteerError:
+        return MgsteerError(f"{where}: {at} {what}"[:300])
+
+    features = catalog.get("features", [])
+    if not isinstance(features, list):
+        raise fail("features", "must be a list")
+    for i, record in enumerate(features):
+        at = f"features[{i}]"
+        if not isinstance(record, dict):
+            raise fail(at, "must be an object")
+        if isinstance(record.get("id"), bool) or not isinstance(record.get("id"), int) or record["id"] < 0:
+            raise fail(f"{at}.id", f"must be a feature id (a whole number ≥ 0), got {record.get('id')!r}")
+        rate = record.get("firing_rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)):
+            raise fail(f"{at}.firing_rate", "must be a number")
+        _check_windows(record.get("examples", []), f"{at}.examples", fail)
+        for key in ("labels", "validation", "errors"):
+            if not isinstance(record.get(key, {}), dict):
+                raise fail(f"{at}.{key}", "must be an object")
+        for name, labels in record.get("labels", {}).items():
+            if not isinstance(labels, list) or not all(
+                isinstance(x, dict) and isinstance(x.get("label", ""), str) for x in labels
+            ):
+                raise fail(f"{at}.labels.{name}"[:80], 'must be a list of {"label": text} objects')
+        for name, result in record.get("validation", {}).items():
+            auroc = result.get("auroc") if isinstance(result, dict) else None
+            if not isinstance(result, dict) or not (auroc is None or isinstance(auroc, int | float)):
+                raise fail(f"{at}.validation.{name}"[:80], "must be an object with a numeric auroc")
+    _check_windows(catalog.get("random_windows", []), "random_windows", fail)
+
+
+def _check_windows(windows, at: str, fail) -> None:
+    """Example windows name their audio by a path inside the SAE folder: never an absolute
+    path or one that climbs out (a shared catalog must not make us open other files)."""
+    if not isinstance(windows, list):
+        raise fail(at, "must be a list")
+    for j, window in enumerate(windows):
+        audio = window.get("audio") if isinstance(window, dict) else None
+        if not isinstance(audio, str) or not audio:
+            raise fail(f"{at}[{j}]", "must be an object with an 'audio' path")
+        parts = Path(audio).parts
+        if Path(audio).is_absolute() or ".." in parts or "\\" in audio or "\0" in audio:
+            raise fail(f"{at}[{j}].audio", f"must be a path inside the SAE folder, got {audio!r}")
 
 
 def best_label(record: dict) -> tuple[str, str, float | None]:

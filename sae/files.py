@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from engine import limits
 from engine.errors import MgsteerError
+from engine.inputs import read_json_object
 from engine.model import LoadedModel
+from engine.staged import settle, staged
 from sae.topk import SAEConfig, TopKSAE
 
 CFG_FILE = "cfg.json"
@@ -25,6 +28,8 @@ STATS_FILE = "feature_stats.safetensors"
 REQUIRED_KEYS = ("architecture", "d_in", "d_sae", "k", "hook_name", "hook_layer", "model_name")
 WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 STAT_NAMES = ("firing_rate", "mean_activation", "max_activation")
+MAX_D_IN = 1 << 16  # musicgen-large's residual is 2048 wide
+MAX_D_SAE = 1 << 22  # 4 M features: a ×2048 dictionary on musicgen-large
 
 
 @dataclass
@@ -134,14 +139,15 @@ def cfg_json(cfg: SAEConfig) -> dict:
 
 
 def save_sae(sae: TopKSAE, folder: str | Path, stats: FeatureStats | None = None) -> Path:
-    """Write the SAE (float32) and, if given, its statistics; returns the folder."""
+    """Write the SAE (float32) and, if given, its statistics, as one (engine.staged: a kill
+    never leaves new weights beside an old config); returns the folder."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CFG_FILE).write_text(json.dumps(cfg_json(sae.cfg), indent=2) + "\n")
-    weights = {name: getattr(sae, name).detach().float().cpu().contiguous() for name in WEIGHT_NAMES}
-    save_file(weights, str(folder / WEIGHTS_FILE))
-    if stats is not None:
-        save_file(stats.tensors(), str(folder / STATS_FILE))
+    with staged(folder) as stage:
+        (stage / CFG_FILE).write_text(json.dumps(cfg_json(sae.cfg), indent=2) + "\n")
+        weights = {name: getattr(sae, name).detach().float().cpu().contiguous() for name in WEIGHT_NAMES}
+        save_file(weights, str(stage / WEIGHTS_FILE))
+        if stats is not None:
+            save_file(stats.tensors(), str(stage / STATS_FILE))
     return folder
 
 
@@ -150,20 +156,18 @@ def load_sae(folder: str | Path, device: torch.device | str = "cpu") -> LoadedSA
     folder = Path(folder)
     if not folder.is_dir():
         raise MgsteerError(f"SAE folder '{folder}' does not exist")
+    settle(folder)  # a save a kill interrupted: finished or dropped
     cfg = _read_cfg(folder)
-    sae = TopKSAE(cfg)
-    weights = _read_tensors(folder / WEIGHTS_FILE, WEIGHT_NAMES)
     expected = {
         "W_enc": (cfg.d_in, cfg.d_sae),
         "b_enc": (cfg.d_sae,),
         "W_dec": (cfg.d_sae, cfg.d_in),
         "b_dec": (cfg.d_in,),
     }
-    for name, shape in expected.items():
-        if tuple(weights[name].shape) != shape:
-            raise MgsteerError(
-                f"SAE '{folder}': {name} has shape {tuple(weights[name].shape)} but cfg.json implies {shape}"
-            )
+    _check_shapes(folder / WEIGHTS_FILE, expected)  # before a byte of weights is read or allocated
+    weights = _read_tensors(folder / WEIGHTS_FILE, WEIGHT_NAMES)
+    sae = TopKSAE(cfg)
+    for name in expected:
         if not torch.isfinite(weights[name]).all():
             raise MgsteerError(f"SAE '{folder}': {name} contains NaN or inf")
     sae.load_state_dict({k: v.float() for k, v in weights.items()})
@@ -174,6 +178,11 @@ def load_sae(folder: str | Path, device: torch.device | str = "cpu") -> LoadedSA
         for name in names:
             if tuple(tensors[name].shape) != (cfg.d_sae,):
                 raise MgsteerError(f"SAE '{folder}': {STATS_FILE} {name} has shape {tuple(tensors[name].shape)}")
+            if not torch.isfinite(tensors[name]).all() or (tensors[name] < 0).any():
+                raise MgsteerError(
+                    f"SAE '{folder}': {STATS_FILE} {name} holds NaN, inf or negative values; "
+                    "measure them again (mgsteer train writes them)"
+                )
         stats = FeatureStats(**{name: tensors[name].float().to(device) for name in names})
     sae = sae.to(device).eval().requires_grad_(False)
     return LoadedSAE(sae=sae, stats=stats, path=folder)
@@ -183,12 +192,7 @@ def _read_cfg(folder: Path) -> SAEConfig:
     path = folder / CFG_FILE
     if not path.is_file():
         raise MgsteerError(f"'{folder}' is not an SAE folder: no {CFG_FILE}")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MgsteerError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise MgsteerError(f"{path} must hold a JSON object")
+    raw = read_json_object(path, "SAE config")
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
         raise MgsteerError(f"{path} lacks key(s) {', '.join(missing)}")
@@ -196,14 +200,34 @@ def _read_cfg(folder: Path) -> SAEConfig:
         raise MgsteerError(f"{path}: architecture '{raw['architecture']}' is not supported (only topk)")
     try:
         return SAEConfig(
-            d_in=int(raw["d_in"]),
-            d_sae=int(raw["d_sae"]),
-            k=int(raw["k"]),
-            hook_layer=int(raw["hook_layer"]),
+            d_in=limits.integer(raw["d_in"], f"{path} d_in", 1, MAX_D_IN),
+            d_sae=limits.integer(raw["d_sae"], f"{path} d_sae", 1, MAX_D_SAE),
+            k=limits.integer(raw["k"], f"{path} k", 1, MAX_D_SAE),
+            hook_layer=limits.integer(raw["hook_layer"], f"{path} hook_layer", 0, 1000),
             model_name=str(raw["model_name"]),
         )
     except (TypeError, ValueError) as exc:
         raise MgsteerError(f"{path}: {exc}") from exc
+
+
+def _check_shapes(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The weights file holds exactly `expected`'s tensors in those shapes: read from its
+    header, so a file that disagrees with cfg.json is refused before anything is allocated."""
+    if not path.is_file():
+        raise MgsteerError(f"missing {path.name} in SAE folder '{path.parent}'")
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MgsteerError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from exc
+    missing = [name for name in expected if name not in shapes]
+    extra = [name for name in shapes if name not in expected]
+    if missing or extra:
+        said = [f"lacks {', '.join(missing)}"] * bool(missing) + [f"holds unknown {', '.join(extra[:4])}"] * bool(extra)
+        raise MgsteerError(f"{path} {' and '.join(said)} (an SAE holds {', '.join(expected)})"[:300])
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise MgsteerError(f"SAE '{path.parent}': {name} has shape {shapes[name]} but cfg.json implies {shape}")
 
 
 def _read_tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import MgsteerError
+from engine.inputs import read_json_object
 from engine.model import LoadedModel
 from sae.catalog import CATALOG_FILE, RUN_FILE, append_record, is_done, merge, part_path, read_records
 from sae.examples import ExampleConfig, FeatureExamples, Window, find_examples
@@ -48,7 +49,7 @@ def choose_features(loaded: LoadedSAE, cfg: LabelConfig) -> list[int]:
         kept = []
         filter_path = loaded.path / "filter.json"
         if filter_path.is_file() and not cfg.every_live:
-            kept = json.loads(filter_path.read_text()).get("kept", [])
+            kept = read_json_object(filter_path, "feature filter").get("kept", [])
         if filter_path.is_file() and not kept and not cfg.every_live:
             print(f"note: {filter_path} kept no feature: labeling every feature that fires")
         ids = kept or (stats.firing_rate > 0).nonzero().flatten().tolist()

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import MgsteerError
+from engine.inputs import CATALOG_BYTES, read_json
 
 FORMAT = "mgsteer-acts/1"
 STORE_FILE = re.compile(r"index\.json|part-\d+-of-\d+\.json|L\d+-w\d+-\d+\.safetensors")  # (+ .tmp)
@@ -51,11 +52,9 @@ class StoreMeta:
 def _read_json(path: Path) -> dict:
     """A store's JSON file, or one line saying it is damaged."""
     try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise MgsteerError(f"cannot read '{path}': {exc.strerror or exc}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MgsteerError(f"'{path}' is damaged (not JSON: {exc}); harvest into a new folder") from exc
+        data = read_json(path, "activation store file", CATALOG_BYTES)
+    except MgsteerError as exc:
+        raise MgsteerError(f"{exc}; harvest into a new folder") from None
     if not isinstance(data, dict):
         raise MgsteerError(f"'{path}' is damaged (not a JSON object); harvest into a new folder")
     return data

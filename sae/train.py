@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,8 @@ import torch
 import torch.distributed as dist
 
 from engine.errors import MgsteerError
+from engine.inputs import read_json_object
+from engine.outputs import clear_own
 from sae.files import FeatureStats, StatsAccumulator, cfg_json, save_sae
 from sae.sparse import sparse_decode, topk_encode
 from sae.store import ActivationStore
@@ -272,7 +273,8 @@ class Trainer:
         """Stop with one line; the last checkpoint written (if any) stays as it was."""
         pointer = self.out / "latest.json"
         kept = (
-            f"the last good checkpoint ({json.loads(pointer.read_text())['checkpoint']}) is kept for --resume"
+            f"the last good checkpoint ({read_json_object(pointer, 'checkpoint pointer').get('checkpoint')}) "
+            "is kept for --resume"
             if pointer.is_file()
             else "no checkpoint was written yet"
         )
@@ -425,8 +427,8 @@ class Trainer:
         if not pointer.is_file():
             raise MgsteerError(f"nothing to resume in '{self.out}': no checkpoint yet (latest.json)")
         try:
-            name = json.loads(pointer.read_text())["checkpoint"]
-        except (ValueError, KeyError, TypeError) as exc:
+            name = read_json_object(pointer, "checkpoint pointer")["checkpoint"]
+        except (MgsteerError, KeyError, TypeError) as exc:
             raise MgsteerError(f"'{pointer}' is damaged ({exc}); start afresh with --overwrite") from exc
         self._check_same_run()
         try:
@@ -451,8 +453,8 @@ class Trainer:
         must match the ones it started with."""
         path = self.out / "train_config.json"
         try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+            before = read_json_object(path, "training settings")
+        except MgsteerError as exc:
             raise MgsteerError(f"cannot resume in '{self.out}': {path.name} is missing or damaged") from exc
         now = asdict(self.cfg)
         changed = [
@@ -524,6 +526,12 @@ RESUME_FIXED = (
     "layer", "k", "expansion", "architecture", "batch_size", "aux_k", "b_dec_init", "group_shards", "seed",
 )  # fmt: skip
 SAE_FOLDER_MARKS = ("cfg.json", "sae_weights.safetensors", "train_config.json", "latest.json")
+# What training, filtering and labeling write into an SAE folder (an --overwrite clears these
+# only: an activation store or anything else found there stays).
+SAE_FOLDER_OWN = (
+    *SAE_FOLDER_MARKS, "latest.json.tmp", "feature_stats.safetensors", "metrics.jsonl", "filter.json",
+    "checkpoint-*", "features.json", "features.json.tmp", "features.part-*-of-*.jsonl", "examples", ".staged",
+)  # fmt: skip
 
 
 def default_lr(d_sae: int) -> float:
@@ -541,13 +549,9 @@ def claim_folder(out: Path, overwrite: bool) -> None:
     if not overwrite:
         hint = "--resume to continue its run, " if (out / "latest.json").is_file() else ""
         raise MgsteerError(f"'{out}' is not empty; {hint}--overwrite to clear it and start afresh, or a new --out")
-    if not any((out / mark).exists() for mark in SAE_FOLDER_MARKS):
-        raise MgsteerError(f"'{out}' holds no SAE or training run, and --overwrite clears only those; use a new --out")
-    for entry in entries:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    kept = clear_own(out, SAE_FOLDER_OWN, SAE_FOLDER_MARKS, "SAE or training run")
+    if kept:
+        print(f"note: --overwrite kept what training did not write in '{out}': {', '.join(kept)}")
 
 
 def _take(iterator, n):

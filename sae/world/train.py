@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.errors import MgsteerError
 from engine.hub import quiet_transformers
+from engine.inputs import read_json_object
 from engine.model import WORLD_CLIP_SECONDS, WORLD_FILE, LoadedModel, load_musicgen
+from engine.outputs import clear_own
 from engine.prompts import tokenize_prompts
+from engine.staged import settle, staged
 from engine.synth_codec import TOKEN_LAYOUT
 from engine.tiny import ArchSpec, build_random_musicgen
 from engine.tokenloop import SamplingConfig, TokenLoop
@@ -44,6 +47,12 @@ from sae.world.grammar import (
 
 FORMAT = "mgsteer-world/1"
 OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "train_state.json"
+# What a world checkpoint is made of (an --overwrite clears these only).
+WORLD_FOLDER_OWN = (
+    WORLD_FILE, STATE_FILE, OPTIMIZER_FILE, "model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+    "config.json", "generation_config.json", "tokenizer*.json", "special_tokens_map.json", ".staged",
+)  # fmt: skip
 WORLD_ARCH = ArchSpec(
     codebook_size=128,
     decoder_layers=4,
@@ -168,10 +177,12 @@ class WorldTrainer:
     def run(self, resume: bool = False, overwrite: bool = False, progress: bool = False) -> dict:
         cfg, out = self.cfg, self.out
         state = self._state_file()
+        if out.is_dir():
+            settle(out)  # a checkpoint a kill interrupted: finished or dropped
         if resume:
             if not state.is_file():
                 raise MgsteerError(f"nothing to resume in '{out}': train without --resume first")
-            saved = json.loads(state.read_text())
+            saved = _saved_state(state)
             now = {**asdict(cfg), "steps": saved["config"]["steps"]}
             if saved["config"] != now:
                 differ = ", ".join(f"{k} {v}, not {now.get(k)}" for k, v in saved["config"].items() if now.get(k) != v)
@@ -184,7 +195,9 @@ class WorldTrainer:
             if out.exists() and any(out.iterdir()):
                 if not overwrite:
                     raise MgsteerError(f"'{out}' is not empty: --resume to continue, --overwrite to start again")
-                shutil.rmtree(out)
+                kept = clear_own(out, WORLD_FOLDER_OWN, (WORLD_FILE, STATE_FILE), "world model")
+                if kept:
+                    print(f"note: --overwrite kept what world training did not write in '{out}': {', '.join(kept)}")
             model, tokenizer = new_world_model(cfg.seed)
             lm = LoadedModel(model=model, tokenizer=tokenizer, spec=str(out), device=torch.device("cpu"),
                              dtype=torch.float32)  # fmt: skip
@@ -226,35 +239,55 @@ class WorldTrainer:
 
     # ---- files --------------------------------------------------------------------------------
     def _state_file(self) -> Path:
-        return self.out / "train_state.json"
+        return self.out / STATE_FILE
 
     def _save(self, lm: LoadedModel, opt, params, step: int, loss: float) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with quiet_transformers(bars=False):
-            lm.model.save_pretrained(self.out)
-            lm.tokenizer.save_pretrained(self.out)
-        marker = {"format": FORMAT, "codec": "synth", "tokens": TOKEN_LAYOUT, "grammar": GRAMMAR,
-                  "codebook_size": lm.codebook_size, "steps": step,
-                  "context_seconds": self.cfg.seconds}  # fmt: skip
-        (self.out / WORLD_FILE).write_text(json.dumps(marker, indent=1))
-        tensors = {}
-        for i, p in enumerate(params):
-            for name, value in opt.state.get(p, {}).items():
-                if torch.is_tensor(value):
-                    tensors[f"{i}.{name}"] = value.detach().contiguous()
-        save_file(tensors, str(self.out / OPTIMIZER_FILE))
-        state = {"step": step, "loss": loss, "config": asdict(self.cfg)}
-        self._state_file().write_text(json.dumps(state, indent=1))
+        """A checkpoint is the whole folder, replaced as one (engine.staged): a kill at any
+        instant leaves the previous step's weights, optimizer and state together."""
+        with staged(self.out) as stage:
+            with quiet_transformers(bars=False):
+                lm.model.save_pretrained(stage)
+                lm.tokenizer.save_pretrained(stage)
+            marker = {"format": FORMAT, "codec": "synth", "tokens": TOKEN_LAYOUT, "grammar": GRAMMAR,
+                      "codebook_size": lm.codebook_size, "steps": step,
+                      "context_seconds": self.cfg.seconds}  # fmt: skip
+            (stage / WORLD_FILE).write_text(json.dumps(marker, indent=1))
+            tensors = {}
+            for i, p in enumerate(params):
+                for name, value in opt.state.get(p, {}).items():
+                    if torch.is_tensor(value):
+                        tensors[f"{i}.{name}"] = value.detach().contiguous()
+            save_file(tensors, str(stage / OPTIMIZER_FILE))
+            state = {"step": step, "loss": loss, "config": asdict(self.cfg)}
+            (stage / STATE_FILE).write_text(json.dumps(state, indent=1))
 
     def _load_optimizer(self, opt, params) -> None:
         path = self.out / OPTIMIZER_FILE
         if not path.is_file():
             return
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise MgsteerError(f"'{path}' is damaged ({exc}); train again with --overwrite") from exc
         for i, p in enumerate(params):
             state = {name.split(".", 1)[1]: t for name, t in tensors.items() if name.split(".", 1)[0] == str(i)}
             if state:
                 opt.state[p] = state
+
+
+def _saved_state(path: Path) -> dict:
+    """A world folder's training state, or one line saying it is damaged."""
+    state = read_json_object(path, "world training state")
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("step"), int):
+        raise MgsteerError(f"'{path}' is damaged (no step or config); train again with --overwrite")
+    return state
+
+
+def saved_state(folder: Path) -> dict | None:
+    """A world folder's training state: step, loss, settings (None: nothing trained there yet)."""
+    settle(folder)
+    path = folder / STATE_FILE
+    return _saved_state(path) if path.is_file() else None
 
 
 def _cosine(step: int, total: int) -> float:
