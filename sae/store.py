@@ -54,7 +54,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = read_json(path, "activation store file", CATALOG_BYTES)
     except MgsteerError as exc:
-        raise MgsteerError(f"{exc}; harvest into a new folder") from None
+        raise MgsteerError(f"the activation store is damaged: {exc}; harvest into a new folder") from None
     if not isinstance(data, dict):
         raise MgsteerError(f"'{path}' is damaged (not a JSON object); harvest into a new folder")
     return data

@@ -325,7 +325,7 @@ def test_harvest_inputs_that_were_accepted_in_silence(songs, tmp_path, capsys):
     assert harvest(a, acts) == 0
     (acts / "index.json").write_text("{not json")
     assert harvest(a, acts) == 2
-    assert "is damaged (not JSON" in one_line(capsys)
+    assert "is damaged" in one_line(capsys)
     assert main(["train", "--acts", str(acts), "--out", str(tmp_path / "sae")]) == 2
     assert "is damaged" in one_line(capsys)
 
