@@ -18,6 +18,7 @@ import math
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +34,9 @@ from osc.wire import Malformed, check_datagram
 
 PREFIX = "/mgsteer"
 MAX_STRING = 1000
-MAX_DATAGRAM = 8192
+MAX_DATAGRAM = 8192  # the largest datagram taken; a larger one is refused whole, and counted
+RECEIVE_BYTES = 65_536  # more than any UDP datagram: the socket never cuts one short unseen
+INDEX = r"(0|[1-9][0-9]{0,8})"  # knob and feature indices: ASCII decimals, one spelling each
 
 
 @dataclass
@@ -42,7 +45,7 @@ class OscStats:
     applied: int = 0
     coalesced: int = 0
     rejected: int = 0  # every message answered with /mgsteer/error (the two below included)
-    malformed: int = 0  # datagrams that were not OSC
+    malformed: int = 0  # datagrams that were not OSC (or larger than MAX_DATAGRAM)
     failed: int = 0  # messages whose handler failed unexpectedly (a bug, answered and survived)
 
 
@@ -67,7 +70,7 @@ class OscServer:
         self.address = self.sock.getsockname()
         self.sock.settimeout(0.1)
         self.stats = OscStats()
-        self.subscribers: set[tuple[str, int]] = set()
+        self.subscribers = Subscribers()
         self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,6 +87,7 @@ class OscServer:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self._unsubscribe()
+        self.subscribers.close()
         self.sock.close()
         self._out.close()
 
@@ -91,7 +95,7 @@ class OscServer:
     def _serve(self) -> None:
         while self._running.is_set():
             try:
-                first = self.sock.recvfrom(MAX_DATAGRAM)
+                first = self.sock.recvfrom(RECEIVE_BYTES)
             except TimeoutError:
                 continue
             except OSError:
@@ -111,6 +115,7 @@ class OscServer:
         pending: dict[object, tuple[OscMessage, tuple[str, int]]] = {}
         for data, sender in self._drain(first):
             self.stats.received += 1
+            self.subscribers.heard(_client(sender))
             for message in self._parse(data, sender):
                 key = message.address if _is_value_update(message) else object()
                 if key in pending:
@@ -125,7 +130,7 @@ class OscServer:
         self.sock.setblocking(False)
         try:
             for _ in range(limit):
-                yield self.sock.recvfrom(MAX_DATAGRAM)
+                yield self.sock.recvfrom(RECEIVE_BYTES)
         except (BlockingIOError, OSError):
             pass
         finally:
@@ -133,6 +138,8 @@ class OscServer:
 
     def _parse(self, data: bytes, sender) -> list[OscMessage]:
         try:
+            if len(data) > MAX_DATAGRAM:
+                raise Malformed(f"{len(data)} bytes; the limit is {MAX_DATAGRAM}: send smaller bundles")
             check_datagram(data)
             return [m.message for m in OscPacket(data).messages if isinstance(m.message, OscMessage)]
         except Malformed as exc:
@@ -159,7 +166,7 @@ class OscServer:
         if not address.startswith(PREFIX + "/"):
             raise MgsteerError("unknown address")
         path = address[len(PREFIX) :]
-        if m := re.fullmatch(r"/knob/(\d{1,9})", path):
+        if m := re.fullmatch(rf"/knob/{INDEX}", path):
             _arity(args, 1, 1)
             value = _number(args, 0)
             index = int(m[1])
@@ -169,7 +176,7 @@ class OscServer:
             elif not self.bus.snapshot().knobs[index].features:  # set, but it moves nothing: say so
                 hint = f"{PREFIX}/knob/{index}/assign FEATURE gives it one (the SAE's, from --sae or a preset)"
                 self.send(sender, f"{PREFIX}/error", f"{address}: knob {index} drives no feature yet: {hint}")
-        elif m := re.fullmatch(r"/knob/(\d{1,9})/assign", path):
+        elif m := re.fullmatch(rf"/knob/{INDEX}/assign", path):
             _arity(args, 1, 2)
             feature = _integer(args, 0)
             weight = _number(args, 1) if len(args) > 1 else 1.0
@@ -179,10 +186,10 @@ class OscServer:
                 raise MgsteerError(f"unknown knob {index}")
             features = [(f, w) for f, w in knobs[index].features if f != feature] + [(feature, weight)]
             self.bus.configure_knob(index, features=features)
-        elif m := re.fullmatch(r"/knob/(\d{1,9})/label", path):
+        elif m := re.fullmatch(rf"/knob/{INDEX}/label", path):
             _arity(args, 1, 1)
             self.bus.configure_knob(int(m[1]), label=_string(args, 0))
-        elif m := re.fullmatch(r"/feature/(\d{1,9})", path):
+        elif m := re.fullmatch(rf"/feature/{INDEX}", path):
             _arity(args, 1, 1)
             value = _number(args, 0)
             applied = self.bus.set_feature(int(m[1]), value)
@@ -206,10 +213,12 @@ class OscServer:
         elif path == "/subscribe":
             _arity(args, 0, 2)
             target = _target(args) if args else sender
-            if target not in self.subscribers and len(self.subscribers) >= MAX_SUBSCRIBERS:
-                raise MgsteerError(f"at most {MAX_SUBSCRIBERS} subscribers")
-            self.subscribers.add(target)
+            self.subscribers.add(target, _client(sender))
             self.send(target, f"{PREFIX}/subscribed", 1)
+        elif path == "/unsubscribe":
+            _arity(args, 0, 2)
+            target = _target(args) if args else sender
+            self.send(target, f"{PREFIX}/subscribed", int(not self.subscribers.remove(target)))
         else:
             raise MgsteerError("unknown address")
 
@@ -224,12 +233,9 @@ class OscServer:
 
     # ---- send ---------------------------------------------------------------------------------
     def send(self, target, address: str, *args) -> None:
-        builder = OscMessageBuilder(address=address)
-        for arg in args:
-            builder.add_arg(arg)
         # A vanished client, or an address the system refuses, must not stop the server.
         with contextlib.suppress(OSError, OverflowError, ValueError, TypeError):
-            self._out.sendto(builder.build().dgram, target)
+            self._out.sendto(_build(address, *args), target)
 
     def _reject(self, sender, why: str) -> None:
         self.stats.rejected += 1
@@ -237,21 +243,21 @@ class OscServer:
 
     def _feedback(self, feedback: Feedback) -> None:
         """Bus feedback (≤ 30 Hz) → every subscriber."""
-        for target in list(self.subscribers):
-            if feedback.knobs:
-                for i, knob in enumerate(feedback.knobs):
-                    self.send(target, f"{PREFIX}/knob/{i}", knob.value)
-                    self.send(target, f"{PREFIX}/knob/{i}/label", knob.label)
-            if feedback.meters:
-                for feature, value in feedback.meters.items():
-                    self.send(target, f"{PREFIX}/meter/{feature}", float(value))
-            if feedback.prompt:
-                self.send(target, f"{PREFIX}/prompt", feedback.prompt)
-            if feedback.status:
-                self.send(target, f"{PREFIX}/status", *(f"{k}={v}" for k, v in feedback.status.items()))
+        messages = []
+        if feedback.knobs:
+            for i, knob in enumerate(feedback.knobs):
+                messages += [_build(f"{PREFIX}/knob/{i}", knob.value), _build(f"{PREFIX}/knob/{i}/label", knob.label)]
+        if feedback.meters:
+            messages += [_build(f"{PREFIX}/meter/{f}", float(v)) for f, v in feedback.meters.items()]
+        if feedback.prompt:
+            messages.append(_build(f"{PREFIX}/prompt", feedback.prompt))
+        if feedback.status:
+            messages.append(_build(f"{PREFIX}/status", *(f"{k}={v}" for k, v in feedback.status.items())))
+        if messages:
+            self.subscribers.send_all(messages)
 
 
-VALUE_ADDRESS = re.compile(PREFIX + r"/(knob|feature)/\d+")
+VALUE_ADDRESS = re.compile(PREFIX + rf"/(knob|feature)/{INDEX}")
 
 
 def _is_value_update(message: OscMessage) -> bool:
@@ -268,6 +274,102 @@ def _is_value_update(message: OscMessage) -> bool:
 
 
 MAX_SUBSCRIBERS = 16
+MAX_PER_CLIENT = 4  # subscriptions one client address may hold: no one client fills the table
+SILENT_S = 60.0  # a full table makes room by dropping a subscriber whose client was silent this long
+
+
+def _client(sender: tuple[str, int]) -> str:
+    """Who holds subscriptions: a remote machine by its address (it can send from any port);
+    on this machine, each program by its port (a DAW and a bridge share 127.0.0.1)."""
+    return f"{sender[0]}:{sender[1]}" if ipaddress.ip_address(sender[0]).is_loopback else sender[0]
+
+
+def _build(address: str, *args) -> bytes:
+    builder = OscMessageBuilder(address=address)
+    for arg in args:
+        builder.add_arg(arg)
+    return builder.build().dgram
+
+
+class Subscribers:
+    """Feedback targets, each with a UDP socket connected to it.
+
+    Why connected sockets: the system reports a closed port (ICMP port unreachable) on the
+    next send of a connected socket only, so a controller that went away is pruned at once
+    instead of holding a place forever. The table is bounded (MAX_SUBSCRIBERS), one client
+    address holds at most MAX_PER_CLIENT places, and when it is full a new subscriber takes the
+    place of one whose client has sent nothing for SILENT_S (a live surface sends as it is
+    played; `/mgsteer/unsubscribe` frees a place at once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._targets: dict[tuple[str, int], tuple[socket.socket, str]] = {}  # target → (socket, client)
+        self._heard: dict[str, float] = {}  # client address → when it last sent
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def __contains__(self, target) -> bool:
+        return target in self._targets
+
+    def heard(self, client: str) -> None:
+        self._heard[client] = time.monotonic()
+        if len(self._heard) > 4 * MAX_SUBSCRIBERS:  # only clients that hold places need remembering
+            with self._lock:
+                holders = {c for _, c in self._targets.values()}
+            self._heard = {c: t for c, t in self._heard.items() if c in holders or c == client}
+
+    def add(self, target: tuple[str, int], client: str) -> None:
+        with self._lock:
+            if target in self._targets:
+                return
+            if sum(c == client for _, c in self._targets.values()) >= MAX_PER_CLIENT:
+                raise MgsteerError(f"one client holds at most {MAX_PER_CLIENT} subscriptions; unsubscribe one first")
+            if len(self._targets) >= MAX_SUBSCRIBERS and not self._evict_silent():
+                raise MgsteerError(f"at most {MAX_SUBSCRIBERS} subscribers, all active; try again later")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.connect(target)
+            except OSError as exc:
+                sock.close()
+                raise MgsteerError(f"cannot send to {target[0]}:{target[1]} ({exc.strerror})") from None
+            self._targets[target] = (sock, client)
+
+    def _evict_silent(self) -> bool:
+        now = time.monotonic()
+        silent = [(self._heard.get(c, 0.0), t) for t, (_, c) in self._targets.items()]
+        when, target = min(silent)
+        if now - when < SILENT_S:
+            return False
+        self._targets.pop(target)[0].close()
+        return True
+
+    def remove(self, target: tuple[str, int]) -> bool:
+        """False when `target` was not subscribed."""
+        with self._lock:
+            entry = self._targets.pop(target, None)
+        if entry is not None:
+            entry[0].close()
+        return entry is not None
+
+    def send_all(self, datagrams: list[bytes]) -> None:
+        """Send to every subscriber; one whose port is closed is dropped."""
+        with self._lock:
+            targets = list(self._targets.items())
+        for target, (sock, _) in targets:
+            try:
+                for data in datagrams:
+                    sock.send(data)
+            except ConnectionRefusedError:
+                self.remove(target)
+            except OSError:
+                continue  # a full buffer or a route down: try again next time
+
+    def close(self) -> None:
+        with self._lock:
+            for sock, _ in self._targets.values():
+                sock.close()
+            self._targets.clear()
 
 
 def _target(args: list) -> tuple[str, int]:

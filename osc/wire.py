@@ -10,7 +10,13 @@ refused (and answered) as a whole.
 from __future__ import annotations
 
 BUNDLE = b"#bundle\x00"
-FIXED = {"i": 4, "f": 4, "c": 4, "r": 4, "m": 4, "d": 8, "h": 8, "t": 8, "T": 0, "F": 0, "N": 0, "I": 0, "[": 0, "]": 0}
+# The type tags whose bytes python-osc consumes as it reads them, and which stand for values
+# this address space can take. Refused: `S`, `c` and `I`, which python-osc skips without
+# reading their bytes (every later argument would be read from the wrong place), and `r`
+# (colour) and `m` (MIDI message), which it returns as plain integers (a colour would set a
+# knob).
+FIXED = {"i": 4, "f": 4, "d": 8, "h": 8, "t": 8, "T": 0, "F": 0, "N": 0, "[": 0, "]": 0}
+REFUSED = {"S": "symbol", "c": "char", "I": "impulse", "r": "RGBA colour", "m": "MIDI message"}
 MAX_DEPTH = 8
 
 
@@ -70,13 +76,15 @@ def _check_message(data: bytes) -> None:
     for tag in tags.decode("ascii", errors="replace"):
         if tag in FIXED:
             at += FIXED[tag]
-        elif tag in "sS":
+        elif tag == "s":
             at = _string_end(data, at, "string argument")
         elif tag == "b":
             if at + 4 > len(data):
                 raise Malformed("blob size cut short")
             size = int.from_bytes(data[at : at + 4], "big")
             at += 4 + ((size + 3) & ~3)
+        elif tag in REFUSED:
+            raise Malformed(f"type tag {tag!r} ({REFUSED[tag]}) is not taken here: send i, f, d, h, s, b, T, F or N")
         else:
             raise Malformed(f"unknown type tag {tag!r}")
         if at > len(data):

@@ -246,3 +246,98 @@ def test_the_bundled_max_patch_speaks_our_address_space(served):
     assert sent >= 10
     assert wait_for(lambda: server.stats.applied >= sent), (sent, server.stats)
     assert server.stats.rejected == 0
+
+
+def _tagged(address: str, tags: str, payload: bytes) -> bytes:
+    """A datagram with a raw type-tag string (python-osc's builder cannot write S, c or r)."""
+
+    def padded(text: bytes) -> bytes:
+        return text + b"\x00" * (4 - len(text) % 4)
+
+    return padded(address.encode()) + padded(b"," + tags.encode()) + payload
+
+
+@pytest.mark.parametrize(
+    "tags,payload",
+    [
+        ("Sf", b"sym\x00" + b"\x3f\x66\x66\x66"),  # symbol then 0.9: python-osc would read 1.976e31
+        ("c", b"\x00\x00\x00A"),  # a char: python-osc skips it, the knob would get nothing
+        ("r", b"\x3f\x80\x00\x00"),  # an RGBA colour: python-osc returns it as an integer
+        ("m", b"\x00\x90\x40\x7f"),  # a MIDI message
+        ("If", b"\x3f\x66\x66\x66"),  # impulse then 0.9
+    ],
+)
+def test_type_tags_whose_bytes_are_not_read_are_refused(served, tags, payload):
+    bus, server, client = served
+    client.raw(_tagged("/mgsteer/knob/0", tags, payload))
+    replies = [m for m in client.messages(0.4) if m.address == "/mgsteer/error"]
+    assert replies and "is not taken here" in replies[0].params[0], tags
+    assert bus.snapshot().knobs[0].value == 0.0 and server.stats.malformed == 1
+
+
+def test_knob_and_feature_indices_have_one_spelling(served):
+    bus, _server, client = served
+    for address in ("/mgsteer/knob/٣", "/mgsteer/knob/007", "/mgsteer/knob/+1", "/mgsteer/feature/0012"):
+        client.send(address, 0.9)
+    errors = [m.params[0] for m in client.messages(0.5) if m.address == "/mgsteer/error"]
+    assert len(errors) == 4 and all("unknown address" in e for e in errors)
+    assert all(k.value == 0.0 for k in bus.snapshot().knobs) and not bus.snapshot().features
+    client.send("/mgsteer/knob/3", 0.5)
+    assert wait_for(lambda: bus.snapshot().knobs[3].value == 0.5)
+
+
+def test_a_datagram_over_the_limit_is_refused_whole_and_counted(served):
+    bus, server, client = served
+    message = dgram("/mgsteer/knob/1", 0.7)
+    elements = b"".join(len(message).to_bytes(4, "big") + message for _ in range(8192 // len(message) + 1))
+    bundle = b"#bundle\x00" + b"\x00" * 8 + elements
+    assert 8192 < len(bundle) < 65_000
+    client.raw(bundle)
+    errors = [m.params[0] for m in client.messages(0.5) if m.address == "/mgsteer/error"]
+    assert errors and "the limit is 8192" in errors[0]
+    assert server.stats.malformed == 1 and bus.snapshot().knobs[1].value == 0.0
+
+
+def test_subscribers_unsubscribe_are_pruned_when_gone_and_bounded_per_client(served):
+    bus, server, client = served
+    client.send("/mgsteer/subscribe")
+    assert wait_for(lambda: len(server.subscribers) == 1)
+    client.send("/mgsteer/unsubscribe")
+    assert wait_for(lambda: len(server.subscribers) == 0)
+    # A listener that goes away (its port closed) is dropped at the next feedback.
+    gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gone.bind(("127.0.0.1", 0))
+    port = gone.getsockname()[1]
+    client.send("/mgsteer/subscribe", "127.0.0.1", port)
+    assert wait_for(lambda: ("127.0.0.1", port) in server.subscribers)
+    gone.close()
+    for i in range(4):
+        bus.set_knob(0, 0.1 * (i + 1))
+        time.sleep(0.1)
+    assert wait_for(lambda: ("127.0.0.1", port) not in server.subscribers)
+    # One client cannot fill the table with throwaway subscriptions.
+    for port in range(20_000, 20_006):
+        client.send("/mgsteer/subscribe", "127.0.0.1", port)
+    errors = [m.params[0] for m in client.messages(0.5) if m.address == "/mgsteer/error"]
+    assert len(server.subscribers) == 4 and len(errors) == 2 and "at most 4 subscriptions" in errors[0]
+    other = Client(server.address)
+    other.send("/mgsteer/subscribe")
+    assert any(m.address == "/mgsteer/subscribed" for m in other.messages(0.4))
+
+
+def test_a_full_table_makes_room_from_silent_subscribers_only():
+    from osc import server as osc_server
+
+    table = osc_server.Subscribers()
+    try:
+        for i in range(osc_server.MAX_SUBSCRIBERS):
+            client = f"10.0.0.{i}"
+            table.heard(client)
+            table.add((client, 9000), client)
+        with pytest.raises(Exception, match="all active"):
+            table.add(("10.0.1.1", 9000), "10.0.1.1")
+        table._heard["10.0.0.5"] -= osc_server.SILENT_S + 1  # that client fell silent a minute ago
+        table.add(("10.0.1.1", 9000), "10.0.1.1")
+        assert ("10.0.0.5", 9000) not in table and ("10.0.1.1", 9000) in table
+    finally:
+        table.close()
