@@ -25,6 +25,7 @@ MAX_INT_DIGITS = 30  # well past any index, seed or count we read (2**63 has 19 
 PRESET_BYTES = 1 << 20  # 1 MiB: a 16-knob preset with long labels is a few KB
 CONFIG_BYTES = 1 << 20  # cfg.json, world.json, train_state.json, manifests, index files
 CATALOG_BYTES = 512 << 20  # features.json of a 131 072-feature SAE with examples and labels
+TEXT_BYTES = 16 << 20  # a prompts list or a captions CSV
 
 
 class _Unbounded(ValueError):

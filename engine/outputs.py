@@ -13,11 +13,14 @@ import shutil
 from pathlib import Path
 
 from engine.errors import MgsteerError
+from engine.inputs import expand, os_reason
+
+NAME_MAX = 255  # bytes in one file or folder name on Linux, macOS and Windows file systems
 
 
 def output_file(path: str | Path, suffixes: tuple[str, ...], what: str = "--out") -> Path:
     """A file we may create or replace: not a folder, one of `suffixes`, in a writable folder."""
-    path = Path(path).expanduser()
+    path = _usable(path, what)
     if path.is_dir():
         raise MgsteerError(f"{what} '{path}' is a folder; give a file name ending in {' or '.join(suffixes)}")
     if path.suffix.lower() not in suffixes:
@@ -31,7 +34,7 @@ def output_file(path: str | Path, suffixes: tuple[str, ...], what: str = "--out"
 
 def output_dir(path: str | Path, what: str = "--out") -> Path:
     """A folder we may create or write into: not an existing file, in a writable place."""
-    path = Path(path).expanduser()
+    path = _usable(path, what)
     if path.exists() and not path.is_dir():
         raise MgsteerError(f"{what} '{path}' is an existing file; give a folder")
     if path.is_dir():
@@ -39,6 +42,22 @@ def output_dir(path: str | Path, what: str = "--out") -> Path:
             raise MgsteerError(f"{what} folder '{path}' is not writable")
         return path
     _writable_parent(path, what)
+    return path
+
+
+def _usable(path: str | Path, what: str) -> Path:
+    """`path` expanded (`~user` too), with names the file system takes, and no link loop on
+    the way: checked now rather than when the first byte is written, after the work."""
+    path = expand(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise MgsteerError(f"{what}: a name in '{str(path)[:80]}…' is {len(os.fsencode(part))} bytes; at most {NAME_MAX}")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a link loop, a component that is a file, no permission to look
+        raise MgsteerError(f"{what} '{path}': {os_reason(exc)}") from exc
     return path
 
 

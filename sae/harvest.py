@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import torch
 from engine import limits
 from engine.errors import MgsteerError
 from engine.hooks import recording
+from engine.inputs import TEXT_BYTES, read_bytes
 from engine.model import LoadedModel
 from engine.prompts import encode_prompts, null_condition
 from engine.tokenloop import SamplingConfig, TokenLoop
@@ -93,8 +95,8 @@ def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str
 def read_captions(path: str | Path) -> dict[str, str]:
     """A CSV with columns `file,caption` (file relative to the audio folder)."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        text = read_bytes(path, "captions", TEXT_BYTES).decode("utf-8")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except OSError as exc:
         raise MgsteerError(f"cannot read captions '{path}': {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -320,9 +322,7 @@ def hash_id(clip: Clip) -> int:
 
 def prompt_clips(path: str | Path, seconds: float) -> list[Clip]:
     try:
-        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    except OSError as exc:
-        raise MgsteerError(f"cannot read prompts '{path}': {exc.strerror or exc}") from exc
+        lines = [line.strip() for line in read_bytes(path, "prompts", TEXT_BYTES).decode("utf-8").splitlines()]
     except UnicodeDecodeError as exc:
         raise MgsteerError(f"prompts '{path}' is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
     prompts = [line for line in lines if line and not line.startswith("#")]
