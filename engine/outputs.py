@@ -50,8 +50,9 @@ def _usable(path: str | Path, what: str) -> Path:
     the way: checked now rather than when the first byte is written, after the work."""
     path = expand(path)
     for part in path.parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            raise MgsteerError(f"{what}: a name in '{str(path)[:80]}…' is {len(os.fsencode(part))} bytes; at most {NAME_MAX}")
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise MgsteerError(f"{what}: a name in '{str(path)[:80]}…' is {size} bytes long; at most {NAME_MAX}")
     try:
         os.stat(path)
     except FileNotFoundError:
