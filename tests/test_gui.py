@@ -228,6 +228,41 @@ def test_an_engine_error_shows_in_the_window(qtbot, tmp_path, tiny_sae_dir):
     window.close()
 
 
+def test_whatever_a_slot_throws_is_shown_and_the_window_and_music_go_on(qtbot, tmp_path, labelled_sae, tiny_sae):
+    """PyQt6 aborts the process on an exception that leaves a slot: one guard catches them all."""
+    from PyQt6.QtCore import QTimer
+
+    window = _window(qtbot, tmp_path, labelled_sae)
+    host = window.session.host
+
+    def broken_slot():
+        raise ZeroDivisionError("a bug in a slot")
+
+    QTimer.singleShot(0, broken_slot)
+    qtbot.waitUntil(lambda: any("ZeroDivisionError: a bug in a slot" in e for e in window.errors), timeout=5000)
+    # Files that used to abort the window: a preset keyed "²", one nested 100 000 deep.
+    square = _preset(tmp_path / "square.json", labelled_sae, [], features={"²": 1.0})
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert not window.open_preset(square) and "plain decimal number" in window.errors[-1]
+    assert not window.open_preset(str(tmp_path / "deep.json")) and "nests deeper" in window.errors[-1]
+    # Audition of a damaged example clip.
+    f1 = alive_features(tiny_sae)[0]
+    catalog = json.loads((labelled_sae / CATALOG_FILE).read_text())
+    catalog["features"][0]["examples"] = [{"audio": "examples/0/0.ogg"}]
+    (labelled_sae / "examples" / "0").mkdir(parents=True)
+    (labelled_sae / "examples" / "0" / "0.ogg").write_bytes(b"OggS\x00 truncated")
+    (labelled_sae / CATALOG_FILE).write_text(json.dumps(catalog))
+    window.session.catalog = catalog
+    window.audition(f1)
+    assert "cannot read audio file" in window.errors[-1]
+    position = host.status().position_s
+    qtbot.waitUntil(lambda: host.status().position_s > position + 0.3, timeout=30_000)
+    assert window.isVisible() and host.alive and host.error is None
+    window.bank.knobs[0].dial.setValue(10)  # still usable
+    window.close()
+    assert sys.excepthook is not window.guard  # the guard leaves with the window
+
+
 def test_play_gui_plays_and_exits(capsys):
     assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--seconds", "2"]) == 0
 

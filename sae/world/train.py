@@ -76,6 +76,11 @@ WORLD_ARCH = ArchSpec(
 SHORT_SHARE = 0.65
 
 
+# Settings a resume may change: they decide how long to train and how often to save, not
+# what is learned at each step.
+RESUME_FREE = ("steps", "checkpoint_every")
+
+
 @dataclass(frozen=True)
 class WorldTrainConfig:
     steps: int = 3000
@@ -183,7 +188,7 @@ class WorldTrainer:
             if not state.is_file():
                 raise MgsteerError(f"nothing to resume in '{out}': train without --resume first")
             saved = _saved_state(state)
-            now = {**asdict(cfg), "steps": saved["config"]["steps"]}
+            now = {**asdict(cfg), **{k: saved["config"].get(k) for k in RESUME_FREE}}
             if saved["config"] != now:
                 differ = ", ".join(f"{k} {v}, not {now.get(k)}" for k, v in saved["config"].items() if now.get(k) != v)
                 raise MgsteerError(
