@@ -48,6 +48,7 @@ CHUNK_BUDGET = (0.6, 0.8)
 MEASURED_LOOKAHEAD_MS = (20.0, 1000.0)  # bounds of a measured lookahead
 FIRST_LOOKAHEAD_MS = 300.0  # a measured lookahead before enough blocks were timed (the default's)
 FIRST_BLOCKS = 4  # blocks whose compute is not timed: first-call costs, the prompt's encoding
+RESET_GAP_S = 0.5  # audio generated between two resets at least (storms coalesce)
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,12 @@ class Host:
         self._prompt = snap.prompt
         self._reset_seen = snap.reset_count
 
+    def _reset_due(self, snap: Snapshot) -> bool:
+        """Resets coalesce: one at most every RESET_GAP_S of audio generated while playing (a
+        reset storm restarts the music a few times a second, never at every step); a later
+        one waits for its turn."""
+        return not snap.playing or (self._generated - self._loop_base) / self.lm.sample_rate >= RESET_GAP_S
+
     def _run(self) -> None:
         while self._running.is_set():
             if self._tick():
@@ -295,7 +302,7 @@ class Host:
     def _tick(self) -> bool:
         """One generation step under the current snapshot; False when the transport is stopped."""
         snap = self.bus.snapshot()
-        if self._loop is None or snap.reset_count != self._reset_seen:
+        if self._loop is None or (snap.reset_count != self._reset_seen and self._reset_due(snap)):
             self._new_loop(snap)
         if not snap.playing:
             self.sink.pause_counting()

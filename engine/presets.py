@@ -288,7 +288,13 @@ def _is_preset_file(path: Path) -> bool:
 
 
 def apply_preset(preset: Preset, bus: ParameterBus) -> None:
-    """Write the preset's playing state to the bus (model and SAE are chosen at start-up)."""
+    """Write the preset's playing state to the bus (model and SAE are chosen at start-up), as
+    one change."""
+    with bus.batch():
+        _apply(preset, bus)
+
+
+def _apply(preset: Preset, bus: ParameterBus) -> None:
     bus.set_prompt(preset.prompt)
     bus.set_smoothing(preset.smoothing_ms)
     bus.clear_features()

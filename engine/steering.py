@@ -14,7 +14,8 @@ generation thread installs edits, between steps.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,6 +33,7 @@ Mode = Literal["add", "clamp"]
 Halves = Literal["both", "cond"]
 MODES: tuple[str, ...] = ("add", "clamp")
 METER_SLOTS = 16  # features metered at once (the GUI meters the knobs' features)
+REBUILD_EVERY = 512  # live steering-sum updates between two sums from scratch
 HALVES: tuple[str, ...] = ("both", "cond")
 
 
@@ -153,6 +155,11 @@ class Steerer:
         self._meter_values: list[float] | None = None
         self.tap = ResidualTap(lm, loaded.cfg.hook_layer, cfg_doubled=cfg_doubled)
         self.tap.edit = self._edit
+        # The live sum behind `vector_for`: the α map it stands for, and updates since a full sum.
+        self._alphas: dict[int, float] = {}
+        self._sum: torch.Tensor | None = None
+        self._updates = 0
+        self._beta: torch.Tensor | None = None  # β on the host, read when first steered
 
     @property
     def graph_safe(self) -> bool:
@@ -183,10 +190,44 @@ class Steerer:
     def _switch(self) -> None:
         self._on.fill_(self._steering and not self.bypass)
 
-    def vector_for(self, alphas: dict[int, float]) -> torch.Tensor:
-        """Σ α·β·W_dec[j] for a {feature: α} map, on the model's device and dtype."""
-        spec = SteeringSpec(tuple(FeatureSteer(f, a) for f, a in alphas.items()))
-        return build_plan(spec, self.loaded, self.lm.device, self.lm.dtype).vector
+    def vector_for(self, alphas: Mapping[int, float]) -> torch.Tensor:
+        """Σ α·β·W_dec[j] for a {feature: α} map, on the model's device and dtype.
+
+        Live, the map changes a few features at a time (a fader, a knob) while thousands may be
+        set: the sum is updated by the features whose α changed since the last call, so a
+        change costs what changed, not the size of the SAE. It is summed afresh when most of
+        the map changed, and every REBUILD_EVERY updates, so float rounding never drifts."""
+        changed = {f for f, _ in alphas.items() ^ self._alphas.items()}
+        if self._sum is None or not alphas or len(changed) > len(alphas) // 2 or self._updates >= REBUILD_EVERY:
+            self._sum = self._scaled_sum(list(alphas), list(alphas.values()))
+            self._updates = 0
+        elif changed:
+            ids = sorted(changed)
+            self._sum += self._scaled_sum(ids, [alphas.get(f, 0.0) - self._alphas.get(f, 0.0) for f in ids], delta=True)
+            self._updates += 1
+        self._alphas = dict(alphas)
+        return self._sum.to(device=self.lm.device, dtype=self.lm.dtype)
+
+    def _scaled_sum(self, features: list[int], alphas: list[float], delta: bool = False) -> torch.Tensor:
+        """Σ α·β·W_dec[j] in float32 on the SAE's device, checked as tensors (one pass in C,
+        not a Python check per feature): known features, finite α within ±MAX_ALPHA (twice
+        that for a change of α)."""
+        w_dec = self.loaded.sae.W_dec.detach()
+        if not features:
+            return w_dec.new_zeros(w_dec.shape[1], dtype=torch.float32)
+        ids = torch.tensor(features, dtype=torch.long)
+        alpha = torch.tensor(alphas, dtype=torch.float32)
+        if int(ids.min()) < 0 or int(ids.max()) >= self.loaded.cfg.d_sae:
+            bad = next(f for f in features if not 0 <= f < self.loaded.cfg.d_sae)
+            self.loaded.check_feature(bad)
+        top = limits.MAX_ALPHA * (2 if delta else 1)
+        if not bool(torch.isfinite(alpha).all()) or float(alpha.abs().max()) > top:
+            bad = next(a for a in alphas if not math.isfinite(a) or abs(a) > top)
+            limits.within(bad, "steering strength", -top, top)
+        if self._beta is None:
+            self._beta = self.loaded.require_stats().max_activation.float().cpu()
+        scale = alpha * self._beta[ids]
+        return to_device(scale, w_dec.device) @ w_dec[to_device(ids, w_dec.device)].float()
 
     def watch(self, features: list[int] | None) -> None:
         """Meter these features (at most METER_SLOTS) at every generation step; None: none.

@@ -460,3 +460,82 @@ def test_read_json_refuses_what_python_json_would_choke_on(tmp_path):
         read_json(path, "x")
     path.write_text('{"a": 1e999}')
     assert read_json(path, "x") == {"a": float("inf")}  # a float past range is inf: the fields refuse it
+
+
+# ---- live cost does not grow with the SAE ---------------------------------------------------------
+
+
+def test_a_change_updates_the_steering_sum_by_what_changed_and_stays_exact(tiny_lm, tiny_sae, monkeypatch):
+    from engine import steering
+    from engine.steering import Steerer
+
+    steerer = Steerer(tiny_lm, tiny_sae, cfg_doubled=True)
+    d_sae = tiny_sae.cfg.d_sae
+    rng = np.random.default_rng(0)
+    alphas = {int(f): float(a) for f, a in zip(range(d_sae), rng.uniform(-3, 3, d_sae), strict=True)}
+    steerer.vector_for(alphas)
+    sizes = []
+    real = Steerer._scaled_sum
+    monkeypatch.setattr(
+        Steerer, "_scaled_sum", lambda self, f, a, delta=False: sizes.append(len(f)) or real(self, f, a, delta)
+    )
+    for step in range(steering.REBUILD_EVERY):  # a fader on one feature, then a knob on another
+        alphas[step % 7] = float(np.sin(step))
+        vector = steerer.vector_for(alphas)
+    assert set(sizes) == {1}  # each change read one decoder row, not d_sae of them
+    beta = tiny_sae.stats.max_activation
+    exact = (torch.tensor([alphas[f] for f in range(d_sae)]) * beta) @ tiny_sae.sae.W_dec
+    assert torch.allclose(vector.float(), exact, atol=1e-4 * float(exact.abs().max()))
+    alphas[0] = 1.0
+    steerer.vector_for(alphas)  # after REBUILD_EVERY updates: a sum from scratch
+    assert sizes[-1] == d_sae
+    assert float(steerer.vector_for({}).abs().max()) == 0.0  # nothing steered is exactly nothing
+
+
+def test_a_preset_reaches_the_generation_thread_as_one_snapshot(tmp_path):
+    from engine.presets import apply_preset, parse_preset
+
+    bus = ParameterBus(knob_count=4, feature_count=64)
+    preset = parse_preset(
+        {**GOOD_PRESET, "prompt": "new", "features": {"3": 1.0, "4": 2.0},
+         "knobs": [{"label": f"k{i}", "features": [[i, 1.0]], "value": 0.5} for i in range(4)]},
+        "p", 64, 4,
+    )  # fmt: skip
+    before = bus.snapshot()
+    seen = []
+    original = bus._change
+
+    def spying(*args, **kwargs):
+        original(*args, **kwargs)
+        seen.append(bus.snapshot())  # what the generation thread would see after each setter
+
+    bus._change = spying
+    apply_preset(preset, bus)
+    assert all(s is before for s in seen)  # no half-applied state is ever visible
+    after = bus.snapshot()
+    assert after.prompt == "new" and [k.label for k in after.knobs] == ["k0", "k1", "k2", "k3"]
+    bus.close()
+
+
+def test_a_reset_storm_restarts_the_music_a_few_times_not_at_every_step(tiny_lm):
+    from engine.host import RESET_GAP_S
+
+    bus = ParameterBus(knob_count=2)
+    host = Host(tiny_lm, bus, NullSink(tiny_lm.sample_rate), config=HostConfig(lookahead_ms=300))
+    loops = []
+    original = host._new_loop
+    host._new_loop = lambda snap: (loops.append(host._generated), original(snap))
+    host.start()
+    try:
+        assert wait_for(lambda: host.status().position_s > 0.2, timeout=60)
+        first = host.status().generated_s
+        end = time.perf_counter() + 3.0
+        while time.perf_counter() < end:
+            bus.reset()
+            time.sleep(1 / 180)
+        generated = host.status().generated_s - first
+        assert host.alive and generated > 1.0
+        assert len(loops) - 1 <= generated / RESET_GAP_S + 2
+    finally:
+        host.stop()
+        bus.close()
