@@ -82,14 +82,16 @@ class OnnxBackend:
 
     def __init__(self, folder: str | Path, lm: LoadedModel, layer: int | None, int8: bool = True) -> None:
         self.folder = Path(folder)
-        self.manifest: Manifest = load_manifest(self.folder, lm.spec, layer)
+        self.manifest: Manifest = load_manifest(self.folder, lm, layer)
+        self.lm = lm
         if lm.device.type != "cpu":
             raise MgsteerError("the ONNX backend runs on the CPU: use --device cpu (or --backend torch on a GPU)")
         self.int8 = int8 and self.manifest.int8
         self.threads = physical_cores()
         self.prompt = _session(self.folder / FILES["prompt"], self.threads)
         self.step = _session(self.folder / (INT8_STEP if self.int8 else FILES["step"]), self.threads)
-        self.codec = _session(self.folder / FILES["codec"], self.threads)
+        # A model with its own codec (a planted world's) decodes with it, as on torch.
+        self.codec = _session(self.folder / FILES["codec"], self.threads) if self.manifest.codec == "encodec" else None
         self.steerer = None  # engine.steering.Steerer, set by `attach`
 
     def attach(self, steerer) -> None:
@@ -111,6 +113,8 @@ class OnnxBackend:
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes `[1, K, frames]` → audio `[1, samples]`, like `engine.tokenloop.decode_codes`."""
+        if self.codec is None:
+            return self.lm.codec.decode(codes.cpu())
         audio = self.codec.run(["audio"], {"codes": codes.cpu().numpy().astype(np.int64)})[0]
         return torch.from_numpy(audio)[None]
 

@@ -5,12 +5,18 @@ optimum's MusicGen export has no steering input and no residual output, and its 
 takes and returns whole caches every step; the step graph here takes the caches as inputs
 and returns only the new positions, which is what lets the runtime keep them in place.
 
-The manifest records what the graphs were made from and for (model, steering layer, shapes,
-opset, dtype, versions); `load_manifest` refuses a folder that does not match in one line.
+The manifest records what the graphs were made from and for (model, a fingerprint of its
+weights, steering layer, shapes, codec, opset, dtype, versions); `load_manifest` refuses a
+folder that does not match the model it will run with, in one line. The graphs and the
+manifest are written as one (engine.staged), so a kill during a re-export leaves the old set.
+
+A model that speaks its own codec (a planted world's synth codec, a numpy renderer) exports
+no codec graph: the backend decodes its tokens with that codec, as the torch path does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -23,6 +29,7 @@ from engine.errors import MgsteerError
 from engine.inputs import read_json_object
 from engine.model import LoadedModel
 from engine.onnx_graphs import CodecGraph, PromptGraph, StepGraph
+from engine.staged import settle, staged
 
 FORMAT = "mgsteer-onnx/1"
 OPSET = 18
@@ -51,7 +58,27 @@ class Manifest:
     transformers: str
     int8: bool
     sae: str | None = None  # the SAE the layer was taken from, if any
+    weights: str | None = None  # `weights_fingerprint` of the model exported
+    codec: str = "encodec"  # "encodec": codec.onnx; "own": the model's own codec, not exported
     format: str = FORMAT
+
+
+FINGERPRINT_SAMPLES = 4096  # elements read from each tensor for the fingerprint
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every parameter's name, shape and an evenly strided sample of its values.
+
+    Why a sample: hashing musicgen-small's 2.4 GB on every start would cost seconds; a model
+    retrained or fine-tuned since the export differs in (almost) every value, so a few
+    thousand from each tensor tell it apart as surely."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].float().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def manifest_for(lm: LoadedModel, layer: int, max_context: int, codec_frames: int, int8: bool, sae: str | None):
@@ -77,6 +104,8 @@ def manifest_for(lm: LoadedModel, layer: int, max_context: int, codec_frames: in
         transformers=transformers.__version__,
         int8=int8,
         sae=sae,
+        weights=weights_fingerprint(lm.model),
+        codec="own" if lm.own_codec is not None else "encodec",
     )
 
 
@@ -96,7 +125,11 @@ def export_onnx(
     lm.check_layer(layer)
     chunk = chunk or ChunkConfig()
     frames = chunk.context + chunk.chunk + chunk.holdback
-    out.mkdir(parents=True, exist_ok=True)
+    with staged(out) as stage:
+        return _export(lm, stage, layer, max_context, int8, sae, frames, progress)
+
+
+def _export(lm, out: Path, layer: int, max_context: int, int8: bool, sae, frames: int, progress) -> Manifest:
     k, rows, heads = lm.num_codebooks, 2, lm.model.config.decoder.num_attention_heads
     head_dim = lm.hidden_size // heads
     tok = lm.tokenizer(["a prompt to trace"], return_tensors="pt")
@@ -152,6 +185,8 @@ def export_onnx(
             {"codes": {2: "frames"}, "audio": {0: "samples"}},
         ),
     ]
+    if lm.own_codec is not None:
+        jobs = jobs[:2]  # its own codec decodes (module docstring)
     for name, module, args, inputs, outputs, dynamic in jobs:
         progress(f"exporting the {name} graph …")
         with torch.no_grad(), warnings.catch_warnings():
@@ -182,9 +217,12 @@ def quantize_step(src: Path, dst: Path) -> None:
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
 
 
-def load_manifest(folder: str | Path, model: str | None = None, layer: int | None = None) -> Manifest:
-    """The folder's manifest, checked against what it will run with; one line if it does not fit."""
+def load_manifest(folder: str | Path, lm: LoadedModel | None = None, layer: int | None = None) -> Manifest:
+    """The folder's manifest, checked against the model it will run with; one line if it does
+    not fit."""
     folder = Path(folder)
+    if folder.is_dir():
+        settle(folder)  # an export a kill interrupted: finished or dropped
     path = folder / MANIFEST
     if not path.is_file():
         raise MgsteerError(f"'{folder}' has no {MANIFEST}: make it with mgsteer export-onnx --out {folder}")
@@ -195,11 +233,32 @@ def load_manifest(folder: str | Path, model: str | None = None, layer: int | Non
         manifest = Manifest(**raw)
     except (MgsteerError, TypeError, AttributeError) as exc:
         raise MgsteerError(f"{path} is damaged ({exc}); export again with mgsteer export-onnx") from exc
-    if model is not None and manifest.model != model:
-        raise MgsteerError(f"'{folder}' was exported from model '{manifest.model}', not '{model}': export it again")
+    if lm is not None:
+        _check_fits(folder, manifest, lm)
     if layer is not None and manifest.layer != layer:
         raise MgsteerError(f"'{folder}' steers layer {manifest.layer}, but the SAE is at layer {layer}: export again")
-    for name in [*FILES.values(), *([INT8_STEP] if manifest.int8 else [])]:
+    graphs = [FILES["prompt"], FILES["step"]] + [FILES["codec"]] * (manifest.codec == "encodec")
+    for name in [*graphs, *([INT8_STEP] if manifest.int8 else [])]:
         if not (folder / name).is_file():
             raise MgsteerError(f"'{folder}' lacks {name}: export it again with mgsteer export-onnx")
     return manifest
+
+
+def _check_fits(folder: Path, manifest: Manifest, lm: LoadedModel) -> None:
+    """The manifest's model, shapes, codec and weights are those of `lm`."""
+    if manifest.model != lm.spec:
+        raise MgsteerError(f"'{folder}' was exported from model '{manifest.model}', not '{lm.spec}': export it again")
+    config = lm.model.config.decoder
+    expected = {
+        "hidden": lm.hidden_size, "layers": lm.num_layers, "heads": config.num_attention_heads,
+        "codebooks": lm.num_codebooks, "vocab": lm.codebook_size, "sample_rate": lm.sample_rate,
+        "frame_rate": lm.frame_rate, "codec": "own" if lm.own_codec is not None else "encodec",
+    }  # fmt: skip
+    wrong = [f"{k} {getattr(manifest, k)}, not {v}" for k, v in expected.items() if getattr(manifest, k) != v]
+    if wrong:
+        raise MgsteerError(f"'{folder}' was exported for another model shape ({', '.join(wrong)}): export it again")
+    if manifest.weights != weights_fingerprint(lm.model):
+        why = "before weights were fingerprinted" if manifest.weights is None else "from other weights"
+        raise MgsteerError(
+            f"'{folder}' was exported {why} than '{lm.spec}' has now (retrained since?): export it again"
+        )

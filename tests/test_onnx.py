@@ -160,3 +160,58 @@ def test_physical_cores_is_a_sane_count():
     import os
 
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_a_manifest_must_match_the_model_it_runs_with(tiny_lm, exported, tmp_path):
+    changed = tmp_path / "changed"
+    shutil.copytree(exported, changed)
+    manifest = json.loads((changed / MANIFEST).read_text())
+    (changed / MANIFEST).write_text(json.dumps({**manifest, "hidden": manifest["hidden"] * 2, "vocab": 7}))
+    _one_line(lambda: OnnxBackend(changed, tiny_lm, None), r"another model shape \(hidden")
+    (changed / MANIFEST).write_text(json.dumps({**manifest, "weights": "0" * 32}))
+    _one_line(lambda: OnnxBackend(changed, tiny_lm, None), "from other weights")
+    retrained = tiny_lm.model.decoder.model.decoder.layers[0].fc1.weight
+    saved = retrained.detach().clone()
+    try:
+        with torch.no_grad():
+            retrained.add_(0.01)  # the model retrained since the export
+        _one_line(lambda: OnnxBackend(exported, tiny_lm, None), "retrained since")
+    finally:
+        with torch.no_grad():
+            retrained.copy_(saved)
+    OnnxBackend(exported, tiny_lm, None)  # back to the exported weights: accepted
+
+
+def test_an_export_killed_midway_leaves_the_previous_one(tiny_lm, tmp_path, monkeypatch):
+    from engine import onnx_export
+
+    folder = tmp_path / "onnx"
+    export_onnx(tiny_lm, folder, layer=1, max_context=CONTEXT, progress=lambda _: None)
+    real = onnx_export.manifest_for
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after every graph, before the manifest
+
+    monkeypatch.setattr(onnx_export, "manifest_for", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(tiny_lm, folder, layer=2, max_context=CONTEXT, progress=lambda _: None)
+    monkeypatch.setattr(onnx_export, "manifest_for", real)
+    assert load_manifest(folder, tiny_lm).layer == 1
+    backend = OnnxBackend(folder, tiny_lm, 1, int8=False)
+    loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), max_context=CONTEXT, backend=backend)
+    torch_loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), max_context=CONTEXT)
+    assert torch.equal(loop.frames(6), torch_loop.frames(6))  # the step graph is layer 1's, as said
+
+
+def test_a_world_model_exports_and_plays_through_its_own_codec(tmp_path):
+    from engine.model import load_musicgen
+    from sae.world.train import WorldTrainConfig, WorldTrainer
+
+    folder = tmp_path / "world"
+    WorldTrainer(folder, WorldTrainConfig(steps=1, batch_size=2, seconds=1.0)).run()
+    lm = load_musicgen(str(folder), "cpu", "float32")
+    assert main(["export-onnx", "--model", str(folder), "--out", str(tmp_path / "onnx"), "--max-context", "64"]) == 0
+    assert not (tmp_path / "onnx" / FILES["codec"]).exists()
+    backend = OnnxBackend(tmp_path / "onnx", lm, None, int8=False)
+    codes = TokenLoop(lm, ["fast A minor melody"], SamplingConfig(seed=1), max_context=64).frames(25)
+    assert torch.equal(backend.decode_codes(codes), decode_codes(lm, codes))
