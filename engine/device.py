@@ -22,6 +22,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise MgsteerError(f"unknown device '{name}': use auto, cpu, cuda or mps") from exc
+    if device.type not in ("cpu", "cuda", "mps"):  # torch knows more (meta, xla, …): none runs a model here
+        raise MgsteerError(f"unknown device '{name}': use auto, cpu, cuda or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MgsteerError(f"device '{name}' asked for but no CUDA GPU is visible; use --device cpu or auto")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

@@ -95,6 +95,13 @@ def test_bad_output_paths_are_one_line_before_any_work(tmp_path, capsys):
         assert needle in one_line(capsys), out
 
 
+def test_flags_whose_help_lists_choices_take_only_those(tmp_path, capsys):
+    for flag, value in (("--device", "meta"), ("--device", "xla"), ("--device", "gpu"), ("--dtype", "half")):
+        render = ["render", "--model", "tiny", "--seconds", "0.2", "--out", str(tmp_path / "x.wav")]
+        assert main([*render, flag, value]) == 2
+        assert f"unknown {flag[2:]} '{value}'" in one_line(capsys)
+
+
 def test_a_full_disk_in_render_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     import errno
 
