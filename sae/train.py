@@ -411,8 +411,9 @@ class Trainer:
                 "position": asdict(self.state.position),
                 "scale": self.state.scale,
             },
-            folder / "trainer_state.pt",
+            folder / "trainer_state.pt.tmp",
         )
+        os.replace(folder / "trainer_state.pt.tmp", folder / "trainer_state.pt")  # whole, then pointed at
         tmp = self.out / "latest.json.tmp"
         tmp.write_text(json.dumps({"checkpoint": folder.name, "step": self.state.step}))
         os.replace(tmp, self.out / "latest.json")
