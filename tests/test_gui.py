@@ -263,6 +263,30 @@ def test_whatever_a_slot_throws_is_shown_and_the_window_and_music_go_on(qtbot, t
     assert sys.excepthook is not window.guard  # the guard leaves with the window
 
 
+def test_a_recording_that_fills_the_disk_is_said_in_the_window_and_the_music_goes_on(qtbot, tmp_path):
+    import errno
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    spec = SessionSpec(model="tiny", no_audio=True, knobs=4, record=str(tmp_path / "set.wav"))
+    window = MainWindow(spec, None, settings)
+    qtbot.addWidget(window)
+    window.show()
+    window.load(spec)
+    qtbot.waitUntil(lambda: not window.loading, timeout=LOAD_MS)
+    host = window.session.host
+
+    def full(block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    host.recorder._file.write = full
+    qtbot.waitUntil(lambda: any("the disk is full; the music goes on" in e for e in window.errors), timeout=30_000)
+    position = host.status().position_s
+    qtbot.waitUntil(lambda: host.status().position_s > position + 0.3, timeout=30_000)
+    assert host.alive and host.error is None
+    assert sum("the disk is full" in e for e in window.errors) == 1  # said once, not at every refresh
+    window.close()
+
+
 def test_play_gui_plays_and_exits(capsys):
     assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--seconds", "2"]) == 0
 

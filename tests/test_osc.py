@@ -341,3 +341,12 @@ def test_a_full_table_makes_room_from_silent_subscribers_only():
         assert ("10.0.0.5", 9000) not in table and ("10.0.1.1", 9000) in table
     finally:
         table.close()
+
+
+def test_status_feedback_reaches_subscribers(served):
+    bus, server, client = served
+    client.send("/mgsteer/subscribe")
+    assert wait_for(lambda: len(server.subscribers) == 1)
+    bus.publish_status({"recording": "recording to 'set.wav' stopped at 3.0 s: the disk is full; the music goes on"})
+    status = [m.params for m in client.messages(0.5) if m.address == "/mgsteer/status"]
+    assert status and status[0][0].startswith("recording=recording to 'set.wav' stopped")
