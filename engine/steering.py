@@ -92,6 +92,16 @@ class SteeringPlan:
         return out
 
 
+def beta_scaled(
+    loaded: LoadedSAE, ids: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature ids and their α·β on the SAE's device. Both are made on the host (`beta` is
+    there) and sent in one queued copy each: a knob change must not make the generation
+    thread wait for the steps already queued."""
+    device = loaded.sae.W_dec.device
+    return to_device(ids, device), to_device(alpha * beta[ids], device)
+
+
 def build_plan(spec: SteeringSpec, loaded: LoadedSAE, device: torch.device, dtype: torch.dtype) -> SteeringPlan:
     """Validate the spec against the SAE and precompute the edit."""
     if spec.mode not in MODES:
@@ -102,12 +112,9 @@ def build_plan(spec: SteeringSpec, loaded: LoadedSAE, device: torch.device, dtyp
         loaded.check_feature(steer.feature)
         limits.alpha(steer.alpha, f"steering strength for feature {steer.feature}")
     w_dec = loaded.sae.W_dec.detach()
-    # Scale and indices are made on the host (β lives there) and sent in one queued copy each:
-    # a knob change must not make the generation thread wait for the steps already queued.
-    beta = loaded.require_stats().max_activation.cpu()
     ids_host = torch.tensor([s.feature for s in spec.steers], dtype=torch.long)
-    scale_host = torch.tensor([s.alpha for s in spec.steers], dtype=torch.float32) * beta[ids_host]
-    ids, scale = to_device(ids_host, w_dec.device), to_device(scale_host, w_dec.device)
+    alpha_host = torch.tensor([s.alpha for s in spec.steers], dtype=torch.float32)
+    ids, scale = beta_scaled(loaded, ids_host, alpha_host, loaded.require_stats().max_activation.cpu())
     if spec.mode == "add":
         vector = scale @ w_dec[ids] if len(ids) else w_dec.new_zeros(w_dec.shape[1])
         return SteeringPlan(halves=spec.halves, vector=vector.to(device=device, dtype=dtype))
@@ -226,8 +233,8 @@ class Steerer:
             limits.within(bad, "steering strength", -top, top)
         if self._beta is None:
             self._beta = self.loaded.require_stats().max_activation.float().cpu()
-        scale = alpha * self._beta[ids]
-        return to_device(scale, w_dec.device) @ w_dec[to_device(ids, w_dec.device)].float()
+        ids, scale = beta_scaled(self.loaded, ids, alpha, self._beta)
+        return scale @ w_dec[ids].float()
 
     def watch(self, features: list[int] | None) -> None:
         """Meter these features (at most METER_SLOTS) at every generation step; None: none.
