@@ -112,4 +112,4 @@ def start_midi(args, bus, preset):
 
 
 def device_arg(text: str | None) -> str | int | None:
-    return int(text) if text is not None and text.isdigit() else text
+    return int(text) if text is not None and text.isascii() and text.isdigit() else text  # "²" is a name
