@@ -102,6 +102,14 @@ def test_flags_whose_help_lists_choices_take_only_those(tmp_path, capsys):
         assert f"unknown {flag[2:]} '{value}'" in one_line(capsys)
 
 
+def test_an_audio_device_named_by_a_non_ascii_digit_is_a_name_not_an_index():
+    from cli.live import device_arg
+
+    assert device_arg("2") == 2
+    assert device_arg("²") == "²"  # str.isdigit() is true for it and int() would raise
+    assert device_arg("USB Audio") == "USB Audio"
+
+
 def test_a_full_disk_in_render_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     import errno
 
@@ -472,11 +480,12 @@ def test_read_json_refuses_what_python_json_would_choke_on(tmp_path):
 # ---- live cost does not grow with the SAE ---------------------------------------------------------
 
 
-def test_a_change_updates_the_steering_sum_by_what_changed_and_stays_exact(tiny_lm, tiny_sae, monkeypatch):
+def test_a_change_updates_the_steering_sum_by_what_changed_and_stays_exact(tiny_lm, tiny_sae, monkeypatch, request):
     from engine import steering
     from engine.steering import Steerer
 
     steerer = Steerer(tiny_lm, tiny_sae, cfg_doubled=True)
+    request.addfinalizer(steerer.close)  # its hook must not outlive the test on the shared model
     d_sae = tiny_sae.cfg.d_sae
     rng = np.random.default_rng(0)
     alphas = {int(f): float(a) for f, a in zip(range(d_sae), rng.uniform(-3, 3, d_sae), strict=True)}
