@@ -41,10 +41,10 @@ def backend_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--onnx-dir", help="with --backend onnx: a folder from mgsteer export-onnx")
     p.add_argument(
-        "--int8",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="with --backend onnx: the int8 step graph where one was exported",
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8", "int4"),
+        help="with --backend onnx: the step graph's weights (auto: the smallest exported)",
     )
 
 
@@ -52,7 +52,7 @@ def open_backend(args: argparse.Namespace, lm, sae):
     """The ONNX backend the flags ask for, or None for torch; checked against model and SAE."""
     from engine.backends import open_backend as backend
 
-    return backend(args.backend, args.onnx_dir, args.int8, lm, sae)
+    return backend(args.backend, args.onnx_dir, args.precision, lm, sae)
 
 
 def sampling_args(p: argparse.ArgumentParser) -> None:

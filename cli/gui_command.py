@@ -68,7 +68,7 @@ def run_gui(args: argparse.Namespace) -> None:
         chunk=args.chunk,
         smoothing_ms=args.smoothing_ms,
         graph=args.graph,
-        backend=Backend(args.backend, args.onnx_dir, args.int8),
+        backend=Backend(args.backend, args.onnx_dir, args.precision),
         record=str(record) if record else None,
         record_seconds=args.seconds,
     )

@@ -21,6 +21,9 @@ def add_export_command(sub) -> None:
     where.add_argument("--layer", type=types.whole(0, 1000), help="steering layer without an SAE (not given: middle)")
     e.add_argument("--int8", action="store_true", help="also write the step graph with int8 MatMuls (faster on CPU)")
     e.add_argument(
+        "--int4", action="store_true", help="also write the step graph with 4-bit MatMul weights (fastest on CPU)"
+    )
+    e.add_argument(
         "--max-context",
         type=types.whole(8, 65_536),
         help="self-attention positions (not given: what play needs for this model)",
@@ -47,7 +50,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     layer = sae.cfg.hook_layer if sae is not None else args.layer if args.layer is not None else lm.num_layers // 2
     context = args.max_context or min(lm.max_positions, HostConfig().context_positions(lm))
     started = time.perf_counter()
-    manifest = export_onnx(lm, out, lm.check_layer(layer), context, int8=args.int8, sae=args.sae)
+    manifest = export_onnx(lm, out, lm.check_layer(layer), context, int8=args.int8, sae=args.sae, int4=args.int4)
     took = time.perf_counter() - started
     files = ", ".join(sorted(p.name for p in Path(out).glob("*.onnx")))
     print(

@@ -13,7 +13,7 @@ from sae.files import LoadedSAE
 BACKENDS = ("torch", "onnx")
 
 
-def open_backend(name: str, onnx_dir: str | None, int8: bool, lm: LoadedModel, sae: LoadedSAE | None):
+def open_backend(name: str, onnx_dir: str | None, precision: str, lm: LoadedModel, sae: LoadedSAE | None):
     """The ONNX backend `name` asks for, checked against model and SAE; None for torch."""
     if name not in BACKENDS:
         raise MgsteerError(f"unknown backend '{name}': use {' or '.join(BACKENDS)}")
@@ -23,4 +23,11 @@ def open_backend(name: str, onnx_dir: str | None, int8: bool, lm: LoadedModel, s
         raise MgsteerError(f"--backend onnx needs --onnx-dir DIR: make one with mgsteer export-onnx --model {lm.spec}")
     from engine.onnx_backend import OnnxBackend  # onnxruntime only where it is asked for
 
-    return OnnxBackend(onnx_dir, lm, sae.cfg.hook_layer if sae is not None else None, int8=int8)
+    return OnnxBackend(onnx_dir, lm, sae.cfg.hook_layer if sae is not None else None, precision)
+
+
+def runtime_name(lm: LoadedModel, backend) -> str:
+    """What steps the model, in the words a status header uses: "torch float32", "onnx int4"."""
+    if backend is None:
+        return f"torch {str(lm.dtype).removeprefix('torch.')}"
+    return f"onnx {backend.precision}"

@@ -22,7 +22,7 @@ import torch
 
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from engine.onnx_export import FILES, INT8_STEP, Manifest, load_manifest
+from engine.onnx_export import FILES, PRECISIONS, STEP_FILES, Manifest, load_manifest
 from engine.prompts import tokenize_prompts
 
 
@@ -63,6 +63,18 @@ def _session(path: Path, threads: int):
         raise MgsteerError(f"'{path}' is not a usable ONNX graph ({first[:160]}); export it again") from exc
 
 
+def step_precision(asked: str, manifest: Manifest, folder: Path) -> str:
+    """The step graph to run: `asked`, or with "auto" the smallest weights exported (the step
+    reads every weight once per token, so fewer bytes is a faster step on a CPU)."""
+    if asked == "auto":
+        return manifest.precisions[-1]
+    if asked not in PRECISIONS:
+        raise MgsteerError(f"unknown precision '{asked}': use auto, {', '.join(PRECISIONS)}")
+    if asked not in manifest.precisions:
+        raise MgsteerError(f"'{folder}' holds no {asked} step graph: export it again with --{asked}")
+    return asked
+
+
 @dataclass
 class OnnxCache:
     """One context's attention state as numpy arrays (and their zero-copy runtime values)."""
@@ -80,16 +92,16 @@ class OnnxCache:
 class OnnxBackend:
     """Sessions for one exported folder; `decoder` makes the token loop's decoder."""
 
-    def __init__(self, folder: str | Path, lm: LoadedModel, layer: int | None, int8: bool = True) -> None:
+    def __init__(self, folder: str | Path, lm: LoadedModel, layer: int | None, precision: str = "auto") -> None:
         self.folder = Path(folder)
         self.manifest: Manifest = load_manifest(self.folder, lm, layer)
         self.lm = lm
         if lm.device.type != "cpu":
             raise MgsteerError("the ONNX backend runs on the CPU: use --device cpu (or --backend torch on a GPU)")
-        self.int8 = int8 and self.manifest.int8
+        self.precision = step_precision(precision, self.manifest, self.folder)
         self.threads = physical_cores()
         self.prompt = _session(self.folder / FILES["prompt"], self.threads)
-        self.step = _session(self.folder / (INT8_STEP if self.int8 else FILES["step"]), self.threads)
+        self.step = _session(self.folder / STEP_FILES[self.precision], self.threads)
         # A model with its own codec (a planted world's) decodes with it, as on torch.
         self.codec = _session(self.folder / FILES["codec"], self.threads) if self.manifest.codec == "encodec" else None
         self.steerer = None  # engine.steering.Steerer, set by `attach`

@@ -35,7 +35,12 @@ FORMAT = "mgsteer-onnx/1"
 OPSET = 18
 MANIFEST = "manifest.json"
 FILES = {"prompt": "prompt.onnx", "step": "step.onnx", "codec": "codec.onnx"}
-INT8_STEP = "step.int8.onnx"
+STEP_FILES = {"fp32": FILES["step"], "int8": "step.int8.onnx", "int4": "step.int4.onnx"}
+PRECISIONS = tuple(STEP_FILES)  # smallest weights last: the fastest where memory bandwidth bounds the step
+# 4-bit blocks: 32 weights share a scale (the smallest block kept KL lowest at the same speed, bench/stream.py);
+# accuracy level 4 computes in int8 (VNNI where the CPU has it) instead of dequantising to float32.
+INT4_BLOCK = 32
+INT4_ACCURACY_LEVEL = 4
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,13 @@ class Manifest:
     sae: str | None = None  # the SAE the layer was taken from, if any
     weights: str | None = None  # `weights_fingerprint` of the model exported
     codec: str = "encodec"  # "encodec": codec.onnx; "own": the model's own codec, not exported
+    int4: bool = False  # step.int4.onnx: 4-bit MatMul weights (MatMulNBits)
     format: str = FORMAT
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The step graphs this export holds, float32 first."""
+        return ("fp32",) + ("int8",) * self.int8 + ("int4",) * self.int4
 
 
 FINGERPRINT_SAMPLES = 4096  # elements read from each tensor for the fingerprint
@@ -81,7 +92,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
-def manifest_for(lm: LoadedModel, layer: int, max_context: int, codec_frames: int, int8: bool, sae: str | None):
+def manifest_for(
+    lm: LoadedModel, layer: int, max_context: int, codec_frames: int, int8: bool, sae: str | None, int4: bool = False
+):
     import transformers
 
     config = lm.model.config.decoder
@@ -103,6 +116,7 @@ def manifest_for(lm: LoadedModel, layer: int, max_context: int, codec_frames: in
         torch=torch.__version__,
         transformers=transformers.__version__,
         int8=int8,
+        int4=int4,
         sae=sae,
         weights=weights_fingerprint(lm.model),
         codec="own" if lm.own_codec is not None else "encodec",
@@ -118,6 +132,7 @@ def export_onnx(
     sae: str | None = None,
     chunk: ChunkConfig | None = None,
     progress=print,
+    int4: bool = False,
 ) -> Manifest:
     """Export the three graphs of `lm` (float32, on the CPU) into `out`."""
     if lm.device.type != "cpu" or lm.dtype != torch.float32:
@@ -126,10 +141,10 @@ def export_onnx(
     chunk = chunk or ChunkConfig()
     frames = chunk.context + chunk.chunk + chunk.holdback
     with staged(out) as stage:
-        return _export(lm, stage, layer, max_context, int8, sae, frames, progress)
+        return _export(lm, stage, layer, max_context, (int8, int4), sae, frames, progress)
 
 
-def _export(lm, out: Path, layer: int, max_context: int, int8: bool, sae, frames: int, progress) -> Manifest:
+def _export(lm, out: Path, layer: int, max_context: int, quantized, sae, frames: int, progress) -> Manifest:
     k, rows, heads = lm.num_codebooks, 2, lm.model.config.decoder.num_attention_heads
     head_dim = lm.hidden_size // heads
     tok = lm.tokenizer(["a prompt to trace"], return_tensors="pt")
@@ -202,10 +217,14 @@ def _export(lm, out: Path, layer: int, max_context: int, int8: bool, sae, frames
                 opset_version=OPSET,
                 do_constant_folding=True,
             )
+    int8, int4 = quantized
     if int8:
         progress("quantizing the step graph's MatMuls to int8 …")
-        quantize_step(out / FILES["step"], out / INT8_STEP)
-    manifest = manifest_for(lm, layer, max_context, frames, int8, sae)
+        quantize_step(out / FILES["step"], out / STEP_FILES["int8"])
+    if int4:
+        progress("quantizing the step graph's MatMul weights to 4 bits …")
+        quantize_step_int4(out / FILES["step"], out / STEP_FILES["int4"])
+    manifest = manifest_for(lm, layer, max_context, frames, int8, sae, int4)
     (out / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
     return manifest
 
@@ -215,6 +234,27 @@ def quantize_step(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+
+
+def quantize_step_int4(src: Path, dst: Path, block: int = INT4_BLOCK, level: int = INT4_ACCURACY_LEVEL) -> None:
+    """Weight-only 4-bit quantisation of the MatMuls (MatMulNBits: symmetric, `block` weights
+    per scale). Why weight-only: the step reads every weight once per token, so its time is the
+    weight bytes over memory bandwidth; activations stay float32 at the steering input, the
+    residual output and the logits."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=level or None)
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level, quiet.level = quiet.level, logging.WARNING  # it logs a line per node
+    try:
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+        quantizer.process()
+    finally:
+        quiet.setLevel(level)
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 def load_manifest(folder: str | Path, lm: LoadedModel | None = None, layer: int | None = None) -> Manifest:
@@ -238,7 +278,7 @@ def load_manifest(folder: str | Path, lm: LoadedModel | None = None, layer: int 
     if layer is not None and manifest.layer != layer:
         raise MgsteerError(f"'{folder}' steers layer {manifest.layer}, but the SAE is at layer {layer}: export again")
     graphs = [FILES["prompt"], FILES["step"]] + [FILES["codec"]] * (manifest.codec == "encodec")
-    for name in [*graphs, *([INT8_STEP] if manifest.int8 else [])]:
+    for name in [*graphs, *(STEP_FILES[p] for p in manifest.precisions[1:])]:
         if not (folder / name).is_file():
             raise MgsteerError(f"'{folder}' lacks {name}: export it again with mgsteer export-onnx")
     return manifest

@@ -29,7 +29,7 @@ class Backend:
 
     name: str = "torch"
     onnx_dir: str | None = None
-    int8: bool = True
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
     sink = NullSink(lm.sample_rate) if spec.no_audio else DeviceSink(lm.sample_rate, spec.audio_device)
     config = HostConfig.for_latency(
         spec.latency, lookahead_ms=spec.lookahead_ms, chunk=spec.chunk, sampling=spec.sampling, graph=spec.graph,
-        backend=open_backend(spec.backend.name, spec.backend.onnx_dir, spec.backend.int8, lm, sae), meter_knobs=True,
+        backend=open_backend(spec.backend.name, spec.backend.onnx_dir, spec.backend.precision, lm, sae),
+        meter_knobs=True,
     )  # fmt: skip
     recorder = WavRecorder(spec.record, lm.sample_rate, spec.record_seconds) if spec.record else None
     host = Host(lm, bus, sink, sae, config, recorder)

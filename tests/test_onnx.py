@@ -24,7 +24,7 @@ CONTEXT = 128
 @pytest.fixture(scope="module")
 def exported(tiny_lm, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
-    export_onnx(tiny_lm, folder, layer=SAE_LAYER, max_context=CONTEXT, int8=True, progress=lambda _: None)
+    export_onnx(tiny_lm, folder, layer=SAE_LAYER, max_context=CONTEXT, int8=True, int4=True, progress=lambda _: None)
     return folder
 
 
@@ -45,7 +45,7 @@ def test_fp32_graphs_match_torch_step_by_step_with_steering_switched_mid_run(tin
     """60 steps; steering on from step 20, off from 40: logits within 1e-4 at every step,
     the same tokens for the same seed, and the same meters."""
     f1, f2 = alive_features(tiny_sae)
-    backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, int8=False)
+    backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, "fp32")
     runs = {}
     for name, kw in (("torch", {}), ("onnx", {"backend": backend})):
         with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
@@ -71,7 +71,7 @@ def test_fp32_graphs_match_torch_step_by_step_with_steering_switched_mid_run(tin
 
 
 def test_codec_graph_and_reprime_match_torch(tiny_lm, exported):
-    backend = OnnxBackend(exported, tiny_lm, None, int8=False)
+    backend = OnnxBackend(exported, tiny_lm, None, "fp32")
     codes = []
     for kw in ({}, {"backend": backend}):
         loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=6), max_context=CONTEXT, **kw)
@@ -86,9 +86,10 @@ def test_codec_graph_and_reprime_match_torch(tiny_lm, exported):
     torch.testing.assert_close(backend.decode_codes(codes[0]), decode_codes(tiny_lm, codes[0]), atol=1e-4, rtol=0)
 
 
-def test_int8_graph_runs_and_stays_close(tiny_lm, exported):
-    backend = OnnxBackend(exported, tiny_lm, None, int8=True)
-    assert backend.int8
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_graphs_run_and_stay_close(tiny_lm, exported, precision):
+    backend = OnnxBackend(exported, tiny_lm, None, precision)
+    assert backend.precision == precision
     plain = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=1), max_context=CONTEXT).frames(40)
     quant = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=1), max_context=CONTEXT, backend=backend).frames(40)
     assert quant.shape == plain.shape
@@ -96,7 +97,7 @@ def test_int8_graph_runs_and_stays_close(tiny_lm, exported):
 
 
 def test_a_non_finite_edit_is_retried_unsteered_on_onnx_too(tiny_lm, tiny_sae, exported):
-    backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, int8=False)
+    backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, "fp32")
     plain = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), max_context=CONTEXT, backend=backend).frames(12)
     with Steerer(tiny_lm, tiny_sae, cfg_doubled=True) as steerer:
         steerer.set_vector(torch.full((tiny_lm.hidden_size,), float("inf")))
@@ -129,19 +130,33 @@ def test_bad_folders_give_one_line(tiny_lm, exported, tmp_path):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(exported, corrupt)
     (corrupt / FILES["step"]).write_bytes(b"not a graph at all")
-    _one_line(lambda: OnnxBackend(corrupt, tiny_lm, None, int8=False), "not a usable ONNX graph")
+    _one_line(lambda: OnnxBackend(corrupt, tiny_lm, None, "fp32"), "not a usable ONNX graph")
     _one_line(lambda: OnnxBackend(exported, tiny_lm, None).decoder(tiny_lm, 2, CONTEXT * 2, True), "--max-context")
+    only_fp32 = tmp_path / "only_fp32"
+    shutil.copytree(exported, only_fp32)
+    manifest = json.loads((only_fp32 / MANIFEST).read_text())
+    (only_fp32 / MANIFEST).write_text(json.dumps({**manifest, "int8": False, "int4": False}))
+    _one_line(lambda: OnnxBackend(only_fp32, tiny_lm, None, "int4"), "no int4 step graph: export it again with --int4")
+    assert OnnxBackend(only_fp32, tiny_lm, None).precision == "fp32"  # auto: the smallest there is
+    assert OnnxBackend(exported, tiny_lm, None).precision == "int4"
 
 
 def test_cli_export_render_and_play_on_onnx(tiny_sae_dir, tiny_sae, tmp_path, capsys):
     out = tmp_path / "graphs"
-    assert main(["export-onnx", "--model", "tiny", "--sae", str(tiny_sae_dir), "--out", str(out), "--int8"]) == 0
+    assert main(["export-onnx", "--model", "tiny", "--sae", str(tiny_sae_dir), "--out", str(out), "--int4"]) == 0
+    assert "step.int4.onnx" in capsys.readouterr().out
     f = alive_features(tiny_sae, 1)[0]
     assert main(["render", "--model", "tiny", "--backend", "onnx", "--onnx-dir", str(out), "--sae", str(tiny_sae_dir),
-                 "--steer", f"{f}=0.5", "--seconds", "1", "--out", str(tmp_path / "x.wav")]) == 0  # fmt: skip
+                 "--steer", f"{f}=0.5", "--seconds", "1", "--out", str(tmp_path / "x.wav"),
+                 "--precision", "int4"]) == 0  # fmt: skip
+    assert main(["render", "--model", "tiny", "--backend", "onnx", "--onnx-dir", str(out), "--precision", "int8",
+                 "--seconds", "1", "--out", str(tmp_path / "y.wav")]) == 2  # fmt: skip
+    assert "no int8 step graph" in capsys.readouterr().err
     assert main(["play", "--model", "tiny", "--backend", "onnx", "--onnx-dir", str(out), "--no-audio",
                  "--seconds", "2", "--sae", str(tiny_sae_dir), "--meters", str(f)]) == 0  # fmt: skip
-    lines = [line for line in capsys.readouterr().out.splitlines() if "underruns" in line]
+    out = capsys.readouterr().out
+    assert "on cpu, onnx int4 into" in out  # the header names the runtime and its precision
+    lines = [line for line in out.splitlines() if "underruns" in line]
     assert lines and all(re.search(r"underruns \d+", line) for line in lines)
 
 
@@ -197,7 +212,7 @@ def test_an_export_killed_midway_leaves_the_previous_one(tiny_lm, tmp_path, monk
         export_onnx(tiny_lm, folder, layer=2, max_context=CONTEXT, progress=lambda _: None)
     monkeypatch.setattr(onnx_export, "manifest_for", real)
     assert load_manifest(folder, tiny_lm).layer == 1
-    backend = OnnxBackend(folder, tiny_lm, 1, int8=False)
+    backend = OnnxBackend(folder, tiny_lm, 1, "fp32")
     loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), max_context=CONTEXT, backend=backend)
     torch_loop = TokenLoop(tiny_lm, ["x"], SamplingConfig(seed=3), max_context=CONTEXT)
     assert torch.equal(loop.frames(6), torch_loop.frames(6))  # the step graph is layer 1's, as said
@@ -212,6 +227,6 @@ def test_a_world_model_exports_and_plays_through_its_own_codec(tmp_path):
     lm = load_musicgen(str(folder), "cpu", "float32")
     assert main(["export-onnx", "--model", str(folder), "--out", str(tmp_path / "onnx"), "--max-context", "64"]) == 0
     assert not (tmp_path / "onnx" / FILES["codec"]).exists()
-    backend = OnnxBackend(tmp_path / "onnx", lm, None, int8=False)
+    backend = OnnxBackend(tmp_path / "onnx", lm, None, "fp32")
     codes = TokenLoop(lm, ["fast A minor melody"], SamplingConfig(seed=1), max_context=64).frames(25)
     assert torch.equal(backend.decode_codes(codes), decode_codes(lm, codes))
