@@ -211,6 +211,7 @@ def describe_steering(sae, spec) -> str:
 
 def cmd_play(args: argparse.Namespace) -> None:
     from engine.audio import DeviceSink, NullSink, WavRecorder
+    from engine.backends import runtime_name
     from engine.host import Host, HostConfig
     from engine.model import load_musicgen
     from engine.params import ParameterBus
@@ -267,7 +268,8 @@ def cmd_play(args: argparse.Namespace) -> None:
     latest: dict = {}
     bus.subscribe(lambda feedback: feedback.meters and latest.update(feedback.meters))
     where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
-    print(f"playing '{bus.snapshot().prompt}' with {lm.spec} on {lm.device.type} into {where}; Ctrl-C stops")
+    runtime = f"{lm.device.type}, {runtime_name(lm, config.backend)}"
+    print(f"playing '{bus.snapshot().prompt}' with {lm.spec} on {runtime} into {where}; Ctrl-C stops")
     host.start()
     next_line = time.perf_counter() + 1.0
     graph_noted = False
