@@ -192,25 +192,25 @@ def main() -> None:
     print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=2))
 
 
-def int8_divergence(lm, fp32, int8, steps: int = 200, guidance: float = 3.0) -> dict:
-    """How far the int8 step is from the float32 one: the KL of the sampling distributions
+def divergence(lm, fp32, quantized, steps: int = 200, guidance: float = 3.0, prompt: str = "simple melody") -> dict:
+    """How far a quantized step is from the float32 one: the KL of the sampling distributions
     (after CFG) on the float32 run's own context, every step and codebook, and the share of
     tokens that change when both sample freely with the same seed."""
     sampling = SamplingConfig(seed=0, guidance=guidance)
-    reference = TokenLoop(lm, ["simple melody"], sampling, max_context=steps + 8, backend=fp32)
+    reference = TokenLoop(lm, [prompt], sampling, max_context=steps + 8, backend=fp32)
     ref_frames = reference.frames(steps - lm.num_codebooks + 1)
     columns = torch.stack(list(reference._history)[:steps], dim=-1)  # inputs of steps 0 … steps − 1
     rows = torch.cat([columns, columns], dim=0)
     logp = {}
-    for name, backend in (("fp32", fp32), ("int8", int8)):
+    for name, backend in (("fp32", fp32), ("quantized", quantized)):
         decoder = backend.decoder(lm, 2, steps + 8, True)
-        condition = decoder.encode(["simple melody"])
+        condition = decoder.encode([prompt])
         cache = decoder.cache_for(None, decoder.condition_length(condition))
         decoder.set_prompt(cache, condition)
         cond, uncond = decoder.forward(rows, cache, torch.arange(steps)).float().split(1, dim=0)
         logp[name] = torch.log_softmax(uncond + (cond - uncond) * guidance, dim=-1)
-    kl = (logp["fp32"].exp() * (logp["fp32"] - logp["int8"])).sum(-1)
-    free = TokenLoop(lm, ["simple melody"], sampling, max_context=steps + 8, backend=int8)
+    kl = (logp["fp32"].exp() * (logp["fp32"] - logp["quantized"])).sum(-1)
+    free = TokenLoop(lm, [prompt], sampling, max_context=steps + 8, backend=quantized)
     changed = (free.frames(ref_frames.shape[-1]) != ref_frames).float().mean()
     return {
         "steps": steps,
@@ -220,30 +220,86 @@ def int8_divergence(lm, fp32, int8, steps: int = 200, guidance: float = 3.0) -> 
     }
 
 
-def onnx_figures(lm, args: argparse.Namespace, sae: LoadedSAE, chunk: ChunkConfig, torch_ms: float) -> dict:
-    """The ONNX Runtime backend beside the torch step measured in the same run."""
-    from engine.onnx_backend import OnnxBackend
+def memory_read_gbs(megabytes: int = 1024, repeats: int = 3) -> float:
+    """Memory read bandwidth on the threads torch uses: the best of `repeats` sums of a tensor
+    far larger than any cache. A step that reads every weight once cannot beat bytes ÷ this."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - t)
+    return data.numel() * 4 / best / 1e9
 
-    fp32 = OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer, int8=False)
-    int8 = OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer, int8=True) if fp32.manifest.int8 else None
+
+def torch_weight_bytes(lm) -> int:
+    """Bytes of decoder weights one torch step reads: every decoder parameter but the
+    embedding tables (a step reads K rows of them)."""
+    decoder = lm.model.decoder
+    embedded = {id(p) for p in decoder.model.decoder.embed_tokens.parameters()}
+    return sum(p.numel() * p.element_size() for p in decoder.parameters() if id(p) not in embedded)
+
+
+def graph_weight_bytes(path) -> int:
+    """Bytes of the initializers an ONNX step graph reads in full each step: all but those
+    only gathered from (embedding tables)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path)).graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for init in graph.initializer:
+        if readers.get(init.name, {"Gather"}) <= {"Gather"}:
+            continue
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        bits = 4 if init.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else None
+        size = helper.tensor_dtype_to_np_dtype(init.data_type).itemsize if bits is None else bits / 8
+        total += int(count * size)
+    return total
+
+
+def floor(step_ms: float, weight_bytes: int, gbs: float) -> dict:
+    floor_ms = weight_bytes / gbs / 1e6
+    return {"weight_mb": round(weight_bytes / 1e6, 1), "floor_ms": round(floor_ms, 2),
+            "step_over_floor": round(step_ms / floor_ms, 2)}  # fmt: skip
+
+
+def onnx_figures(lm, args: argparse.Namespace, sae: LoadedSAE, chunk: ChunkConfig, torch_ms: float, gbs: float):
+    """The ONNX Runtime backend beside the torch step measured in the same run: every precision
+    the export holds, its distance from float32 and its step over the weight-read floor."""
+    from engine.onnx_backend import OnnxBackend
+    from engine.onnx_export import STEP_FILES
+
+    fp32 = OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer, "fp32")
+    backends = {"fp32": fp32} | {
+        name: OnnxBackend(args.onnx_dir, lm, sae.cfg.hook_layer, name) for name in fp32.manifest.precisions[1:]
+    }
     steps = {}
     with Steerer(lm, sae, cfg_doubled=True) as steerer:
         steerer.set_vector(steerer.vector_for({0: 1.0, 1: -0.5}))
         steerer.watch([0, 1, 2, 3])
-        for name, backend in (("fp32", fp32), ("int8", int8)):
-            if backend is not None:
-                steps[name] = loop_step_ms(lm, args.steps, args.warmup, False, steerer, backend)
+        for name, backend in backends.items():
+            steps[name] = loop_step_ms(lm, args.steps, args.warmup, False, steerer, backend)
     decode_ms = chunk_decode_ms(lm, chunk, decode=fp32.decode_codes)
-    best = steps.get("int8", steps["fp32"])
-    per_frame_ms = best + decode_ms / chunk.chunk
+    frame_ms = {name: ms + decode_ms / chunk.chunk for name, ms in steps.items()}
     return {
         "threads": fp32.threads,
         "steered_metered_step_ms": {name: round(ms, 2) for name, ms in steps.items()},
         "torch_step_over_onnx_step": {name: round(torch_ms / ms, 2) for name, ms in steps.items()},
+        "weight_read_floor": {
+            name: floor(ms, graph_weight_bytes(fp32.folder / STEP_FILES[name]), gbs) for name, ms in steps.items()
+        },
         "codec_chunk_decode_ms": round(decode_ms, 2),
-        "ms_per_audio_frame": round(per_frame_ms, 2),
-        "x_realtime": round(1000 / lm.frame_rate / per_frame_ms, 3),
-        "int8_vs_fp32": int8_divergence(lm, fp32, int8) if int8 is not None else None,
+        "codec_ms_per_frame": round(decode_ms / chunk.chunk, 2),
+        "ms_per_audio_frame": {name: round(ms, 2) for name, ms in frame_ms.items()},
+        "x_realtime": {name: round(1000 / lm.frame_rate / ms, 3) for name, ms in frame_ms.items()},
+        "vs_fp32": {name: divergence(lm, fp32, backend) for name, backend in backends.items() if name != "fp32"},
     }
 
 
@@ -296,8 +352,11 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
         "x_realtime": round(frame_ms / per_frame_ms, 3),
         "realtime_needs_ms_per_frame": frame_ms,
     }
+    gbs = memory_read_gbs()
+    result["memory_read_gbs"] = round(gbs, 1)
+    result["weight_read_floor"] = floor(steered["eager"], torch_weight_bytes(lm), gbs)
     if args.backend == "onnx":
-        result["onnx"] = onnx_figures(lm, args, sae, chunk, steered["eager"])
+        result["onnx"] = onnx_figures(lm, args, sae, chunk, steered["eager"], gbs)
     del lm
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

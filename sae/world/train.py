@@ -300,18 +300,25 @@ def _cosine(step: int, total: int) -> float:
 
 
 @torch.no_grad()
-def prompted_accuracy(lm: LoadedModel, generations: int = 50, seconds: float = 4.0, seed: int = 0) -> dict:
+def prompted_accuracy(
+    lm: LoadedModel, generations: int = 50, seconds: float = 4.0, seed: int = 0, backend=None
+) -> dict:
     """Per-attribute accuracy of the exact scorer on generations whose prompt names every
-    attribute (guidance 3, all prompts in one batch)."""
+    attribute (guidance 3, all prompts in one batch), and their mean grammar log-likelihood
+    per token. `backend`: another runtime for the decoder (a quantized ONNX step), to compare."""
     rng = np.random.default_rng(seed + 7919)
     truth = [sample_attributes(rng) for _ in range(generations)]
     prompts = [prompt_for(attrs) for attrs in truth]
     frames = round(seconds * lm.frame_rate)
-    codes = TokenLoop(lm, prompts, SamplingConfig(seed=seed)).frames(frames)
+    context = frames + lm.num_codebooks + 8 if backend is not None else None  # within an export's max_context
+    codes = TokenLoop(lm, prompts, SamplingConfig(seed=seed), max_context=context, backend=backend).frames(frames)
     scorer = ExactScorer(lm.codebook_size)
     hits = dict.fromkeys(ATTRIBUTES, 0)
+    loglik = 0.0
     for attrs, clip in zip(truth, codes.numpy(), strict=True):
         guess = scorer.predict(clip)
+        loglik += scorer.loglik_per_token(clip) / generations
         for name in ATTRIBUTES:
             hits[name] += getattr(guess, name) == getattr(attrs, name)
-    return {"generations": generations, "seconds": seconds, **{name: hits[name] / generations for name in ATTRIBUTES}}
+    accuracy = {name: hits[name] / generations for name in ATTRIBUTES}
+    return {"generations": generations, "seconds": seconds, **accuracy, "grammar_loglik": round(loglik, 4)}
