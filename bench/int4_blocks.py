@@ -7,11 +7,13 @@ Level 0 dequantizes to float32 inside the MatMul; level 4 quantizes activations 
 computes in int8 (VNNI where the CPU has it). Prints one JSON object.
 
     python bench/int4_blocks.py --model random-small --onnx-dir DIR [--blocks 16,32,64,128] [--levels 0,4]
+                                [--heads 4,32]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import tempfile
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--onnx-dir", required=True, help="a folder from mgsteer export-onnx for --model")
     parser.add_argument("--blocks", default="16,32,64,128")
     parser.add_argument("--levels", default="0,4")
+    parser.add_argument("--heads", default="4,32", help="lm heads in 4 bits, float32 (32), or both")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--kl-steps", type=int, default=100)
     args = parser.parse_args()
@@ -57,13 +60,13 @@ def main() -> None:
         steerer.watch([0, 1, 2, 3])
         fp32_ms = loop_step_ms(lm, args.steps, 5, False, steerer, fp32)
         for block in map(int, args.blocks.split(",")):
-            for level in map(int, args.levels.split(",")):
-                folder = Path(tmp) / f"b{block}_l{level}"
+            for level, heads in itertools.product(map(int, args.levels.split(",")), map(int, args.heads.split(","))):
+                folder = Path(tmp) / f"b{block}_l{level}_h{heads}"
                 variant_folder(src, folder)
-                quantize_step_int4(src / FILES["step"], folder / STEP_FILES["int4"], block, level)
+                quantize_step_int4(src / FILES["step"], folder / STEP_FILES["int4"], block, level, heads == 4)
                 backend = OnnxBackend(folder, lm, sae.cfg.hook_layer, "int4")
                 ms = loop_step_ms(lm, args.steps, 5, False, steerer, backend)
-                rows.append({"block": block, "accuracy_level": level, "step_ms": round(ms, 2),
+                rows.append({"block": block, "accuracy_level": level, "lm_head_bits": heads, "step_ms": round(ms, 2),
                              **divergence(lm, fp32, backend, steps=args.kl_steps)})  # fmt: skip
                 del backend
                 shutil.rmtree(folder)

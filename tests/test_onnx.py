@@ -230,3 +230,20 @@ def test_a_world_model_exports_and_plays_through_its_own_codec(tmp_path):
     backend = OnnxBackend(tmp_path / "onnx", lm, None, "fp32")
     codes = TokenLoop(lm, ["fast A minor melody"], SamplingConfig(seed=1), max_context=64).frames(25)
     assert torch.equal(backend.decode_codes(codes), decode_codes(lm, codes))
+
+
+def test_int4_quantizes_every_matmul_or_keeps_the_heads_in_float32(exported, tmp_path):
+    import onnx
+
+    from engine.onnx_export import STEP_FILES, quantize_step_int4
+
+    def ops(path):
+        return {node.name: node.op_type for node in onnx.load(str(path)).graph.node}
+
+    quantized = ops(exported / STEP_FILES["int4"])
+    assert "MatMulNBits" in quantized.values() and not any(name.startswith("/lm_heads") and op == "MatMul"
+                                                           for name, op in quantized.items())  # fmt: skip
+    quantize_step_int4(exported / FILES["step"], tmp_path / "heads.onnx", heads=False)
+    kept = ops(tmp_path / "heads.onnx")
+    heads = [op for name, op in kept.items() if name.startswith("/lm_heads")]
+    assert heads and set(heads) == {"MatMul"} and "MatMulNBits" in kept.values()
