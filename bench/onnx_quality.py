@@ -24,7 +24,7 @@ from stream import divergence
 
 from engine.model import load_musicgen
 from engine.onnx_backend import OnnxBackend
-from engine.onnx_export import export_onnx
+from engine.onnx_export import export_onnx, load_manifest
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
         folder = Path(args.onnx_dir or tmp)
         if not args.onnx_dir:
             export_onnx(lm, folder, lm.num_layers // 2, 512, int8=True, int4=True, progress=lambda _: None)
-        precisions = OnnxBackend(folder, lm, None, "fp32").manifest.precisions
-        backends = {p: OnnxBackend(folder, lm, None, p) for p in precisions}
+        backends = {p: OnnxBackend(folder, lm, None, p) for p in load_manifest(folder, lm).precisions}
         prompt = "a melody" if not world else _world_prompt()
         result = {
             "model": args.model,

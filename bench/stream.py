@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -255,9 +256,7 @@ def graph_weight_bytes(path) -> int:
     for init in graph.initializer:
         if readers.get(init.name, {"Gather"}) <= {"Gather"}:
             continue
-        count = 1
-        for dim in init.dims:
-            count *= dim
+        count = math.prod(init.dims)
         bits = 4 if init.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else None
         size = helper.tensor_dtype_to_np_dtype(init.data_type).itemsize if bits is None else bits / 8
         total += int(count * size)

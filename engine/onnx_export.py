@@ -37,7 +37,7 @@ MANIFEST = "manifest.json"
 FILES = {"prompt": "prompt.onnx", "step": "step.onnx", "codec": "codec.onnx"}
 STEP_FILES = {"fp32": FILES["step"], "int8": "step.int8.onnx", "int4": "step.int4.onnx"}
 PRECISIONS = tuple(STEP_FILES)  # smallest weights last: the fastest where memory bandwidth bounds the step
-# 4-bit blocks: 32 weights share a scale (the smallest block kept KL lowest at the same speed, bench/stream.py);
+# 4-bit blocks: 32 weights share a scale (as fast as 128 with a lower KL; 16 is slower: bench/int4_blocks.py);
 # accuracy level 4 computes in int8 (VNNI where the CPU has it) instead of dequantising to float32.
 INT4_BLOCK = 32
 INT4_ACCURACY_LEVEL = 4
@@ -141,10 +141,12 @@ def export_onnx(
     chunk = chunk or ChunkConfig()
     frames = chunk.context + chunk.chunk + chunk.holdback
     with staged(out) as stage:
-        return _export(lm, stage, layer, max_context, (int8, int4), sae, frames, progress)
+        return _export(lm, stage, layer, max_context, int8, int4, sae, frames, progress)
 
 
-def _export(lm, out: Path, layer: int, max_context: int, quantized, sae, frames: int, progress) -> Manifest:
+def _export(
+    lm, out: Path, layer: int, max_context: int, int8: bool, int4: bool, sae, frames: int, progress
+) -> Manifest:
     k, rows, heads = lm.num_codebooks, 2, lm.model.config.decoder.num_attention_heads
     head_dim = lm.hidden_size // heads
     tok = lm.tokenizer(["a prompt to trace"], return_tensors="pt")
@@ -217,7 +219,6 @@ def _export(lm, out: Path, layer: int, max_context: int, quantized, sae, frames:
                 opset_version=OPSET,
                 do_constant_folding=True,
             )
-    int8, int4 = quantized
     if int8:
         progress("quantizing the step graph's MatMuls to int8 …")
         quantize_step(out / FILES["step"], out / STEP_FILES["int8"])
@@ -251,14 +252,15 @@ def quantize_step_int4(
 
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=level or None)
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level, quiet.level = quiet.level, logging.WARNING  # it logs a line per node
+    was = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs a line per node
     try:
         model = onnx.load(str(src))
         kept = [] if heads else [n.name for n in model.graph.node if n.op_type == "MatMul" and "lm_heads" in n.name]
         quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=kept)
         quantizer.process()
     finally:
-        quiet.setLevel(level)
+        quiet.setLevel(was)
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
