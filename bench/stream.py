@@ -19,6 +19,7 @@ import json
 import math
 import statistics
 import time
+from functools import partial
 
 import torch
 from common import machine, one_line_errors
@@ -26,7 +27,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from engine.codec import decode_codes
 from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach
+from engine.host import HostConfig
 from engine.model import load_musicgen
+from engine.static_decoder import StaticDecoder
 from engine.steering import Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.bootstrap import init_from_activations, measure
@@ -139,6 +142,50 @@ def edit_ms(steerer: Steerer, lm, repeats: int = 200) -> float:
         steerer._edit(hidden, cond)
     _sync(lm.device)
     return 1000 * (time.perf_counter() - t) / repeats
+
+
+def decoder_ms(decoder, lm, position: int, width: int = 1, repeats: int = 8) -> float:
+    """Mean ms of one decoder call on `width` new positions starting at `position`, the cache
+    holding the positions before it: a step (width 1) or a re-prime's prefill piece."""
+    condition = decoder.encode(["simple melody"])
+    cache = decoder.cache_for(None, decoder.condition_length(condition))
+    decoder.set_prompt(cache, condition)
+    columns = torch.full((2, lm.num_codebooks, width), 5, dtype=torch.long, device=lm.device)
+    positions = torch.arange(position, position + width, device=lm.device)
+    for _ in range(2):
+        decoder.forward(columns, cache, positions)
+    _sync(lm.device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        decoder.forward(columns, cache, positions)
+    _sync(lm.device)
+    return 1000 * (time.perf_counter() - t) / repeats
+
+
+def play_figures(lm, make_decoder, codec_frame_ms: float) -> dict:
+    """What a step costs where `play` runs it: its context fills from the re-prime's keep
+    (10 s) to the model's trained length (30 s) and back, so the mean step is timed at five
+    fills across that span; a re-prime adds a prefill piece a step until it catches up, once
+    per cycle. Short-context step times (the loop timings above) flatter a long context."""
+    config = HostConfig()
+    at_s, keep_s = config.reprime_span(lm)
+    first, last = int(keep_s * lm.frame_rate), int(at_s * lm.frame_rate) - 1
+    fills = [first + (last - first) * i // 4 for i in range(5)]
+    decoder = make_decoder(last + 1)
+    by_fill = {fill: decoder_ms(decoder, lm, fill) for fill in fills}
+    piece_ms = decoder_ms(make_decoder(first + config.reprime_piece), lm, first // 2, config.reprime_piece, repeats=3)
+    cycle_steps = last + 1 - first
+    reprime_ms = config.catch_up_steps(lm) * piece_ms / cycle_steps
+    step_ms = statistics.mean(by_fill.values())
+    frame_ms = step_ms + reprime_ms + codec_frame_ms
+    return {
+        "step_ms_by_context": {str(fill): round(ms, 2) for fill, ms in by_fill.items()},
+        "mean_step_ms": round(step_ms, 2),
+        "reprime_piece_ms": round(piece_ms, 1),
+        "reprime_ms_per_step": round(reprime_ms, 2),
+        "ms_per_audio_frame": round(frame_ms, 2),
+        "x_realtime": round(1000 / lm.frame_rate / frame_ms, 3),
+    }
 
 
 def chunk_decode_ms(lm, cfg: ChunkConfig, repeats: int = 5, decode=None) -> float:
@@ -287,6 +334,10 @@ def onnx_figures(lm, args: argparse.Namespace, sae: LoadedSAE, chunk: ChunkConfi
             steps[name] = loop_step_ms(lm, args.steps, args.warmup, False, steerer, backend)
     decode_ms = chunk_decode_ms(lm, chunk, decode=fp32.decode_codes)
     frame_ms = {name: ms + decode_ms / chunk.chunk for name, ms in steps.items()}
+    play = {
+        name: play_figures(lm, lambda context, b=backend: b.decoder(lm, 2, context, True), decode_ms / chunk.chunk)
+        for name, backend in backends.items()
+    }
     return {
         "threads": fp32.threads,
         "steered_metered_step_ms": {name: round(ms, 2) for name, ms in steps.items()},
@@ -298,6 +349,7 @@ def onnx_figures(lm, args: argparse.Namespace, sae: LoadedSAE, chunk: ChunkConfi
         "codec_ms_per_frame": round(decode_ms / chunk.chunk, 2),
         "ms_per_audio_frame": {name: round(ms, 2) for name, ms in frame_ms.items()},
         "x_realtime": {name: round(1000 / lm.frame_rate / ms, 3) for name, ms in frame_ms.items()},
+        "in_play": play,
         "vs_fp32": {name: divergence(lm, fp32, backend) for name, backend in backends.items() if name != "fp32"},
     }
 
@@ -351,6 +403,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
         "x_realtime": round(frame_ms / per_frame_ms, 3),
         "realtime_needs_ms_per_frame": frame_ms,
     }
+    result["in_play"] = play_figures(lm, partial(StaticDecoder, lm, 2, cfg=True), decode_ms / chunk.chunk)
     gbs = memory_read_gbs()
     result["memory_read_gbs"] = round(gbs, 1)
     result["weight_read_floor"] = floor(steered["eager"], torch_weight_bytes(lm), gbs)

@@ -22,7 +22,7 @@ import torch
 
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from engine.onnx_export import FILES, PRECISIONS, STEP_FILES, Manifest, load_manifest
+from engine.onnx_export import FILES, PRECISIONS, STEP_FILES, Manifest, cache_inputs, load_manifest
 from engine.prompts import tokenize_prompts
 
 
@@ -75,18 +75,53 @@ def step_precision(asked: str, manifest: Manifest, folder: Path) -> str:
     return asked
 
 
+# The self-attention caches grow in steps of this many positions (2.56 s at 50 Hz).
+CACHE_STEP = 128
+
+
 @dataclass
 class OnnxCache:
-    """One context's attention state as numpy arrays (and their zero-copy runtime values)."""
+    """One context's attention state as numpy arrays (and their zero-copy runtime values).
 
-    self_k: np.ndarray  # [L, R, H, T, D]
-    self_v: np.ndarray
+    The self-attention arrays hold as many positions as the context has reached, rounded up
+    to `CACHE_STEP`, not `max_context`: the step graph reads every position it is given, so a
+    cache sized for 30 s would cost a 30 s read at every step of the first second."""
+
+    self_k: np.ndarray  # [L, R, H, D, T]: transposed (see `engine.onnx_graphs.split_attention`)
+    self_v: np.ndarray  # [L, R, H, T, D]
     cross: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # k, v, mask, any
     values: dict | None = None  # input name → OrtValue over the arrays above
 
     @property
     def cross_len(self) -> int:
         return 0 if self.cross is None else self.cross[0].shape[3]
+
+    @property
+    def capacity(self) -> int:
+        return self.self_v.shape[3]
+
+    def reserve(self, positions: int, limit: int) -> None:
+        """Room for `positions` positions (at most `limit`), keeping what is held. A copy, once
+        per `CACHE_STEP` positions: ~0.1 ms a step, spread."""
+        if positions <= self.capacity:
+            return
+        grow = min(limit, -(-positions // CACHE_STEP) * CACHE_STEP) - self.capacity
+        self.self_k = np.pad(self.self_k, [(0, 0)] * 4 + [(0, grow)])  # keys: the context is the last axis
+        self.self_v = np.pad(self.self_v, [(0, 0)] * 3 + [(0, grow), (0, 0)])
+        if self.values is not None:
+            self.values |= self.cache_values()
+
+    def cache_values(self) -> dict:
+        """Runtime values over each layer's slice of the cache arrays (views: no copy)."""
+        layers = self.self_k.shape[0]
+        arrays = [*self.self_k, *self.self_v]
+        return {name: _ort_value(a) for name, a in zip(cache_inputs(layers), arrays, strict=True)}
+
+
+def _ort_value(array: np.ndarray):
+    import onnxruntime as ort
+
+    return ort.OrtValue.ortvalue_from_numpy(array)
 
 
 class OnnxBackend:
@@ -137,7 +172,8 @@ class OnnxDecoder:
     def __init__(self, backend: OnnxBackend, lm: LoadedModel, rows: int, max_context: int, cfg: bool) -> None:
         self.backend, self.lm, self.rows, self.cfg = backend, lm, rows, cfg
         m = backend.manifest
-        self.shape = (m.layers, rows, m.heads, max_context, m.head_dim)
+        self.max_context = max_context
+        self.shape = (m.layers, rows, m.heads, min(CACHE_STEP, max_context), m.head_dim)
         self._steer_off = np.zeros(m.hidden, dtype=np.float32)
 
     def encode(self, prompts: list[str]):
@@ -155,33 +191,35 @@ class OnnxDecoder:
         return condition[0].shape[3]
 
     def cache_for(self, reuse: OnnxCache | None, prompt_len: int) -> OnnxCache:
-        if reuse is not None:
+        """A cache at its smallest: a re-primed context starts short, and reading the old
+        context's length at every step would cost what the small start saves."""
+        if reuse is not None and reuse.capacity == self.shape[3]:
             self.clear(reuse, 0, None)
             return reuse
-        return OnnxCache(np.zeros(self.shape, dtype=np.float32), np.zeros(self.shape, dtype=np.float32))
+        layers, rows, heads, context, dim = self.shape
+        keys = np.zeros((layers, rows, heads, dim, context), dtype=np.float32)
+        return OnnxCache(keys, np.zeros(self.shape, dtype=np.float32))
 
     @staticmethod
     def clear(cache: OnnxCache, start: int, stop: int | None) -> None:
-        cache.self_k[:, :, :, start:stop] = 0
+        cache.self_k[..., start:stop] = 0
         cache.self_v[:, :, :, start:stop] = 0
 
     def set_prompt(self, cache: OnnxCache, condition) -> None:
-        import onnxruntime as ort
-
         cache.cross = condition
-        arrays = {"self_k": cache.self_k, "self_v": cache.self_v}
-        arrays |= dict(zip(("cross_k", "cross_v", "cross_mask", "cross_any"), condition, strict=True))
-        cache.values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
+        arrays = dict(zip(("cross_k", "cross_v", "cross_mask", "cross_any"), condition, strict=True))
+        cache.values = {name: _ort_value(a) for name, a in arrays.items()} | cache.cache_values()
 
     def forward(self, columns: torch.Tensor, cache: OnnxCache, positions: torch.Tensor) -> torch.Tensor:
         """Logits `[R, K, n, V]`; the new positions' keys and values go into `cache`."""
         steer, rows = self._steering()
+        positions = positions.cpu().numpy().astype(np.int64)
+        cache.reserve(int(positions.max()) + 1, self.max_context)
         session = self.backend.step
         binding = session.io_binding()
         for name, value in cache.values.items():
             binding.bind_ortvalue_input(name, value)
         binding.bind_cpu_input("columns", np.ascontiguousarray(columns.cpu().numpy().astype(np.int64)))
-        positions = positions.cpu().numpy().astype(np.int64)
         binding.bind_cpu_input("positions", positions)
         binding.bind_cpu_input("steer", steer)
         binding.bind_cpu_input("steer_rows", rows)
@@ -189,7 +227,7 @@ class OnnxDecoder:
             binding.bind_output(name)
         session.run_with_iobinding(binding)
         logits, new_k, new_v, residual = binding.copy_outputs_to_cpu()
-        cache.self_k[:, :, :, positions] = new_k
+        cache.self_k[..., positions] = new_k.swapaxes(3, 4)
         cache.self_v[:, :, :, positions] = new_v
         steerer = self.backend.steerer
         if steerer is not None and steerer.metering:

@@ -31,7 +31,7 @@ from engine.model import LoadedModel
 from engine.onnx_graphs import CodecGraph, PromptGraph, StepGraph
 from engine.staged import settle, staged
 
-FORMAT = "mgsteer-onnx/1"
+FORMAT = "mgsteer-onnx/2"  # 2: the step graph reads the cache and no longer rewrites it
 OPSET = 18
 MANIFEST = "manifest.json"
 FILES = {"prompt": "prompt.onnx", "step": "step.onnx", "codec": "codec.onnx"}
@@ -150,22 +150,22 @@ def _export(
     k, rows, heads = lm.num_codebooks, 2, lm.model.config.decoder.num_attention_heads
     head_dim = lm.hidden_size // heads
     tok = lm.tokenizer(["a prompt to trace"], return_tensors="pt")
-    cache = torch.zeros(lm.num_layers, rows, heads, max_context, head_dim)
     cross = torch.zeros(lm.num_layers, rows, heads, tok["input_ids"].shape[1], head_dim)
     step_inputs = (
         torch.full((rows, k, 3), lm.pad_token_id, dtype=torch.long),
         torch.arange(3),
-        cache,
-        cache.clone(),
         cross,
         cross.clone(),
         torch.ones(rows, 1, 1, cross.shape[3], dtype=torch.bool),
         torch.ones(rows, 1, 1, dtype=torch.bool),
         torch.zeros(lm.hidden_size),
         torch.ones(rows, 1, 1),
+        *torch.zeros(lm.num_layers, rows, heads, head_dim, 16).unbind(),  # keys transposed; the context axis is dynamic
+        *torch.zeros(lm.num_layers, rows, heads, 16, head_dim).unbind(),
     )
-    step_names = ["columns", "positions", "self_k", "self_v", "cross_k", "cross_v", "cross_mask", "cross_any"]
-    step_names += ["steer", "steer_rows"]
+    cache_names = cache_inputs(lm.num_layers)
+    step_names = ["columns", "positions", "cross_k", "cross_v", "cross_mask", "cross_any", "steer", "steer_rows"]
+    step_names += cache_names
     jobs = [
         (
             "prompt",
@@ -184,8 +184,7 @@ def _export(
             {
                 "columns": {0: "rows", 2: "n"},
                 "positions": {0: "n"},
-                "self_k": {1: "rows", 3: "context"},
-                "self_v": {1: "rows", 3: "context"},
+                **{name: {0: "rows", (3 if name.startswith("self_k") else 2): "context"} for name in cache_names},
                 "cross_k": {1: "rows", 3: "tokens"},
                 "cross_v": {1: "rows", 3: "tokens"},
                 "cross_mask": {0: "rows", 3: "tokens"},
@@ -228,6 +227,11 @@ def _export(
     manifest = manifest_for(lm, layer, max_context, frames, int8, sae, int4)
     (out / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
     return manifest
+
+
+def cache_inputs(layers: int) -> list[str]:
+    """The step graph's self-attention cache inputs: each layer's keys, then its values."""
+    return [f"self_k_{i}" for i in range(layers)] + [f"self_v_{i}" for i in range(layers)]
 
 
 def quantize_step(src: Path, dst: Path) -> None:
@@ -275,11 +279,14 @@ def load_manifest(folder: str | Path, lm: LoadedModel | None = None, layer: int 
         raise MgsteerError(f"'{folder}' has no {MANIFEST}: make it with mgsteer export-onnx --out {folder}")
     try:
         raw = read_json_object(path, "ONNX manifest")
-        if raw.get("format") != FORMAT:
+        earlier = raw.get("format") == "mgsteer-onnx/1"
+        if not earlier and raw.get("format") != FORMAT:
             raise MgsteerError(f"{path}: not a {FORMAT} manifest")
-        manifest = Manifest(**raw)
+        manifest = None if earlier else Manifest(**raw)
     except (MgsteerError, TypeError, AttributeError) as exc:
         raise MgsteerError(f"{path} is damaged ({exc}); export again with mgsteer export-onnx") from exc
+    if manifest is None:
+        raise MgsteerError(f"'{folder}' was exported by an earlier mgsteer (a slower step graph): export it again")
     if lm is not None:
         _check_fits(folder, manifest, lm)
     if layer is not None and manifest.layer != layer:

@@ -47,11 +47,14 @@ class PromptGraph(nn.Module):
 class StepGraph(nn.Module):
     """Delayed columns `[R, K, n]` at cache positions `[n]` → logits `[R, K, n, V]`, the new
     positions' keys and values `[L, R, H, n, D]`, and the residual `[R, n, hidden]` at the
-    steering layer (after the edit)."""
+    steering layer (after the edit).
+
+    Each layer's cache is an input of its own: the host binds views of one array, and a
+    graph that took the whole `[L, …]` array would split it, a copy of the cache each step."""
 
     def __init__(self, lm: LoadedModel, steer_layer: int) -> None:
         super().__init__()
-        self.math = DecoderMath(lm)
+        self.math = DecoderMath(lm, prescale=True)
         self.inner, self.lm_heads = self.math.inner, self.math.lm_heads  # registered: exported weights
         self.steer_layer = steer_layer
 
@@ -59,32 +62,54 @@ class StepGraph(nn.Module):
         self,
         columns: torch.Tensor,  # [R, K, n] int64
         positions: torch.Tensor,  # [n] int64
-        self_k: torch.Tensor,  # [L, R, H, T, D]
-        self_v: torch.Tensor,
         cross_k: torch.Tensor,  # [L, R, H, S, D]
         cross_v: torch.Tensor,
         cross_mask: torch.Tensor,  # [R, 1, 1, S] bool
         cross_any: torch.Tensor,  # [R, 1, 1] bool
         steer: torch.Tensor,  # [hidden]
         steer_rows: torch.Tensor,  # [R, 1, 1]: 1 = add `steer` to this row (0·inf would be NaN: a select)
+        *cache: torch.Tensor,  # each layer's keys `[R, H, D, T]` (transposed), then its values `[R, H, T, D]`
     ):
         math = self.math
         hidden = math.embed(columns, positions)
-        key_index = torch.arange(self_k.shape[3], device=columns.device)
-        causal = (key_index[None, :] <= positions[:, None])[None, None]
+        # The cache holds positions before this call's first: later ones are stale or zero.
+        layers = len(math.inner.layers)
+        self_k, self_v = cache[:layers], cache[layers:]
+        key_index = torch.arange(self_v[0].shape[2], device=columns.device)
+        old_bias = torch.where(key_index < positions[:1], 0.0, float("-inf"))
+        n = positions.shape[0]
+        new_bias = torch.where(torch.ones(n, n, dtype=torch.bool).tril(), 0.0, float("-inf"))
         new_k, new_v, residual = [], [], hidden
         for i, layer in enumerate(math.inner.layers):
 
-            def write(key, value, i=i):
+            def attend(query, key, value, i=i):
                 new_k.append(key)
                 new_v.append(value)
-                return self_k[i].index_copy(2, positions, key), self_v[i].index_copy(2, positions, value)
+                return split_attention(query, (self_k[i], self_v[i], old_bias), (key, value, new_bias))
 
-            hidden = math.layer(layer, hidden, write, (cross_k[i], cross_v[i], cross_mask, cross_any), causal)
+            hidden = math.layer(layer, hidden, attend, (cross_k[i], cross_v[i], cross_mask, cross_any))
             if i == self.steer_layer:
                 hidden = torch.where(steer_rows > 0.5, hidden + steer.to(hidden.dtype), hidden)
                 residual = hidden
         return math.logits(hidden), torch.stack(new_k), torch.stack(new_v), residual
+
+
+def split_attention(query: torch.Tensor, old: tuple, new: tuple) -> torch.Tensor:
+    """Attention of a prescaled query (`DecoderMath(prescale=True)`) over the cached keys and
+    the new ones as one softmax, without joining them.
+
+    Why: a graph that wrote the new keys into the cache (or concatenated them) would copy the
+    whole cache every layer of every step, and at 1500 positions that copy costs more than
+    the weights; here the cache is only read, once for the scores and once for the values.
+    `old` is (keys transposed `[…, D, T]`, values, additive mask `[T]`): a cache stored that
+    way is a plain matrix product's right side, where `[…, T, D]` keys would be transposed and
+    packed at every call; `new` is (keys, values, mask `[n, n]`) as the layer made them."""
+    old_kt, old_v, old_bias = old
+    new_k, new_v, new_bias = new
+    scores = torch.cat([query @ old_kt + old_bias, query @ new_k.transpose(-1, -2) + new_bias], dim=-1)
+    weights = scores.softmax(dim=-1)
+    context = old_v.shape[-2]
+    return weights[..., :context] @ old_v + weights[..., context:] @ new_v
 
 
 class CodecGraph(nn.Module):

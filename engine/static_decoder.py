@@ -122,32 +122,51 @@ class StaticDecoder:
         Each layer's output goes through its forward hooks (steering, meters, recording)."""
         math = self.math
         hidden = math.embed(columns, positions)
-        causal = (self._key_index[None, :] <= positions[:, None])[None, None]  # [1, 1, n, max_context]
+        # Attend over the positions reached, not the whole cache: on the CPU a read of the end
+        # position is free, and 30 s of masked keys cost as much as the rest of a short step.
+        # A GPU keeps the full static shape (a captured graph must not depend on the position).
+        reach = self.max_context if positions.is_cuda else int(positions[-1]) + 1
+        causal = (self._key_index[None, :reach] <= positions[:, None])[None, None]  # [1, 1, n, reach]
         for i, layer in enumerate(math.inner.layers):
 
-            def write(key: torch.Tensor, value: torch.Tensor, i: int = i) -> tuple[torch.Tensor, torch.Tensor]:
-                return cache.self_k[i].index_copy_(2, positions, key), cache.self_v[i].index_copy_(2, positions, value)
+            def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i: int = i) -> torch.Tensor:
+                keys = cache.self_k[i].index_copy_(2, positions, key)[:, :, :reach]
+                values = cache.self_v[i].index_copy_(2, positions, value)[:, :, :reach]
+                return F.scaled_dot_product_attention(query, keys, values, attn_mask=causal, scale=math.scale)
 
             cross = (cache.cross_k[i], cache.cross_v[i], cache.cross_mask, cache.cross_any)
-            hidden = _run_forward_hooks(layer, math.layer(layer, hidden, write, cross, causal))
+            hidden = _run_forward_hooks(layer, math.layer(layer, hidden, attend, cross))
         return math.logits(hidden)
 
 
-KeyWriter = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (query, new keys, new values) `[rows, heads, n, head_dim]` → the self-attention output
+SelfAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class DecoderMath:
     """`MusicgenDecoder`'s arithmetic over a static cache, on the HF modules' own weights:
-    shared by the eager or captured step (`StaticDecoder`) and the exported ONNX step graph."""
+    shared by the eager or captured step (`StaticDecoder`) and the exported ONNX step graph.
 
-    def __init__(self, lm: LoadedModel) -> None:
+    `prescale` folds attention's 1/√d into the query projection's weights (the exporter folds
+    the product into a constant): ONNX Runtime would otherwise fuse the scale into the score
+    product as a slower kernel, which at 1500 positions costs a millisecond a step."""
+
+    def __init__(self, lm: LoadedModel, prescale: bool = False) -> None:
         decoder = lm.model.decoder
         self.inner = decoder.model.decoder
         self.lm_heads = decoder.lm_heads
         config = lm.model.config.decoder
         self.heads = config.num_attention_heads
         self.head_dim = config.hidden_size // self.heads
-        self.scale = self.head_dim**-0.5
+        self.prescale = prescale
+        self.scale = 1.0 if prescale else self.head_dim**-0.5  # what attention applies to the scores
+
+    def query(self, projection: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if not self.prescale:
+            return projection(x)
+        scale = self.head_dim**-0.5
+        bias = None if projection.bias is None else projection.bias * scale
+        return F.linear(x, projection.weight * scale, bias)
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """`[rows, n, hidden]` → `[rows, heads, n, head_dim]`."""
@@ -164,21 +183,21 @@ class DecoderMath:
         hidden = self.inner.layer_norm(hidden)
         return torch.stack([head(hidden) for head in self.lm_heads], dim=1)
 
-    def layer(self, layer, hidden: torch.Tensor, write: KeyWriter, cross: tuple, causal: torch.Tensor) -> torch.Tensor:
-        """One decoder layer. `write(key, value)` stores the new positions' keys and values and
-        returns what to attend over (in place in the step, out of place in the exported graph);
+    def layer(self, layer, hidden: torch.Tensor, attend: SelfAttention, cross: tuple) -> torch.Tensor:
+        """One decoder layer. `attend(query, key, value)` stores the new positions' keys and
+        values where its cache keeps them and attends over the context (the step writes into
+        its cache and attends over it; the exported graph leaves the cache to the host);
         `cross` is the cross-attention keys, values, key mask and rows-with-any-key."""
         rows, n, width = hidden.shape
         attn = layer.self_attn
         x = layer.self_attn_layer_norm(hidden)
-        query = self.split(attn.q_proj(x))
-        keys, values = write(self.split(attn.k_proj(x)), self.split(attn.v_proj(x)))
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=causal, scale=self.scale)
+        query = self.split(self.query(attn.q_proj, x))
+        out = attend(query, self.split(attn.k_proj(x)), self.split(attn.v_proj(x)))
         hidden = hidden + attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
 
         cross_k, cross_v, cross_mask, cross_any = cross
         x = layer.encoder_attn_layer_norm(hidden)
-        query = self.split(layer.encoder_attn.q_proj(x))
+        query = self.split(self.query(layer.encoder_attn.q_proj, x))
         out = F.scaled_dot_product_attention(query, cross_k, cross_v, attn_mask=cross_mask, scale=self.scale)
         # A row with no prompt token at all (CFG's null condition) attends to nothing: zero,
         # whatever a fused kernel makes of a fully masked row.

@@ -13,12 +13,15 @@ from conftest import SAE_LAYER, alive_features
 from cli.main import main
 from engine.codec import decode_codes
 from engine.errors import MgsteerError
-from engine.onnx_backend import OnnxBackend, physical_cores
+from engine.onnx_backend import CACHE_STEP, OnnxBackend, physical_cores
 from engine.onnx_export import FILES, MANIFEST, export_onnx, load_manifest
 from engine.steering import Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop
 
-CONTEXT = 128
+CONTEXT = 300  # past one step of the ONNX cache's growth (CACHE_STEP)
+
+
+STEPS = 160
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,9 @@ def _logits_of(loop: TokenLoop, record: list) -> None:
 
 
 def test_fp32_graphs_match_torch_step_by_step_with_steering_switched_mid_run(tiny_lm, tiny_sae, exported):
-    """60 steps; steering on from step 20, off from 40: logits within 1e-4 at every step,
-    the same tokens for the same seed, and the same meters."""
+    """160 steps (the ONNX caches grow past their first CACHE_STEP positions on the way);
+    steering on from step 20, off from 40: logits within 1e-4 at every step, the same tokens
+    for the same seed, and the same meters."""
     f1, f2 = alive_features(tiny_sae)
     backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, "fp32")
     runs = {}
@@ -54,7 +58,7 @@ def test_fp32_graphs_match_torch_step_by_step_with_steering_switched_mid_run(tin
             steerer.attach(loop)
             logits, meters, frames = [], [], []
             _logits_of(loop, logits)
-            for step in range(60):
+            for step in range(STEPS):
                 if step == 20:
                     steerer.set_vector(steerer.vector_for({f1: 2.0, f2: -1.0}))
                 if step == 40:
@@ -63,9 +67,9 @@ def test_fp32_graphs_match_torch_step_by_step_with_steering_switched_mid_run(tin
                 meters.append(steerer.meters[0].clone())
             runs[name] = (torch.stack(logits), torch.cat(frames, dim=-1), torch.stack(meters))
     (lt, ft, mt), (lo, fo, mo) = runs["torch"], runs["onnx"]
-    assert lt.shape == lo.shape == (60, 2, tiny_lm.num_codebooks, 1, tiny_lm.codebook_size)
+    assert lt.shape == lo.shape == (STEPS, 2, tiny_lm.num_codebooks, 1, tiny_lm.codebook_size)
     assert (lt - lo).abs().max() < 1e-4
-    assert torch.equal(ft, fo) and ft.shape[-1] == 60 - tiny_lm.num_codebooks + 1
+    assert torch.equal(ft, fo) and ft.shape[-1] == STEPS - tiny_lm.num_codebooks + 1
     torch.testing.assert_close(mo, mt, atol=1e-4, rtol=1e-4)
     assert not torch.equal(lt[19], lt[20])  # the switch did change something
 
@@ -75,7 +79,7 @@ def test_codec_graph_and_reprime_match_torch(tiny_lm, exported):
     codes = []
     for kw in ({}, {"backend": backend}):
         loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=6), max_context=CONTEXT, **kw)
-        out = [loop.frames(60)]
+        out = [loop.frames(140)]
         loop.begin_reprime(30, ["another prompt"])
         while loop.repriming:
             out.append(loop.step())
@@ -84,6 +88,25 @@ def test_codec_graph_and_reprime_match_torch(tiny_lm, exported):
         codes.append(torch.cat(out, dim=-1))
     assert torch.equal(codes[0], codes[1])
     torch.testing.assert_close(backend.decode_codes(codes[0]), decode_codes(tiny_lm, codes[0]), atol=1e-4, rtol=0)
+
+
+def test_the_cache_grows_in_steps_keeps_what_it_holds_and_rebinds(tiny_lm, exported):
+    backend = OnnxBackend(exported, tiny_lm, None, "fp32")
+    decoder = backend.decoder(tiny_lm, rows=2, max_context=CONTEXT, cfg=True)
+    cache = decoder.cache_for(None, 0)
+    decoder.set_prompt(cache, decoder.encode(["x"]))
+    assert cache.capacity == CACHE_STEP
+    cache.self_k[..., 5] = 1.0
+    cache.self_v[:, :, :, 5] = 2.0
+    cache.reserve(CACHE_STEP + 1, CONTEXT)
+    assert cache.capacity == 2 * CACHE_STEP
+    assert (cache.self_k[..., 5] == 1.0).all() and (cache.self_v[:, :, :, 5] == 2.0).all()
+    assert (cache.self_k[..., CACHE_STEP:] == 0).all()
+    bound = cache.values["self_k_0"].numpy()
+    assert bound.shape[-1] == 2 * CACHE_STEP and (bound[..., 5] == 1.0).all()  # the runtime sees the new arrays
+    cache.reserve(CONTEXT * 2, CONTEXT)
+    assert cache.capacity == CONTEXT  # never past the limit
+    assert decoder.cache_for(cache, 0) is not cache  # a re-primed context starts small again
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
