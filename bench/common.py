@@ -13,35 +13,18 @@ from collections.abc import Callable
 
 import torch
 
+from engine.device import cpu_model_and_simd
 from engine.errors import MgsteerError
-
-SIMD_FLAGS = (
-    "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-    "amx_tile", "amx_bf16", "amx_int8",
-)  # fmt: skip
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    """The first CPU's model name and flags (Linux); the platform's name elsewhere."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields.get("model name") or platform.processor() or platform.machine(), set(fields.get("flags", "").split())
 
 
 def machine(device: torch.device | str | None = None) -> dict:
     """CPU model and SIMD flags, cores and threads, the GPU if any, library versions."""
     import transformers
 
-    model, flags = _cpuinfo()
+    model, simd = cpu_model_and_simd()
     out = {
         "cpu": model,
-        "simd": [f for f in SIMD_FLAGS if f in flags],
+        "simd": simd,
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 from common import machine, one_line_errors
-from stream import divergence, loop_step_ms, make_sae
+from stream import loop_step_ms, make_sae
 
 from engine.model import load_musicgen
 from engine.onnx_backend import OnnxBackend
 from engine.onnx_export import FILES, MANIFEST, STEP_FILES, quantize_step_int4
+from engine.runtime_choice import divergence
 from engine.steering import Steerer
 
 

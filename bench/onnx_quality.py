@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 from common import machine, one_line_errors
-from stream import divergence
 
 from engine.model import load_musicgen
 from engine.onnx_backend import OnnxBackend
 from engine.onnx_export import export_onnx, load_manifest
+from engine.runtime_choice import divergence
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from engine.codec import decode_codes
 from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach
 from engine.host import HostConfig
 from engine.model import load_musicgen
+from engine.runtime_choice import decoder_ms, divergence
 from engine.static_decoder import StaticDecoder
 from engine.steering import Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop
@@ -144,24 +145,6 @@ def edit_ms(steerer: Steerer, lm, repeats: int = 200) -> float:
     return 1000 * (time.perf_counter() - t) / repeats
 
 
-def decoder_ms(decoder, lm, position: int, width: int = 1, repeats: int = 8) -> float:
-    """Mean ms of one decoder call on `width` new positions starting at `position`, the cache
-    holding the positions before it: a step (width 1) or a re-prime's prefill piece."""
-    condition = decoder.encode(["simple melody"])
-    cache = decoder.cache_for(None, decoder.condition_length(condition))
-    decoder.set_prompt(cache, condition)
-    columns = torch.full((2, lm.num_codebooks, width), 5, dtype=torch.long, device=lm.device)
-    positions = torch.arange(position, position + width, device=lm.device)
-    for _ in range(2):
-        decoder.forward(columns, cache, positions)
-    _sync(lm.device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        decoder.forward(columns, cache, positions)
-    _sync(lm.device)
-    return 1000 * (time.perf_counter() - t) / repeats
-
-
 def play_figures(lm, make_decoder, codec_frame_ms: float) -> dict:
     """What a step costs where `play` runs it: its context fills from the re-prime's keep
     (10 s) to the model's trained length (30 s) and back, so the mean step is timed at five
@@ -238,34 +221,6 @@ def main() -> None:
     torch.set_grad_enabled(False)
     runs = [bench_model(model, args) for model in args.model.split(",")]
     print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=2))
-
-
-def divergence(lm, fp32, quantized, steps: int = 200, guidance: float = 3.0, prompt: str = "simple melody") -> dict:
-    """How far a quantized step is from the float32 one: the KL of the sampling distributions
-    (after CFG) on the float32 run's own context, every step and codebook, and the share of
-    tokens that change when both sample freely with the same seed."""
-    sampling = SamplingConfig(seed=0, guidance=guidance)
-    reference = TokenLoop(lm, [prompt], sampling, max_context=steps + 8, backend=fp32)
-    ref_frames = reference.frames(steps - lm.num_codebooks + 1)
-    columns = torch.stack(list(reference._history)[:steps], dim=-1)  # inputs of steps 0 … steps − 1
-    rows = torch.cat([columns, columns], dim=0)
-    logp = {}
-    for name, backend in (("fp32", fp32), ("quantized", quantized)):
-        decoder = backend.decoder(lm, 2, steps + 8, True)
-        condition = decoder.encode([prompt])
-        cache = decoder.cache_for(None, decoder.condition_length(condition))
-        decoder.set_prompt(cache, condition)
-        cond, uncond = decoder.forward(rows, cache, torch.arange(steps)).float().split(1, dim=0)
-        logp[name] = torch.log_softmax(uncond + (cond - uncond) * guidance, dim=-1)
-    kl = (logp["fp32"].exp() * (logp["fp32"] - logp["quantized"])).sum(-1)
-    free = TokenLoop(lm, [prompt], sampling, max_context=steps + 8, backend=quantized)
-    changed = (free.frames(ref_frames.shape[-1]) != ref_frames).float().mean()
-    return {
-        "steps": steps,
-        "kl_mean": round(float(kl.mean()), 5),
-        "kl_p95": round(float(kl.flatten().quantile(0.95)), 5),
-        "tokens_changed_share": round(float(changed), 4),
-    }
 
 
 def memory_read_gbs(megabytes: int = 1024, repeats: int = 3) -> float:

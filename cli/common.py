@@ -37,9 +37,12 @@ def graph_args(p: argparse.ArgumentParser) -> None:
 
 def backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--backend", default="torch", choices=("torch", "onnx"), help="onnx: ONNX Runtime on the CPU (docs/ONNX.md)"
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "onnx"),
+        help="auto: on a CPU the fastest measured here, once (torch on a GPU); onnx: ONNX Runtime (docs/ONNX.md)",
     )
-    p.add_argument("--onnx-dir", help="with --backend onnx: a folder from mgsteer export-onnx")
+    p.add_argument("--onnx-dir", help="a folder from mgsteer export-onnx (with auto: instead of its own export)")
     p.add_argument(
         "--precision",
         default="auto",

@@ -174,6 +174,8 @@ def cmd_render(args: argparse.Namespace) -> None:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
     if args.backend == "onnx" and args.mode == "clamp":
         raise MgsteerError("clamp-mode steering runs on the torch backend only: use --backend torch")
+    if args.mode == "clamp":
+        args.backend = "torch"  # auto's choice: the only runtime that clamps
     prompt = limits.prompt_text(args.prompt, "--prompt")
     out_path = output_file(args.out, (".wav",))
     sampling = sampling_config(args)

@@ -1,4 +1,5 @@
-"""Which runtime steps the model: torch (None), or ONNX Runtime on an exported folder.
+"""Which runtime steps the model: torch (None), or ONNX Runtime on an exported folder, or
+auto: the fastest on this machine (`engine.runtime_choice`).
 
 One place for the choice, because the command line's player and the window open the same
 engine with the same flags.
@@ -10,13 +11,20 @@ from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from sae.files import LoadedSAE
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 
-def open_backend(name: str, onnx_dir: str | None, precision: str, lm: LoadedModel, sae: LoadedSAE | None):
-    """The ONNX backend `name` asks for, checked against model and SAE; None for torch."""
+def open_backend(name: str, onnx_dir: str | None, precision: str, lm: LoadedModel, sae: LoadedSAE | None, say=print):
+    """The ONNX backend `name` asks for, checked against model and SAE; None for torch. With
+    auto, `say` hears what was chosen and why."""
     if name not in BACKENDS:
-        raise MgsteerError(f"unknown backend '{name}': use {' or '.join(BACKENDS)}")
+        raise MgsteerError(f"unknown backend '{name}': use {', '.join(BACKENDS)}")
+    if name == "auto":
+        if precision != "auto":
+            raise MgsteerError(f"--precision {precision} picks an ONNX step graph: use it with --backend onnx")
+        from engine.runtime_choice import choose_backend
+
+        return choose_backend(lm, sae.cfg.hook_layer if sae is not None else None, onnx_dir, say)
     if name != "onnx":
         return None
     if not onnx_dir:

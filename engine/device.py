@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from engine.errors import MgsteerError
+
+# The vector instruction sets that decide which runtime and precision steps fastest.
+SIMD_FLAGS = (
+    "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+    "amx_tile", "amx_bf16", "amx_int8",
+)  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -49,3 +57,20 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or tensor.device.type == "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def cpu_model_and_simd() -> tuple[str, list[str]]:
+    """The first CPU's model name and which of `SIMD_FLAGS` it has (Linux); elsewhere the
+    platform's name and no flags. Why it matters: float sums and speeds differ between CPU
+    families by 2× and more, so a timing or a runtime choice holds for one CPU only."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return model, [f for f in SIMD_FLAGS if f in flags]

@@ -183,8 +183,14 @@ class Steerer:
         return plan
 
     def set_vector(self, vector: torch.Tensor, halves: Halves = "both") -> None:
-        """Install an add-mode vector (copied into the persistent buffer)."""
-        self.vector.copy_(vector)
+        """Install an add-mode vector. On a GPU it is copied into the persistent buffer a
+        captured graph reads (the copy is queued on the stream, between steps); elsewhere the
+        buffer is replaced whole, so a step running on another thread adds the old vector or
+        the new one, never half of each (a copy on the CPU runs at once, beside the step)."""
+        if self.vector.is_cuda:
+            self.vector.copy_(vector)
+        else:
+            self.vector = vector.to(self.vector.dtype).clone()
         self._cond_only.fill_(halves == "cond")
         self._halves = halves
         self._clamp, self._steering = None, True

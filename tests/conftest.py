@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from sae.topk import SAEConfig
 
 SAE_LAYER = 2
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the GUI tests draw without a display
+os.environ["MGSTEER_CACHE"] = tempfile.mkdtemp(prefix="mgsteer-cache-")  # --backend auto's exports stay out of ~
 
 
 def pytest_collection_modifyitems(config, items):
