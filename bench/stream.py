@@ -4,8 +4,10 @@ Prints one JSON object: per-step ms of our token loop vs transformers' `generate
 in the same run; the steered step with 4 meters, eager and (on CUDA) replayed as a graph,
 with the GPU's busy time per step; the cost of steering and of meters as a fraction of a
 step; the EnCodec chunk decode; time to first audio; and the speed as `x_realtime` (audio
-seconds per second of compute; real time needs ≥ 1). Speed does not depend on weight
-values, so the figures hold for the real checkpoint.
+seconds per second of compute; real time needs ≥ 1). Those loop timings run on a short
+context; `in_play` times each runtime where `play` runs it (a 10–30 s context, re-prime
+pieces, the chunk the default profile settles on). Speed does not depend on weight values,
+so the figures hold for the real checkpoint.
 
     python bench/stream.py [--model random-small|random-medium|random-large] [--device auto]
                            [--dtype float16] [--steps 30] [--graph/--no-graph]
@@ -27,7 +29,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from engine.codec import decode_codes
 from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach
-from engine.host import HostConfig
+from engine.host import CHUNK_BUDGET, DEFAULT_CHUNKS, HostConfig
 from engine.model import load_musicgen
 from engine.runtime_choice import decoder_ms, divergence
 from engine.static_decoder import StaticDecoder
@@ -145,11 +147,12 @@ def edit_ms(steerer: Steerer, lm, repeats: int = 200) -> float:
     return 1000 * (time.perf_counter() - t) / repeats
 
 
-def play_figures(lm, make_decoder, codec_frame_ms: float) -> dict:
+def play_figures(lm, make_decoder, codec_ms: dict[int, float]) -> dict:
     """What a step costs where `play` runs it: its context fills from the re-prime's keep
     (10 s) to the model's trained length (30 s) and back, so the mean step is timed at five
     fills across that span; a re-prime adds a prefill piece a step until it catches up, once
-    per cycle. Short-context step times (the loop timings above) flatter a long context."""
+    per cycle; the codec's share is that of the chunk the default profile settles on
+    (`codec_ms`: chunk → ms per frame). Short-context step times flatter a long context."""
     config = HostConfig()
     at_s, keep_s = config.reprime_span(lm)
     first, last = int(keep_s * lm.frame_rate), int(at_s * lm.frame_rate) - 1
@@ -160,15 +163,24 @@ def play_figures(lm, make_decoder, codec_frame_ms: float) -> dict:
     cycle_steps = last + 1 - first
     reprime_ms = config.catch_up_steps(lm) * piece_ms / cycle_steps
     step_ms = statistics.mean(by_fill.values())
-    frame_ms = step_ms + reprime_ms + codec_frame_ms
+    fits = CHUNK_BUDGET[0] * 1000 / lm.frame_rate
+    chunk = next((c for c in DEFAULT_CHUNKS if step_ms + codec_ms[c] <= fits), DEFAULT_CHUNKS[-1])
+    frame_ms = step_ms + reprime_ms + codec_ms[chunk]
     return {
         "step_ms_by_context": {str(fill): round(ms, 2) for fill, ms in by_fill.items()},
         "mean_step_ms": round(step_ms, 2),
         "reprime_piece_ms": round(piece_ms, 1),
         "reprime_ms_per_step": round(reprime_ms, 2),
+        "chunk": chunk,
+        "codec_ms_per_frame": round(codec_ms[chunk], 2),
         "ms_per_audio_frame": round(frame_ms, 2),
         "x_realtime": round(1000 / lm.frame_rate / frame_ms, 3),
     }
+
+
+def codec_per_frame(lm, decode=None) -> dict[int, float]:
+    """Ms of codec per frame at each chunk size the default profile chooses among."""
+    return {c: chunk_decode_ms(lm, ChunkConfig(chunk=c), decode=decode) / c for c in DEFAULT_CHUNKS}
 
 
 def chunk_decode_ms(lm, cfg: ChunkConfig, repeats: int = 5, decode=None) -> float:
@@ -289,8 +301,9 @@ def onnx_figures(lm, args: argparse.Namespace, sae: LoadedSAE, chunk: ChunkConfi
             steps[name] = loop_step_ms(lm, args.steps, args.warmup, False, steerer, backend)
     decode_ms = chunk_decode_ms(lm, chunk, decode=fp32.decode_codes)
     frame_ms = {name: ms + decode_ms / chunk.chunk for name, ms in steps.items()}
+    codec = codec_per_frame(lm, fp32.decode_codes)
     play = {
-        name: play_figures(lm, lambda context, b=backend: b.decoder(lm, 2, context, True), decode_ms / chunk.chunk)
+        name: play_figures(lm, lambda context, b=backend: b.decoder(lm, 2, context, True), codec)
         for name, backend in backends.items()
     }
     return {
@@ -358,7 +371,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
         "x_realtime": round(frame_ms / per_frame_ms, 3),
         "realtime_needs_ms_per_frame": frame_ms,
     }
-    result["in_play"] = play_figures(lm, partial(StaticDecoder, lm, 2, cfg=True), decode_ms / chunk.chunk)
+    result["in_play"] = play_figures(lm, partial(StaticDecoder, lm, 2, cfg=True), codec_per_frame(lm))
     gbs = memory_read_gbs()
     result["memory_read_gbs"] = round(gbs, 1)
     result["weight_read_floor"] = floor(steered["eager"], torch_weight_bytes(lm), gbs)

@@ -7,7 +7,9 @@ the sink. It keeps `lookahead_ms` of audio queued — enough never to underrun, 
 enough that a knob is heard soon: knob → sound ≈ lookahead + chunk + holdback + 3 frames.
 
 Two latency profiles (`HostConfig.for_latency`): `default` (300 ms queued, 8-frame chunks, a
-6-frame hold-back) and `low` (a 5-frame hold-back with a 20 ms crossfade, and chunk and
+6-frame hold-back; 16-frame chunks where a step and its share of 8-frame decodes take over
+80 % of a frame, as on a 2-core CPU: a decode's fixed cost and its 16 frames of context are
+then spread over twice the frames) and `low` (a 5-frame hold-back with a 20 ms crossfade, and chunk and
 lookahead measured while playing: the smallest chunk of `LOW_LATENCY_CHUNKS` whose decoder
 step plus share of a decode takes at most 60 % of a frame's time, and the smallest lookahead
 that covers the sink's block and the slowest recent stretch of compute between two blocks).
@@ -42,6 +44,7 @@ from sae.files import LoadedSAE
 # (tests/test_codec_stream.py). It starts at the largest chunk and shrinks once measured.
 LOW_LATENCY_CHUNK = ChunkConfig(chunk=8, holdback=5, crossfade_ms=20.0)
 LOW_LATENCY_CHUNKS = (2, 4, 8)  # chunk sizes the low profile chooses among, by measured cost
+DEFAULT_CHUNKS = (8, 16)  # …and the default profile
 # Share of a frame's time the low profile lets a step and its share of a decode take: a chunk
 # is chosen when it fits the first, and left for a larger one only past the second (hysteresis).
 CHUNK_BUDGET = (0.6, 0.8)
@@ -67,7 +70,7 @@ class HostConfig:
     meters: list[int] | None = None  # features to meter each step
     meter_knobs: bool = False  # instead, meter the features the knobs drive (the GUI's meters)
     readback: int | None = None  # steps per read-back of sampled tokens (None: the token loop's default)
-    fit_chunk: bool = False  # choose the chunk among LOW_LATENCY_CHUNKS by measured cost while playing
+    chunk_choices: tuple[int, ...] = ()  # chunk sizes to choose among by measured cost while playing (): fixed
 
     @classmethod
     def for_latency(
@@ -79,10 +82,12 @@ class HostConfig:
         if profile == "low":
             chunking = LOW_LATENCY_CHUNK if chunk is None else replace(LOW_LATENCY_CHUNK, chunk=chunk)
             readback = min(LOW_LATENCY_CHUNKS[0], chunking.chunk)
-            return cls(lookahead_ms=lookahead_ms, chunk=chunking, readback=readback, fit_chunk=chunk is None, **fields)
+            choices = LOW_LATENCY_CHUNKS if chunk is None else ()
+            return cls(lookahead_ms=lookahead_ms, chunk=chunking, readback=readback, chunk_choices=choices, **fields)
         chunking = ChunkConfig() if chunk is None else ChunkConfig(chunk=chunk)
         lookahead = cls.lookahead_ms if lookahead_ms is None else lookahead_ms
-        return cls(lookahead_ms=lookahead, chunk=chunking, **fields)
+        choices = DEFAULT_CHUNKS if chunk is None else ()
+        return cls(lookahead_ms=lookahead, chunk=chunking, chunk_choices=choices, **fields)
 
     def validate(self, lm: LoadedModel) -> None:
         if self.lookahead_ms is not None and not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
@@ -335,7 +340,7 @@ class Host:
         queued_before = self._generated
         for frame in frames[0].unbind(-1):
             self._emit(self._push(frame))
-        if self.config.fit_chunk and self.steps % 50 == 0 and self._decode_frame_ms:
+        if self.config.chunk_choices and self.steps % 50 == 0 and self._decode_frame_ms:
             self._decoder.cfg = replace(self._decoder.cfg, chunk=self.fitted_chunk())
         if not loop.repriming and loop.cache_len >= self._reprime_at:
             loop.begin_reprime(self._keep)
@@ -421,7 +426,7 @@ class Host:
         return self._decoder.cfg.chunk if self._decoder is not None else self.config.chunk.chunk
 
     def fitted_chunk(self) -> int:
-        """The smallest of LOW_LATENCY_CHUNKS whose step + decode ÷ chunk takes ≤ 60 % of a
+        """The smallest of the profile's chunks whose step + decode ÷ chunk takes ≤ 60 % of a
         frame (a decode reads context + chunk + hold-back frames); the chunk in use stays
         while it takes ≤ 80 %; the largest if none fits."""
         cfg = self._decoder.cfg
@@ -433,7 +438,8 @@ class Host:
             return (step_ms + per_frame * (cfg.context + chunk + cfg.holdback) / chunk) / frame_ms
 
         fits, keeps = CHUNK_BUDGET
-        best = next((c for c in LOW_LATENCY_CHUNKS if share(c) <= fits), LOW_LATENCY_CHUNKS[-1])
+        choices = self.config.chunk_choices
+        best = next((c for c in choices if share(c) <= fits), choices[-1])
         return cfg.chunk if best > cfg.chunk and share(cfg.chunk) <= keeps else best
 
     def lookahead_target_ms(self) -> float:

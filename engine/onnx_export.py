@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -238,7 +241,20 @@ def quantize_step(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the MatMuls (weights int8, activations quantised per call)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+    with _quiet(logging.getLogger()):  # it advises pre-processing, which a transformer step does not need
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """The quantizers' log lines (one per node, advice) off while they run: the export's own
+    progress lines are what a user reads."""
+    was = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(was)
 
 
 def quantize_step_int4(
@@ -249,22 +265,15 @@ def quantize_step_int4(
     weight bytes over memory bandwidth; activations stay float32 at the steering input, the
     residual output and the logits. `heads` False keeps the lm heads in float32: their error
     goes straight into the logits, and they are 2–3 % of the weights."""
-    import logging
-
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=level or None)
-    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    was = quiet.level
-    quiet.setLevel(logging.WARNING)  # it logs a line per node
-    try:
+    with _quiet(logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")):
         model = onnx.load(str(src))
         kept = [] if heads else [n.name for n in model.graph.node if n.op_type == "MatMul" and "lm_heads" in n.name]
         quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=kept)
         quantizer.process()
-    finally:
-        quiet.setLevel(was)
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 

@@ -17,7 +17,14 @@ from engine import host as host_module
 from engine.audio import NullSink
 from engine.errors import MgsteerError
 from engine.hooks import ResidualTap
-from engine.host import LOW_LATENCY_CHUNK, LOW_LATENCY_CHUNKS, MEASURED_LOOKAHEAD_MS, Host, HostConfig
+from engine.host import (
+    DEFAULT_CHUNKS,
+    LOW_LATENCY_CHUNK,
+    LOW_LATENCY_CHUNKS,
+    MEASURED_LOOKAHEAD_MS,
+    Host,
+    HostConfig,
+)
 from engine.params import ParameterBus
 from engine.prompts import encode_prompts
 
@@ -103,13 +110,14 @@ def test_latency_is_measured_while_playing(tiny_lm, tiny_sae):
 
 def test_latency_profiles_and_explicit_settings():
     low = HostConfig.for_latency("low")
-    assert low.lookahead_ms is None and low.fit_chunk and low.chunk == LOW_LATENCY_CHUNK
+    assert low.lookahead_ms is None and low.chunk_choices == LOW_LATENCY_CHUNKS and low.chunk == LOW_LATENCY_CHUNK
     assert low.readback == LOW_LATENCY_CHUNKS[0]
     fixed = HostConfig.for_latency("low", lookahead_ms=80.0, chunk=3)
-    assert (fixed.lookahead_ms, fixed.chunk.chunk, fixed.fit_chunk, fixed.readback) == (80.0, 3, False, 2)
+    assert (fixed.lookahead_ms, fixed.chunk.chunk, fixed.chunk_choices, fixed.readback) == (80.0, 3, (), 2)
     default = HostConfig.for_latency()
-    assert (default.lookahead_ms, default.chunk.chunk, default.fit_chunk) == (300.0, 8, False)
+    assert (default.lookahead_ms, default.chunk.chunk, default.chunk_choices) == (300.0, 8, DEFAULT_CHUNKS)
     assert HostConfig.for_latency("default", chunk=4).chunk.chunk == 4
+    assert HostConfig.for_latency("default", chunk=4).chunk_choices == ()
     with pytest.raises(MgsteerError, match="unknown latency profile 'fast': use default or low"):
         HostConfig.for_latency("fast")
 
@@ -138,6 +146,22 @@ def test_the_low_profile_measures_its_chunk_and_lookahead(tiny_lm, tiny_sae):
     host._model_ms.clear()
     host._model_ms.extend([0.7 * 1000 / tiny_lm.frame_rate] * 10)  # 70 % of a frame: keeps its chunk
     assert cheap() == LOW_LATENCY_CHUNKS[1]
+    host.steerer.close()
+
+
+def test_the_default_profile_doubles_its_chunk_only_where_8_frames_do_not_keep_up(tiny_lm, tiny_sae):
+    bus = ParameterBus(knob_count=1, feature_count=tiny_sae.cfg.d_sae)
+    host = Host(tiny_lm, bus, NullSink(tiny_lm.sample_rate), tiny_sae, HostConfig.for_latency())
+    for _ in range(60):
+        host._tick()
+    frame_ms = 1000 / tiny_lm.frame_rate
+    host._model_ms.clear()
+    host._model_ms.extend([0.1 * frame_ms] * 10)
+    host._decode_frame_ms.clear()
+    host._decode_frame_ms.extend([0.01] * 10)  # a fast machine: 8 frames, as before
+    assert host.fitted_chunk() == DEFAULT_CHUNKS[0] == 8
+    host._model_ms.extend([0.9 * frame_ms] * 30)  # a 2-core CPU on musicgen-small: 16
+    assert host.fitted_chunk() == DEFAULT_CHUNKS[-1] == 16
     host.steerer.close()
 
 
