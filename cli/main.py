@@ -25,6 +25,7 @@ from cli.common import (
     sampling_config,
     stop_on_signals,
 )
+from cli.concept_command import add_concept_command
 from cli.gui_command import add_gui_command, run_gui
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
 from cli.onnx_command import add_export_command
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_play)
     add_gui_command(sub)
     add_export_command(sub)
+    add_concept_command(sub)
     add_world_command(sub)
 
     h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
