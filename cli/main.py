@@ -46,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(r)
     r.add_argument("--sae", help="SAE folder (cfg.json + sae_weights.safetensors + feature_stats.safetensors)")
     r.add_argument("--prompt", default="simple melody", help="what to play, in words")
-    r.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
+    r.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="FEATURE=ALPHA",
+        help="repeatable; α in units of β, or a curve FEATURE=T:ALPHA,… (seconds:α, linear), e.g. 12=0:0,4:2,8:0",
+    )
     r.add_argument("--mode", default="add", choices=("add", "clamp"), help="add a direction or clamp an activation")
     r.add_argument("--halves", default="both", choices=("both", "cond"), help="CFG halves to steer")
     r.add_argument("--seconds", type=types.SECONDS, default=5.0, help="audio to render")
@@ -171,7 +177,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     from engine.steering import SteeringSpec, parse_steer
     from sae.files import load_sae
 
-    steers = tuple(parse_steer(s) for s in args.steer)
+    steers = tuple(parse_steer(s, curves=True) for s in args.steer)
     if steers and not args.sae:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
     if args.backend == "onnx" and args.mode == "clamp":
@@ -209,8 +215,13 @@ def describe_steering(sae, spec) -> str:
     if not spec.steers:
         return f"steering: none (SAE at layer {sae.cfg.hook_layer} loaded)"
     beta = sae.require_stats().max_activation
-    parts = ", ".join(f"feature {s.feature} α={s.alpha:g} β={beta[s.feature].item():.3g}" for s in spec.steers)
+    parts = ", ".join(f"feature {s.feature} α={_alpha_text(s)} β={beta[s.feature].item():.3g}" for s in spec.steers)
     return f"steering: {spec.mode} at layer {sae.cfg.hook_layer} ({spec.halves} CFG halves): {parts}"
+
+
+def _alpha_text(steer) -> str:
+    """α, or a curve as its breakpoints: "0 s 0 → 4 s 2 → 8 s 0"."""
+    return " → ".join(f"{t:g} s {a:g}" for t, a in steer.curve) if steer.curve else f"{steer.alpha:g}"
 
 
 def cmd_play(args: argparse.Namespace) -> None:

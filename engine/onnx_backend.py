@@ -241,4 +241,4 @@ class OnnxDecoder:
             return self._steer_off, np.zeros((self.rows, 1, 1), dtype=np.float32)
         if not steerer.graph_safe:
             raise MgsteerError("clamp-mode steering runs on the torch backend only: use --backend torch")
-        return steerer.vector.float().numpy(), steerer.row_switch(self.rows).numpy()
+        return steerer.vector_now().float().numpy(), steerer.row_switch(self.rows).numpy()

@@ -13,7 +13,7 @@ from engine import wavfile
 from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from engine.steering import Steerer, SteeringSpec
+from engine.steering import Steerer, SteeringSpec, automation_table
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.files import LoadedSAE
 
@@ -65,6 +65,11 @@ def render(
     try:
         if steerer is not None and vector is not None:
             steerer.set_vector(vector.to(lm.device, lm.dtype))
+        elif steerer is not None and spec is not None and any(s.curve for s in spec.steers):
+            if spec.mode != "add":
+                raise MgsteerError("a steering curve moves an added direction: use --mode add")
+            steps = frames + lm.num_codebooks
+            steerer.set_automation(automation_table(spec, sae, steps, lm.frame_rate, lm.dtype), spec.halves)
         elif steerer is not None:
             steerer.set(spec)
         loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks, graph=graph, backend=backend)

@@ -14,6 +14,7 @@ generation thread installs edits, between steps.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ HALVES: tuple[str, ...] = ("both", "cond")
 @dataclass(frozen=True)
 class FeatureSteer:
     feature: int
-    alpha: float
+    alpha: float  # with a curve: its first breakpoint's
+    curve: tuple[tuple[float, float], ...] = ()  # (seconds, α) breakpoints, linear between; (): α throughout
 
 
 @dataclass(frozen=True)
@@ -52,17 +54,58 @@ class SteeringSpec:
     halves: Halves = "both"
 
 
-def parse_steer(text: str) -> FeatureSteer:
-    """Parse `FEATURE=ALPHA` as given to `--steer`."""
-    feature, sep, alpha = text.partition("=")
+def parse_steer(text: str, curves: bool = False) -> FeatureSteer:
+    """Parse `FEATURE=ALPHA` as given to `--steer`, or with `curves` also
+    `FEATURE=T:ALPHA,T:ALPHA,…` (seconds and α breakpoints, linear between, held outside)."""
+    feature, sep, value = text.partition("=")
     try:
         if not sep:
             raise ValueError
-        steer = FeatureSteer(int(feature), float(alpha))
+        if ":" not in value:
+            steer = FeatureSteer(int(feature), float(value))
+        else:
+            points = tuple((float(t), float(a)) for t, a in (p.split(":") for p in value.split(",")))
+            steer = FeatureSteer(int(feature), points[0][1], points)
     except ValueError as exc:
-        raise MgsteerError(f"bad --steer '{text}': use FEATURE=ALPHA, e.g. 12=0.8") from exc
-    limits.alpha(steer.alpha, f"--steer {text}: α")
+        use = "use FEATURE=ALPHA, e.g. 12=0.8, or FEATURE=T:ALPHA,… e.g. 12=0:0,4:2"
+        raise MgsteerError(f"bad --steer '{text}': {use}") from exc
+    if steer.curve and not curves:
+        raise MgsteerError(f"--steer {text}: a curve (T:ALPHA,…) steers render only; live, turn a knob (FEATURE=ALPHA)")
+    times = [t for t, _ in steer.curve]
+    if any(not math.isfinite(t) or t < 0 for t in times) or any(b <= a for a, b in itertools.pairwise(times)):
+        raise MgsteerError(f"--steer {text}: breakpoint times must be seconds ≥ 0, each later than the last")
+    for alpha in [steer.alpha, *(a for _, a in steer.curve)]:
+        limits.alpha(alpha, f"--steer {text}: α")
     return steer
+
+
+def automation_table(
+    spec: SteeringSpec, loaded: LoadedSAE, steps: int, frame_rate: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The add-mode vector of every step `[steps, d_in]` (step s sounds at s / frame_rate
+    seconds): each feature's curve (or constant α) × β × its direction, summed. Built once, so
+    the step only looks its row up on the device."""
+    for steer in spec.steers:
+        loaded.check_feature(steer.feature)
+    times = torch.arange(steps, dtype=torch.float64) / frame_rate
+    alphas = torch.stack([_curve_at(steer, times) for steer in spec.steers], dim=1).float()  # [steps, n]
+    ids = torch.tensor([s.feature for s in spec.steers], dtype=torch.long)
+    beta = loaded.require_stats().max_activation.cpu()[ids]
+    w_dec = loaded.sae.W_dec.detach()
+    return ((alphas * beta).to(w_dec.device) @ w_dec[ids.to(w_dec.device)]).to(dtype)
+
+
+def _curve_at(steer: FeatureSteer, times: torch.Tensor) -> torch.Tensor:
+    """α at `times` (seconds): linear between breakpoints, the end values held outside them."""
+    points = steer.curve or ((0.0, steer.alpha),)
+    ts = torch.tensor([t for t, _ in points], dtype=torch.float64)
+    values = torch.tensor([a for _, a in points], dtype=torch.float64)
+    if len(ts) == 1:
+        return values.expand_as(times).clone()
+    right = torch.searchsorted(ts, times, right=True).clamp(1, len(ts) - 1)
+    left = right - 1
+    w = ((times - ts[left]) / (ts[right] - ts[left])).clamp(0.0, 1.0)
+    return values[left] + w * (values[right] - values[left])
 
 
 @dataclass(frozen=True)
@@ -148,6 +191,8 @@ class Steerer:
         self._cond_only = torch.zeros((), dtype=torch.bool, device=device)
         self._on = torch.zeros((), dtype=torch.bool, device=device)
         self._steering = False  # host copy of "a vector is set"
+        self._automation: torch.Tensor | None = None  # [steps, d_in]: the vector of every step
+        self._clock: torch.Tensor | None = None  # the attached loop's device step counter
         self._halves: Halves = "both"  # host copy of the halves switch
         self._clamp: SteeringPlan | None = None
         # Meters: METER_SLOTS fixed encoder columns, refilled in place by `watch`.
@@ -178,7 +223,7 @@ class Steerer:
         if plan is not None and plan.vector is not None:
             self.set_vector(plan.vector, plan.halves)
         else:
-            self._clamp, self._steering = plan, False
+            self._clamp, self._steering, self._automation = plan, False, None
             self._switch()
         return plan
 
@@ -191,6 +236,7 @@ class Steerer:
             self.vector.copy_(vector)
         else:
             self.vector = vector.to(self.vector.dtype).clone()
+        self._automation = None
         self._cond_only.fill_(halves == "cond")
         self._halves = halves
         self._clamp, self._steering = None, True
@@ -307,6 +353,7 @@ class Steerer:
         """Let `loop` fall back to an unsteered step when a steered one is not finite (whether
         the edit can be captured, the loop asks the tap, which asks `graph_safe`)."""
         loop.unsteered = self.unsteered
+        self._clock = getattr(loop, "_step_no", None)
         if getattr(loop, "backend", None) is not None:  # a runtime that takes the edit as an input
             loop.backend.attach(self)
 
@@ -338,10 +385,27 @@ class Steerer:
             switch[rows // 2 :] = 0.0
         return switch
 
+    def set_automation(self, table: torch.Tensor, halves: Halves = "both") -> None:
+        """Steer step s with row s of `table` `[steps, d_in]` (the last row after it): looked up
+        on the device from the attached loop's step counter, so a captured graph follows the
+        curve with no host work per step."""
+        self._automation = table.to(self.vector.device, self.vector.dtype)
+        self._cond_only.fill_(halves == "cond")
+        self._halves = halves
+        self._clamp, self._steering = None, True
+        self._switch()
+
+    def vector_now(self) -> torch.Tensor:
+        """The vector the current step adds: the installed one, or the automation's row."""
+        if self._automation is None or self._clock is None:
+            return self.vector
+        row = self._clock.clamp(max=self._automation.shape[0] - 1)
+        return self._automation.index_select(0, row)[0]
+
     def _add(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden + vector on the rows the halves switch selects, where the on switch is set:
         device selects, so neither switch needs a new graph."""
-        edited = hidden + self.vector
+        edited = hidden + self.vector_now()
         if self.tap.cfg_doubled:
             half = hidden.shape[0] // 2
             cond_only = torch.cat([edited[:half], hidden[half:]], dim=0)

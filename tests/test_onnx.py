@@ -15,7 +15,8 @@ from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.onnx_backend import CACHE_STEP, OnnxBackend, physical_cores
 from engine.onnx_export import FILES, MANIFEST, export_onnx, load_manifest
-from engine.steering import Steerer
+from engine.render import render
+from engine.steering import Steerer, SteeringSpec, parse_steer
 from engine.tokenloop import SamplingConfig, TokenLoop
 
 CONTEXT = 300  # past one step of the ONNX cache's growth (CACHE_STEP)
@@ -270,3 +271,14 @@ def test_int4_quantizes_every_matmul_or_keeps_the_heads_in_float32(exported, tmp
     kept = ops(tmp_path / "heads.onnx")
     heads = [op for name, op in kept.items() if name.startswith("/lm_heads")]
     assert heads and set(heads) == {"MatMul"} and "MatMulNBits" in kept.values()
+
+
+def test_a_steering_curve_plays_the_same_on_onnx(tiny_lm, tiny_sae, exported):
+    """The ONNX step takes the automation's row of each step as its steering input."""
+    f = alive_features(tiny_sae)[0]
+    spec = SteeringSpec((parse_steer(f"{f}=0:0,0.5:3,1:0", curves=True),))
+    backend = OnnxBackend(exported, tiny_lm, SAE_LAYER, "fp32")
+    onnx = render(tiny_lm, "simple melody", 1.0, SamplingConfig(seed=2), tiny_sae, spec, backend=backend)
+    torch_run = render(tiny_lm, "simple melody", 1.0, SamplingConfig(seed=2), tiny_sae, spec)
+    plain = render(tiny_lm, "simple melody", 1.0, SamplingConfig(seed=2), tiny_sae, SteeringSpec(), backend=backend)
+    assert torch.equal(onnx.codes, torch_run.codes) and not torch.equal(onnx.codes, plain.codes)
