@@ -36,11 +36,14 @@ def graph_args(p: argparse.ArgumentParser) -> None:
 
 
 def backend_args(p: argparse.ArgumentParser) -> None:
+    from engine.backends import BACKENDS, default_backend
+
     p.add_argument(
         "--backend",
-        default="auto",
-        choices=("auto", "torch", "onnx"),
-        help="auto: on a CPU the fastest measured here, once (torch on a GPU); onnx: ONNX Runtime (docs/ONNX.md)",
+        default=default_backend(),
+        choices=BACKENDS,
+        help="auto (or $MGSTEER_BACKEND): on a CPU the fastest measured here, once (torch on a GPU); "
+        "onnx: ONNX Runtime (docs/ONNX.md)",
     )
     p.add_argument("--onnx-dir", help="a folder from mgsteer export-onnx (with auto: instead of its own export)")
     p.add_argument(

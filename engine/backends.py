@@ -7,11 +7,19 @@ engine with the same flags.
 
 from __future__ import annotations
 
+import os
+
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from sae.files import LoadedSAE
 
 BACKENDS = ("auto", "torch", "onnx")
+
+
+def default_backend() -> str:
+    """auto, unless $MGSTEER_BACKEND names another: a machine (or a test suite) that should
+    never export or time anything says so once."""
+    return os.environ.get("MGSTEER_BACKEND") or "auto"
 
 
 def open_backend(name: str, onnx_dir: str | None, precision: str, lm: LoadedModel, sae: LoadedSAE | None, say=print):

@@ -119,7 +119,14 @@ def choose_backend(lm: LoadedModel, layer: int | None, onnx_dir: str | None = No
             "pip install 'musicgen-steer[onnx]' for the faster CPU runtime)"
         )
         return None
-    choice = _measure(lm, steer_layer, folder, onnx_dir is None, here, {torch_name: torch_x}, say)
+    try:
+        choice = _measure(lm, steer_layer, folder, onnx_dir is None, here, {torch_name: torch_x}, say)
+    except (MgsteerError, RuntimeError, OSError) as exc:  # an export or a runtime that fails: torch plays
+        if onnx_dir:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        say(f"backend auto: {torch_name}, {torch_x:.2f}× real time (the ONNX Runtime backend failed here: {reason})")
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CHOICE_FILE).write_text(json.dumps(asdict(choice), indent=1))
     say(choice.line(folder, remembered=False))

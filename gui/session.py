@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.audio import DeviceSink, NullSink, WavRecorder
-from engine.backends import open_backend
+from engine.backends import default_backend, open_backend
 from engine.errors import MgsteerError
 from engine.host import Host, HostConfig
 from engine.model import LoadedModel, load_musicgen
@@ -28,7 +28,7 @@ class Backend:
     """Which runtime steps the model: auto (the fastest here), torch, or ONNX Runtime on an
     exported folder."""
 
-    name: str = "auto"
+    name: str = field(default_factory=default_backend)
     onnx_dir: str | None = None
     precision: str = "auto"
 

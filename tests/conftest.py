@@ -20,6 +20,9 @@ from sae.topk import SAEConfig
 SAE_LAYER = 2
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the GUI tests draw without a display
 os.environ["MGSTEER_CACHE"] = tempfile.mkdtemp(prefix="mgsteer-cache-")  # --backend auto's exports stay out of ~
+# auto times the machine: on a busy one it could pick another runtime from one run to the next.
+# Tests choose theirs; tests/test_runtime_choice.py tests auto with its timings set.
+os.environ["MGSTEER_BACKEND"] = "torch"
 
 
 def pytest_collection_modifyitems(config, items):

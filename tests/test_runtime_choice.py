@@ -18,7 +18,14 @@ from engine.onnx_backend import OnnxBackend
 from engine.runtime_choice import CHOICE_FILE, choose_backend, export_folder
 
 
-def test_a_model_torch_steps_fast_enough_is_kept_on_torch_without_an_export(tiny_lm):
+@pytest.fixture()
+def fast_torch(monkeypatch, tmp_path):
+    """Torch measured at 10× real time, whatever else the machine is doing."""
+    monkeypatch.setattr(runtime_choice, "_x_realtime", lambda *_: 10.0)
+    monkeypatch.setenv("MGSTEER_CACHE", str(tmp_path))
+
+
+def test_a_model_torch_steps_fast_enough_is_kept_on_torch_without_an_export(tiny_lm, fast_torch):
     lines = []
     assert choose_backend(tiny_lm, None, say=lines.append) is None
     assert len(lines) == 1 and "torch float32" in lines[0] and "nothing to export" in lines[0]
@@ -100,8 +107,28 @@ def test_a_precision_with_auto_is_one_line(tiny_lm):
         open_backend("auto", None, "int8", tiny_lm, None)
 
 
-def test_play_defaults_to_auto_and_names_what_it_chose(capsys):
-    main(["play", "--model", "tiny", "--no-audio", "--seconds", "1"])
+def test_auto_is_the_default_unless_the_environment_names_another(monkeypatch):
+    from engine.backends import default_backend
+
+    monkeypatch.delenv("MGSTEER_BACKEND")
+    assert default_backend() == "auto"
+    monkeypatch.setenv("MGSTEER_BACKEND", "onnx")
+    assert default_backend() == "onnx"
+
+
+def test_play_with_auto_names_what_it_chose(capsys, fast_torch):
+    main(["play", "--model", "tiny", "--no-audio", "--seconds", "1", "--backend", "auto"])
     out = capsys.readouterr().out
     assert "backend auto: torch float32" in out
     assert "on cpu, torch float32 into" in out
+
+
+def test_an_export_that_fails_leaves_auto_on_torch_with_the_reason(tiny_lm, slow_torch, monkeypatch):
+    def broken(*_, **__):
+        raise RuntimeError("Exporting the operator 'aten::weird' to ONNX opset 18 is not supported")
+
+    monkeypatch.setattr("engine.onnx_export.export_onnx", broken)
+    lines = []
+    assert choose_backend(tiny_lm, None, say=lines.append) is None
+    assert lines[-1].startswith("backend auto: torch float32, ")
+    assert "the ONNX Runtime backend failed here: Exporting the operator 'aten::weird'" in lines[-1]
