@@ -1,0 +1,154 @@
+"""Knobs from examples, measured against the planted truth: concept directions on world models.
+
+For every value of tempo and drum density (the attributes a single SAE feature steers worst,
+docs/WORLD.md), on each world model given:
+
+1. Examples: clips generated from prompts that name the value (positive) and the attribute's
+   other value (negative), everything else drawn alike (`--examples` per side).
+2. Directions: `mgsteer concept`'s difference of means and logistic probe at `--layer`.
+3. α chosen on selection pairs of their own (4 neutral prompts × seeds 100–103, as the SAE
+   features' choice in bench/world.py): the α that moves the most pairs toward the value with
+   the music above the grammar's quality floor (ties: the smaller α).
+4. Test on other pairs (`--prompts` neutral prompts × `--seeds` seeds that never name the
+   attribute, the world scorer's exact posterior), with eval-steer's baselines: unsteered,
+   a random direction of the same norm, and the value named in the prompt. Reported: of the
+   pairs not already at the value, the share moved toward it with the music kept, the share
+   of steered clips that stay music, and the Wilcoxon p against the random direction with
+   broken clips scored 0.
+
+    python bench/concepts.py --model demo_out/world[,WORLD2,…] [--layer 2] [--examples 8] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine, one_line_errors
+
+from engine.model import load_musicgen
+from engine.render import render
+from engine.steering import FeatureSteer, SteeringSpec
+from engine.tokenloop import SamplingConfig
+from sae.concept import METHODS, build_concept, save_concept
+from sae.eval_steer import EvalConfig, evaluate_steering
+from sae.files import load_sae
+from sae.harvest import harvest_generation
+from sae.labelers.base import WindowCodes
+from sae.labelers.world import WorldLabeler, label_text
+from sae.world.grammar import Attributes, attribute_values, prompt_for, sample_attributes
+from sae.world.pipeline import SteerSelection, moves, neutral_prompts
+
+ATTRIBUTES = ("tempo", "density")
+
+
+def example_prompts(attribute: str, value: str, count: int, seed: int) -> list[str]:
+    """Prompts that name `attribute` = `value` and nothing else, the rest drawn as the world draws it."""
+    rng = np.random.default_rng([seed, 53])
+    return [prompt_for(Attributes(**(sample_attributes(rng).as_dict() | {attribute: value})), (attribute,))
+            for _ in range(count)]  # fmt: skip
+
+
+def residuals(lm, prompts: list[str], layer: int, seconds: float, seed: int) -> list[torch.Tensor]:
+    acts, _ = harvest_generation(lm, prompts, [layer], round(seconds * lm.frame_rate), SamplingConfig(seed=seed))
+    return list(acts[layer].unbind(0))
+
+
+def choose_alpha(lm, loaded, attribute: str, value: str, alphas: list[float], sel: SteerSelection) -> dict:
+    """The α that moves the most selection pairs toward `value` with the music kept."""
+    scorer, concept = WorldLabeler(lm.codebook_size), label_text(attribute, value)
+    pairs = [(p, s) for p in neutral_prompts(attribute, sel.prompts, sel.seed) for s in sel.seeds]
+
+    def codes(prompt: str, seed: int, spec: SteeringSpec | None = None) -> WindowCodes:
+        out = render(lm, prompt, sel.seconds, SamplingConfig(seed=seed), sae=loaded if spec else None, spec=spec)
+        return WindowCodes(out.codes.cpu().numpy())
+
+    before = scorer.score_codes(concept, [codes(p, s) for p, s in pairs])
+    tried = []
+    for alpha in alphas:
+        steered = [codes(p, s, SteeringSpec((FeatureSteer(0, alpha),))) for p, s in pairs]
+        loglik = scorer.code_quality(steered)["grammar_loglik"]
+        moved = moves(before, scorer.score_codes(concept, steered), loglik >= sel.quality_floor)
+        tried.append({"alpha": alpha, "moved_share": moved["moved_share_of_all_pairs"],
+                      "grammar_loglik": round(float(loglik.mean()), 3)})  # fmt: skip
+    allowed = [t for t in tried if t["grammar_loglik"] >= sel.quality_floor] or tried
+    return {"chosen": max(allowed, key=lambda t: (t["moved_share"], -t["alpha"])), "tried": tried}
+
+
+def test(lm, loaded, attribute: str, value: str, alpha: float, args) -> dict:
+    prompts = tuple(neutral_prompts(attribute, args.prompts, 0))
+    cfg = EvalConfig(features=(0,), concepts={0: label_text(attribute, value)}, prompts=prompts,
+                     seeds=tuple(range(args.seeds)), seconds=args.seconds, alpha=alpha)  # fmt: skip
+    report = evaluate_steering(lm, loaded, WorldLabeler(lm.codebook_size), cfg)["features"][0]
+    kept = report["well_formed"]
+    scores = report["scores"]
+    return {
+        "pairs": len(scores["none"]),
+        "kept_toward_target": moves(scores["none"], kept["scores"]["steered"]),
+        "random_kept_toward_target": moves(scores["none"], kept["scores"]["random"]),
+        "music_kept_share": kept["share"],
+        "p_vs_random_kept": kept["vs"]["random"]["p"],
+        "p_vs_none": report["vs"]["none"]["p"],
+        "mean_target_posterior": report["mean_score"],
+    }
+
+
+def bench_world(model: str, args, folder: Path) -> dict:
+    lm = load_musicgen(model, "cpu")
+    out: dict = {}
+    for attribute in ATTRIBUTES:
+        values = attribute_values()[attribute]
+        for value in values:
+            other = [v for v in values if v != value]
+            started = time.perf_counter()
+            pos = residuals(lm, example_prompts(attribute, value, args.examples, 1), args.layer, args.seconds, 1)
+            neg = residuals(lm, [p for v in other for p in example_prompts(attribute, v, args.examples, 2)],
+                            args.layer, args.seconds, 2)  # fmt: skip
+            examples_s = time.perf_counter() - started
+            for method in METHODS:
+                t = time.perf_counter()
+                concept = build_concept(pos, neg, method)
+                path = save_concept(concept, folder / f"{Path(model).name}-{attribute}-{value}-{method}", args.layer,
+                                    lm.spec)  # fmt: skip
+                built_s = examples_s + time.perf_counter() - t
+                loaded = load_sae(path)
+                choice = choose_alpha(lm, loaded, attribute, value, args.alphas, SteerSelection())
+                result = test(lm, loaded, attribute, value, choice["chosen"]["alpha"], args)
+                out[f"{attribute}={value}/{method}"] = {
+                    "heldout_auroc": round(concept.heldout_auroc, 3),
+                    "built_in_s": round(built_s, 1),
+                    "alpha": choice["chosen"]["alpha"],
+                    "selection": choice["tried"],
+                    **result,
+                }
+                print(json.dumps({model: {f"{attribute}={value}/{method}": out[f"{attribute}={value}/{method}"]}}),
+                      flush=True)  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="world model folders, comma-separated")
+    parser.add_argument("--layer", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=8, help="example clips per side")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--prompts", type=int, default=8, help="neutral test prompts")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per test prompt")
+    parser.add_argument("--alphas", type=lambda s: [float(a) for a in s.split(",")], default=[0.25, 0.5, 1.0])
+    parser.add_argument("--out", help="keep the concept folders here (default: a temporary folder)")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.out or tmp)
+        runs = {model: bench_world(model, args, folder) for model in args.model.split(",")}
+    print(json.dumps({"machine": machine(), "layer": args.layer, "examples_per_side": args.examples,
+                      "test_pairs": args.prompts * args.seeds, "worlds": runs}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    one_line_errors(main)
