@@ -109,7 +109,7 @@ def choose_backend(lm: LoadedModel, layer: int | None, onnx_dir: str | None = No
         say(choice.line(folder, remembered=True))
         return _open(choice, folder, lm, layer)
     torch_name = f"torch {str(lm.dtype).removeprefix('torch.')}"
-    torch_x = _x_realtime(lm, _torch_decoder(lm), None)
+    torch_x = _x_realtime(lm, _torch_decoder(lm), _codec_frame_ms(lm, None))
     if torch_x >= TORCH_ENOUGH_X:
         say(f"backend auto: {torch_name}, {torch_x:.1f}× real time on this CPU (nothing to export)")
         return None
@@ -158,18 +158,17 @@ def _measure(lm, layer: int, folder: Path, may_export: bool, here: dict, x_realt
     from engine.onnx_export import load_manifest
 
     if may_export and not _exported(folder, lm, layer):
-        from engine.host import HostConfig
         from engine.onnx_export import export_onnx
 
         say(f"backend auto: exporting {lm.spec} for ONNX Runtime once (a minute or two for musicgen-small) …")
-        context = min(lm.max_positions, HostConfig().context_positions(lm))
-        export_onnx(lm, folder, layer, context, int8=True, int4=True, progress=say)
+        export_onnx(lm, folder, layer, _play_context(lm), int8=True, int4=True, progress=say)
     precisions = load_manifest(folder, lm, layer).precisions
     say(f"backend auto: timing {', '.join(f'onnx {p}' for p in precisions)} on this CPU (once) …")
     backends = {p: OnnxBackend(folder, lm, layer, p) for p in precisions}
     kl = {p: divergence(lm, backends["fp32"], b, QUALITY_STEPS)["kl_mean"] for p, b in backends.items() if p != "fp32"}
+    codec = _codec_frame_ms(lm, backends["fp32"].decode_codes)  # one codec graph for every precision
     for p, backend in backends.items():
-        x_realtime[f"onnx {p}"] = _x_realtime(lm, lambda context, b=backend: b.decoder(lm, 2, context, True), backend)
+        x_realtime[f"onnx {p}"] = _x_realtime(lm, lambda context, b=backend: b.decoder(lm, 2, context, True), codec)
     eligible = {name: x for name, x in x_realtime.items() if kl.get(name.removeprefix("onnx "), 0.0) <= KL_BUDGET}
     return Choice(
         runtime=max(eligible, key=eligible.get),
@@ -195,23 +194,33 @@ def _torch_decoder(lm: LoadedModel):
     return lambda context: StaticDecoder(lm, 2, context, cfg=True)
 
 
-def _x_realtime(lm: LoadedModel, make_decoder, backend) -> float:
-    """Audio seconds per second of compute: a step two-thirds into play's context, plus the
-    codec's share of a chunk decode."""
-    from engine.codec import decode_codes
+def _play_context(lm: LoadedModel) -> int:
+    """Positions a `play` context may hold: what the export must allow and where a step is timed."""
     from engine.host import HostConfig
 
-    context = min(lm.max_positions, HostConfig().context_positions(lm))
+    return min(lm.max_positions, HostConfig().context_positions(lm))
+
+
+def _x_realtime(lm: LoadedModel, make_decoder, codec_ms: float) -> float:
+    """Audio seconds per second of compute: a step two-thirds into play's context, plus
+    `codec_ms`, the codec's share of a chunk decode per frame."""
+    context = _play_context(lm)
     step = decoder_ms(make_decoder(context), lm, context * 2 // 3, repeats=6)
+    return 1000 / lm.frame_rate / (step + codec_ms)
+
+
+def _codec_frame_ms(lm: LoadedModel, decode) -> float:
+    """Ms per frame of one default chunk window's decode: `decode` (another runtime's), or the model's codec."""
+    from engine.codec import decode_codes
+
     chunk = ChunkConfig()
     codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, chunk.context + chunk.chunk + chunk.holdback))
-    decode = backend.decode_codes if backend is not None else (lambda c: decode_codes(lm, c))
+    decode = decode or (lambda c: decode_codes(lm, c))
     with torch.inference_mode():
         decode(codes)
         t = time.perf_counter()
         decode(codes)
-    codec = 1000 * (time.perf_counter() - t) / chunk.chunk
-    return 1000 / lm.frame_rate / (step + codec)
+    return 1000 * (time.perf_counter() - t) / chunk.chunk
 
 
 def decoder_ms(decoder, lm: LoadedModel, position: int, width: int = 1, repeats: int = 8) -> float:
