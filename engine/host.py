@@ -30,6 +30,7 @@ import torch
 
 from engine import limits
 from engine.audio import Sink, WavRecorder
+from engine.automation import knob_lane
 from engine.codec_stream import ChunkConfig, ChunkedDecoder
 from engine.errors import MgsteerError
 from engine.limits import LATENCY_PROFILES
@@ -197,6 +198,7 @@ class Host:
         self._applied_version = -1
         self._target: torch.Tensor | None = None  # steering vector of the current snapshot
         self._glide_left = 0.0  # share of the way from the vector in use to the target still to go
+        self._lanes_key: tuple | None = ()  # the automated knobs the installed lanes play
         self._last_meter = 0.0
         self._recording_said = False
         at, keep = self.config.reprime_span(lm)
@@ -286,6 +288,7 @@ class Host:
         )  # fmt: skip
         if self.steerer is not None:
             self.steerer.attach(self._loop)
+            self._lanes_key = None  # automation starts again with the music
         self._decoder = ChunkedDecoder(self.lm, self.config.chunk, backend.decode_codes if backend else None)
         self._loop_base = self._generated  # model-rate sample where this loop's audio starts
         self._prompt = snap.prompt
@@ -318,6 +321,7 @@ class Host:
             self._applied_version = snap.version
             if self.steerer is not None:
                 self._follow_knobs(snap)
+                self._follow_automation(snap, loop)
                 first = self._target is None
                 self._target = self.steerer.vector_for(snap.alphas())
                 self._glide_left = 1.0
@@ -374,6 +378,18 @@ class Host:
         wanted = list(dict.fromkeys(f for knob in snap.knobs for f, _ in knob.features))[:METER_SLOTS]
         if wanted != self.steerer.watched:
             self.steerer.watch(wanted)
+
+    def _follow_automation(self, snap: Snapshot, loop: TokenLoop) -> None:
+        """Install the automated knobs as lanes when they changed, counted from the next step:
+        from then on the step reads their α on the device (no host work per step)."""
+        automated = [k for k in snap.knobs if k.automation]
+        key = tuple((k.features, k.lo, k.hi, k.curve, k.automation, k.loop) for k in automated)
+        if key == self._lanes_key:
+            return
+        self._lanes_key = key
+        fr = self.lm.frame_rate
+        lanes = [knob_lane(k, self.steerer.direction(k.features), fr) for k in automated if k.features]
+        self.steerer.set_lanes(lanes, start=loop.position)
 
     def _reprime_piece(self, loop: TokenLoop) -> None:
         if self.steerer is not None:

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from engine import limits
+from engine.automation import check_points
 from engine.errors import MgsteerError
 
 CURVES = ("linear", "exp", "log")
@@ -38,11 +39,18 @@ class Knob:
     hi: float = 1.0
     curve: str = "linear"
     value: float = 0.0
+    # (seconds, value) breakpoints the engine moves the knob along, looped or held at the end
+    # (a preset's `automation`); while set, `value` is not used. Turning the knob clears it.
+    automation: tuple[tuple[float, float], ...] = ()
+    loop: bool = False
 
     def alpha(self) -> float:
-        """linear: straight; exp: v², fine control near the bottom; log: √v, fast start."""
-        v = self.value
-        shaped = v * v if self.curve == "exp" else math.sqrt(v) if self.curve == "log" else v
+        return self.alpha_at(self.value)
+
+    def alpha_at(self, v):
+        """α for value `v` (a float or a tensor of them). linear: straight; exp: v², fine
+        control near the bottom; log: √v, fast start."""
+        shaped = v * v if self.curve == "exp" else v**0.5 if self.curve == "log" else v
         return self.lo + (self.hi - self.lo) * shaped
 
     @property
@@ -79,6 +87,8 @@ class Snapshot:
         out: dict[int, float] = dict(self.features)
         touched = set()
         for knob in self.knobs:
+            if knob.automation:  # the engine plays it as a lane (engine.automation)
+                continue
             a = knob.alpha()
             for feature, weight in knob.features:
                 out[feature] = out.get(feature, 0.0) + a * weight
@@ -171,8 +181,20 @@ class ParameterBus:
         """Set knob `index` to `value` (clamped to [0, 1]); returns the value applied."""
         self._check_knob(index)
         value = limits.clamped(value, f"knob {index} value", 0.0, 1.0)
-        self._change(lambda s: s.knobs.__setitem__(index, replace(s.knobs[index], value=value)), knobs_changed=True)
+        # A hand on an automated knob takes it over: the automation stops where it is.
+        turned = {"value": value, "automation": ()}
+        self._change(lambda s: s.knobs.__setitem__(index, replace(s.knobs[index], **turned)), knobs_changed=True)
         return value
+
+    def automate_knob(self, index: int, points: list[tuple[float, float]], loop: bool = False) -> None:
+        """Move knob `index` along (seconds, value) breakpoints from now, linear between,
+        looped or held at the last; [] stops it (the knob keeps its set value)."""
+        self._check_knob(index)
+        curve = check_points(points, f"knob {index} automation") if points else ()
+        for _, v in curve:
+            limits.within(v, f"knob {index} automation value", 0.0, 1.0)
+        auto = {"automation": curve, "loop": bool(loop) and bool(curve)}
+        self._change(lambda s: s.knobs.__setitem__(index, replace(s.knobs[index], **auto)), knobs_changed=True)
 
     def configure_knob(
         self,

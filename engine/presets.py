@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import limits
+from engine.automation import check_points
 from engine.errors import MgsteerError
 from engine.inputs import PRESET_BYTES, read_json
 from engine.params import CURVES, MAX_LABEL, ParameterBus
@@ -35,6 +36,15 @@ class KnobPreset:
 
 
 @dataclass(frozen=True)
+class KnobAutomation:
+    """Knob `knob` moves along (seconds, value) breakpoints from when the preset is applied."""
+
+    knob: int
+    points: tuple[tuple[float, float], ...]
+    loop: bool = False
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str = "untitled"
     model: str = "tiny"  # a name, a hub id or a folder; "./" and "../" paths are relative to the preset file
@@ -46,6 +56,7 @@ class Preset:
     midi: dict[str, Any] = field(default_factory=dict)
     osc: dict[str, Any] = field(default_factory=dict)
     latency: str = "default"  # engine.host latency profile: default or low
+    automation: tuple[KnobAutomation, ...] = ()
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -53,15 +64,20 @@ class Preset:
             {**asdict(k), "features": [list(f) for f in k.features], "range": list(k.range)} for k in self.knobs
         ]
         data["features"] = {str(f): a for f, a in self.features.items()}
+        data["automation"] = [
+            {"knob": a.knob, "points": [list(p) for p in a.points], "loop": a.loop} for a in self.automation
+        ]
         return {"format": FORMAT, **data}
 
 
 PRESET_FIELDS = (
     "format", "name", "model", "sae", "prompt", "smoothing_ms", "knobs", "features", "midi", "osc", "latency",
+    "automation",
 )  # fmt: skip
 KNOB_FIELDS = ("label", "features", "range", "curve", "value")
 OSC_FIELDS = ("host", "port")
 MIDI_FIELDS = ("port", "map")
+AUTOMATION_FIELDS = ("knob", "crossfade", "points", "loop")
 
 
 class _Fields:
@@ -146,6 +162,37 @@ def _knob(where: str, raw: Any, feature_count: int | None) -> KnobPreset:
     return KnobPreset(label, tuple(pairs), (float(rng[0]), float(rng[1])), curve, value)
 
 
+def _automation(where: str, raw: Any, knob_count: int) -> list[KnobAutomation]:
+    """One `automation` entry: `{"knob": i, "points": [[s, value], …], "loop": bool}`, or a
+    crossfade `{"crossfade": [i, j], "points": [[s, mix], …]}` (mix 0: knob i full, knob j
+    off; 1: the other way round), which moves knob i along 1 − mix and knob j along mix."""
+    f = _Fields(where, raw, AUTOMATION_FIELDS)
+    if ("knob" in raw) == ("crossfade" in raw):
+        raise MgsteerError(f"{where}: give either 'knob' (one knob) or 'crossfade' (two knobs)")
+    knobs = [raw["knob"]] if "knob" in raw else raw["crossfade"]
+    if not (isinstance(knobs, list) and len(knobs) == (1 if "knob" in raw else 2)):
+        raise f.fail("crossfade", "must be [knob, knob]")
+    for k in knobs:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < knob_count:
+            key = "knob" if "knob" in raw else "crossfade"
+            raise f.fail(key, f"knob {k!r} is not one of the preset's knobs (0..{knob_count - 1})"[:200])
+    if len(set(knobs)) != len(knobs):
+        raise f.fail("crossfade", "must name two different knobs")
+    points = raw.get("points")
+    if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 for p in points):
+        raise f.fail("points", "must be a list of [seconds, value] pairs")
+    curve = check_points(points, f"{where}.points")
+    if not all(_finite(p[1]) and 0.0 <= p[1] <= 1.0 for p in points):
+        raise f.fail("points", "values must be numbers between 0 and 1 (knob positions)")
+    loop = raw.get("loop", False)
+    if not isinstance(loop, bool):
+        raise f.fail("loop", f"must be true or false, got {loop!r}"[:200])
+    if len(knobs) == 1:
+        return [KnobAutomation(knobs[0], curve, loop)]
+    faded = tuple((t, 1.0 - v) for t, v in curve)
+    return [KnobAutomation(knobs[0], faded, loop), KnobAutomation(knobs[1], curve, loop)]
+
+
 def _finite(x: Any) -> bool:
     try:
         return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
@@ -193,6 +240,13 @@ def parse_preset(
         if not _finite(alpha) or abs(alpha) > limits.MAX_ALPHA:
             raise MgsteerError(f"{at}: strength must be a finite number within ±{limits.MAX_ALPHA:g}, got {alpha!r}")
         features[_feature_id(at, key, feature_count)] = float(alpha)
+    entries = raw.get("automation", [])
+    if not isinstance(entries, list):
+        raise f.fail("automation", "must be a list")
+    automation = [a for i, e in enumerate(entries) for a in _automation(f"{where}.automation[{i}]", e, len(knobs))]
+    doubled = [a.knob for a in automation if [b.knob for b in automation].count(a.knob) > 1]
+    if doubled:
+        raise f.fail("automation", f"knob {doubled[0]} is automated twice")
     prompt = f.checked("prompt", limits.prompt_text, f.text("prompt", "simple melody"))
     latency = f.text("latency", "default")
     if latency not in limits.LATENCY_PROFILES:
@@ -208,6 +262,7 @@ def parse_preset(
         midi=_midi_settings(f"{where}.midi", f.mapping("midi")),
         osc=_osc_settings(f"{where}.osc", f.mapping("osc")),
         latency=latency,
+        automation=tuple(automation),
     )
 
 
@@ -306,10 +361,15 @@ def _apply(preset: Preset, bus: ParameterBus) -> None:
             index, label=knob.label, features=list(knob.features), lo=knob.range[0], hi=knob.range[1], curve=knob.curve
         )
         bus.set_knob(index, knob.value)
+    for entry in preset.automation:
+        bus.automate_knob(entry.knob, list(entry.points), entry.loop)
 
 
 def capture_preset(bus: ParameterBus, name: str, model: str, sae: str | None, **extra) -> Preset:
     """The bus's current state as a preset (for saving from OSC or the GUI)."""
     snap = bus.snapshot()
     knobs = tuple(KnobPreset(k.label, k.features, (k.lo, k.hi), k.curve, k.value) for k in snap.knobs)
-    return Preset(name, model, sae, snap.prompt, snap.smoothing_ms, knobs, dict(snap.features), **extra)
+    automation = tuple(KnobAutomation(i, k.automation, k.loop) for i, k in enumerate(snap.knobs) if k.automation)
+    return Preset(
+        name, model, sae, snap.prompt, snap.smoothing_ms, knobs, dict(snap.features), automation=automation, **extra
+    )

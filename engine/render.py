@@ -13,7 +13,7 @@ from engine import wavfile
 from engine.codec import decode_codes
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
-from engine.steering import Steerer, SteeringSpec, automation_table
+from engine.steering import Steerer, SteeringSpec, curve_lanes
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.files import LoadedSAE
 
@@ -68,8 +68,8 @@ def render(
         elif steerer is not None and spec is not None and any(s.curve for s in spec.steers):
             if spec.mode != "add":
                 raise MgsteerError("a steering curve moves an added direction: use --mode add")
-            steps = frames + lm.num_codebooks
-            steerer.set_automation(automation_table(spec, sae, steps, lm.frame_rate, lm.dtype), spec.halves)
+            steerer.set_vector(torch.zeros_like(steerer.vector), spec.halves)
+            steerer.set_lanes(curve_lanes(spec, sae, frames + lm.num_codebooks, lm.frame_rate))
         elif steerer is not None:
             steerer.set(spec)
         loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks, graph=graph, backend=backend)

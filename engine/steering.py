@@ -14,7 +14,6 @@ generation thread installs edits, between steps.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Literal
 import torch
 
 from engine import limits
+from engine.automation import Lane, Lanes, check_points, curve_at, lane_steps
 from engine.device import to_device
 from engine.errors import MgsteerError
 from engine.hooks import ResidualTap
@@ -65,47 +65,32 @@ def parse_steer(text: str, curves: bool = False) -> FeatureSteer:
             steer = FeatureSteer(int(feature), float(value))
         else:
             points = tuple((float(t), float(a)) for t, a in (p.split(":") for p in value.split(",")))
-            steer = FeatureSteer(int(feature), points[0][1], points)
+            steer = FeatureSteer(int(feature), points[0][1], check_points(points, f"--steer {text}"))
     except ValueError as exc:
         use = "use FEATURE=ALPHA, e.g. 12=0.8, or FEATURE=T:ALPHA,… e.g. 12=0:0,4:2"
         raise MgsteerError(f"bad --steer '{text}': {use}") from exc
     if steer.curve and not curves:
-        raise MgsteerError(f"--steer {text}: a curve (T:ALPHA,…) steers render only; live, turn a knob (FEATURE=ALPHA)")
-    times = [t for t, _ in steer.curve]
-    if any(not math.isfinite(t) or t < 0 for t in times) or any(b <= a for a, b in itertools.pairwise(times)):
-        raise MgsteerError(f"--steer {text}: breakpoint times must be seconds ≥ 0, each later than the last")
+        raise MgsteerError(
+            f"--steer {text}: a curve (T:ALPHA,…) steers render only; live, automate a knob in a preset "
+            "(README, Presets) or turn it (FEATURE=ALPHA)"
+        )
     for alpha in [steer.alpha, *(a for _, a in steer.curve)]:
         limits.alpha(alpha, f"--steer {text}: α")
     return steer
 
 
-def automation_table(
-    spec: SteeringSpec, loaded: LoadedSAE, steps: int, frame_rate: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """The add-mode vector of every step `[steps, d_in]` (step s sounds at s / frame_rate
-    seconds): each feature's curve (or constant α) × β × its direction, summed. Built once, so
-    the step only looks its row up on the device."""
+def curve_lanes(spec: SteeringSpec, loaded: LoadedSAE, steps: int, frame_rate: int) -> list[Lane]:
+    """One lane per steered feature (a constant α is a one-point curve), `steps` long at
+    least: its direction β·W_dec[j], its α at each step (step s sounds at s / frame_rate
+    seconds), held after its last breakpoint."""
+    lanes = []
     for steer in spec.steers:
         loaded.check_feature(steer.feature)
-    times = torch.arange(steps, dtype=torch.float64) / frame_rate
-    alphas = torch.stack([_curve_at(steer, times) for steer in spec.steers], dim=1).float()  # [steps, n]
-    ids = torch.tensor([s.feature for s in spec.steers], dtype=torch.long)
-    beta = loaded.require_stats().max_activation.cpu()[ids]
-    w_dec = loaded.sae.W_dec.detach()
-    return ((alphas * beta).to(w_dec.device) @ w_dec[ids.to(w_dec.device)]).to(dtype)
-
-
-def _curve_at(steer: FeatureSteer, times: torch.Tensor) -> torch.Tensor:
-    """α at `times` (seconds): linear between breakpoints, the end values held outside them."""
-    points = steer.curve or ((0.0, steer.alpha),)
-    ts = torch.tensor([t for t, _ in points], dtype=torch.float64)
-    values = torch.tensor([a for _, a in points], dtype=torch.float64)
-    if len(ts) == 1:
-        return values.expand_as(times).clone()
-    right = torch.searchsorted(ts, times, right=True).clamp(1, len(ts) - 1)
-    left = right - 1
-    w = ((times - ts[left]) / (ts[right] - ts[left])).clamp(0.0, 1.0)
-    return values[left] + w * (values[right] - values[left])
+        points = steer.curve or ((0.0, steer.alpha),)
+        alphas = curve_at(points, lane_steps(points, frame_rate, loop=False, at_least=steps)).float()
+        beta = loaded.require_stats().max_activation[steer.feature].item()
+        lanes.append(Lane(beta * loaded.sae.W_dec[steer.feature].detach(), alphas))
+    return lanes
 
 
 @dataclass(frozen=True)
@@ -191,7 +176,7 @@ class Steerer:
         self._cond_only = torch.zeros((), dtype=torch.bool, device=device)
         self._on = torch.zeros((), dtype=torch.bool, device=device)
         self._steering = False  # host copy of "a vector is set"
-        self._automation: torch.Tensor | None = None  # [steps, d_in]: the vector of every step
+        self.lanes = Lanes(lm.hidden_size, lm.frame_rate, device, lm.dtype)  # moving α on top of `vector`
         self._clock: torch.Tensor | None = None  # the attached loop's device step counter
         self._halves: Halves = "both"  # host copy of the halves switch
         self._clamp: SteeringPlan | None = None
@@ -220,10 +205,13 @@ class Steerer:
     def set(self, spec: SteeringSpec | None) -> SteeringPlan | None:
         """Build the plan here (caller's thread), then install it."""
         plan = None if spec is None else build_plan(spec, self.loaded, self.lm.device, self.lm.dtype)
+        if self.lanes.active:
+            self.lanes.clear()
         if plan is not None and plan.vector is not None:
             self.set_vector(plan.vector, plan.halves)
         else:
-            self._clamp, self._steering, self._automation = plan, False, None
+            self._clamp, self._steering = plan, False
+            self.lanes.clear()
             self._switch()
         return plan
 
@@ -236,7 +224,6 @@ class Steerer:
             self.vector.copy_(vector)
         else:
             self.vector = vector.to(self.vector.dtype).clone()
-        self._automation = None
         self._cond_only.fill_(halves == "cond")
         self._halves = halves
         self._clamp, self._steering = None, True
@@ -266,6 +253,10 @@ class Steerer:
             self._updates += 1
         self._alphas = dict(alphas)
         return self._sum.to(device=self.lm.device, dtype=self.lm.dtype)
+
+    def direction(self, features: tuple[tuple[int, float], ...]) -> torch.Tensor:
+        """Σ weight·β·W_dec[j] over a knob's (feature, weight) pairs: what α = 1 adds."""
+        return self._scaled_sum([f for f, _ in features], [w for _, w in features])
 
     def _scaled_sum(self, features: list[int], alphas: list[float], delta: bool = False) -> torch.Tensor:
         """Σ α·β·W_dec[j] in float32 on the SAE's device, checked as tensors (one pass in C,
@@ -385,22 +376,24 @@ class Steerer:
             switch[rows // 2 :] = 0.0
         return switch
 
-    def set_automation(self, table: torch.Tensor, halves: Halves = "both") -> None:
-        """Steer step s with row s of `table` `[steps, d_in]` (the last row after it): looked up
-        on the device from the attached loop's step counter, so a captured graph follows the
-        curve with no host work per step."""
-        self._automation = table.to(self.vector.device, self.vector.dtype)
-        self._cond_only.fill_(halves == "cond")
-        self._halves = halves
-        self._clamp, self._steering = None, True
+    def set_lanes(self, lanes: list[Lane], start: int = 0, halves: Halves | None = None) -> None:
+        """Add moving α × direction lanes on top of the vector, counted from step `start` of
+        the attached loop (its step counter, read on the device: a captured graph follows the
+        curves with no host work per step). [] removes them. In place: call it between steps."""
+        self.lanes.install(lanes, start)
+        if halves is not None:
+            self._cond_only.fill_(halves == "cond")
+            self._halves = halves
+        if lanes:
+            self._clamp, self._steering = None, True
         self._switch()
 
     def vector_now(self) -> torch.Tensor:
-        """The vector the current step adds: the installed one, or the automation's row."""
-        if self._automation is None or self._clock is None:
+        """The vector the current step adds: the installed one plus the lanes' at this step
+        (on a GPU always, so a step captured before any lane was set follows later ones)."""
+        if self._clock is None or not (self.lanes.active or self.vector.is_cuda):
             return self.vector
-        row = self._clock.clamp(max=self._automation.shape[0] - 1)
-        return self._automation.index_select(0, row)[0]
+        return self.vector + self.lanes.vector_at(self._clock)
 
     def _add(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden + vector on the rows the halves switch selects, where the on switch is set:

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import alive_features
+from conftest import SAE_LAYER, alive_features
 
 from cli.main import main
 from engine import host as host_module
@@ -256,3 +256,30 @@ def test_meters_are_pre_topk_activations_published_to_the_bus(tiny_lm, tiny_sae)
     host.steerer.close()
     published = [f.meters for f in got if f.meters]
     assert published and set(published[-1]) == {f1, f2}
+
+
+def test_an_automated_knob_moves_the_vector_at_every_step_and_a_hand_takes_it_over(tiny_lm, tiny_sae):
+    f1, f2 = alive_features(tiny_sae)
+    before = ResidualTap(tiny_lm, SAE_LAYER, cfg_doubled=True)
+    host, bus = _host(tiny_lm, tiny_sae)
+    after = ResidualTap(tiny_lm, SAE_LAYER, cfg_doubled=True)
+    try:
+        bus.configure_knob(0, features=[(f1, 1.0)], lo=0.0, hi=2.0, curve="exp")
+        bus.configure_knob(1, features=[(f2, 1.0)], lo=0.0, hi=1.0)
+        bus.set_knob(1, 0.5)
+        bus.automate_knob(0, [(0.0, 0.0), (0.2, 1.0)], loop=True)  # a 10-step saw, α = 2·v²
+        before.recording = after.recording = True
+        for _ in range(25):
+            host._tick()
+        bus.set_knob(0, 0.5)  # the hand: α = 2·0.25 from the next step on
+        for _ in range(3):
+            host._tick()
+        diffs = (after.take() - before.take())[0]
+    finally:
+        for tap in (before, after, host.steerer):
+            tap.close()
+    beta, w_dec = tiny_sae.stats.max_activation, tiny_sae.sae.W_dec.detach()
+    u1, u2 = beta[f1] * w_dec[f1], beta[f2] * w_dec[f2]
+    saw = [2 * ((s % 10) / 10) ** 2 for s in range(25)]
+    expected = torch.stack([a * u1 + 0.5 * u2 for a in saw] + [0.5 * u1 + 0.5 * u2] * 3)
+    torch.testing.assert_close(diffs, expected, atol=1e-4, rtol=1e-4)

@@ -34,12 +34,28 @@ def test_round_trip_through_the_bus(tmp_path):
 
 def test_bundled_presets_load():
     names = sorted(p.name for p in BUNDLED.glob("*.json"))
-    assert names == ["tiny-plain.json", "world-demo.json"]
+    assert names == ["tiny-plain.json", "world-automation.json", "world-demo.json"]
     for path in BUNDLED.glob("*.json"):
         load_preset(path, feature_count=256)
     assert load_preset(BUNDLED / "tiny-plain.json").model == "tiny"
     demo = load_preset(BUNDLED / "world-demo.json")
     assert demo.sae.endswith("demo_out/sae") and demo.model.endswith("demo_out/world")  # beside the preset
+
+
+def test_automation_and_crossfades_reach_the_knobs_and_come_back(tmp_path):
+    preset = load_preset(BUNDLED / "world-automation.json")
+    bus = ParameterBus(knob_count=8, feature_count=256)
+    apply_preset(preset, bus)
+    knobs = bus.snapshot().knobs
+    assert knobs[0].automation == ((0.0, 0.0), (4.0, 1.0), (8.0, 0.0)) and knobs[0].loop
+    assert knobs[1].automation == ((0.0, 1.0), (16.0, 0.0), (32.0, 1.0))  # the crossfade's first side: 1 − mix
+    assert knobs[2].automation == ((0.0, 0.0), (16.0, 1.0), (32.0, 0.0))
+    assert set(bus.snapshot().alphas()) == set()  # automated knobs are lanes, not static strengths
+    again = load_preset(save_preset(capture_preset(bus, "again", preset.model, preset.sae), tmp_path / "a.json"))
+    assert {a.knob: a.points for a in again.automation} == {0: knobs[0].automation, 1: knobs[1].automation,
+                                                            2: knobs[2].automation}  # fmt: skip
+    bus.set_knob(1, 0.25)  # a hand on the knob takes it over
+    assert bus.snapshot().knobs[1].automation == () and bus.snapshot().alphas()[1] == pytest.approx(0.25)
 
 
 GOOD = json.loads((BUNDLED / "world-demo.json").read_text())
@@ -76,6 +92,17 @@ GOOD = json.loads((BUNDLED / "world-demo.json").read_text())
         ({"features": {"3": None}}, ".features.3: strength must be a finite number"),
         ({"midi": []}, ".midi: must be a JSON object"),
         ({"latency": "fast"}, ".latency: must be one of default, low, got 'fast'"),
+        ({"automation": {}}, ".automation: must be a list"),
+        ({"automation": [{"knob": 7, "points": [[0, 1]]}]}, ".automation[0].knob: knob 7 is not one of the preset's"),
+        ({"automation": [{"knob": 0, "crossfade": [1, 2], "points": [[0, 1]]}]}, "either 'knob' (one knob) or"),
+        ({"automation": [{"crossfade": [1, 1], "points": [[0, 1]]}]}, ".crossfade: must name two different knobs"),
+        ({"automation": [{"knob": 0, "points": [[0, 1.5]]}]}, ".points: values must be numbers between 0 and 1"),
+        ({"automation": [{"knob": 0, "points": [[2, 0], [1, 1]]}]}, "times must be seconds ≥ 0, each later than"),
+        ({"automation": [{"knob": 0, "points": [[0, "x"]]}]}, ".points: must be [seconds, value] pairs"),
+        ({"automation": [{"knob": 0, "points": [[0, 1]], "loop": "yes"}]}, ".loop: must be true or false"),
+        ({"automation": [{"knob": 0, "points": [[0, 1], [700, 0]]}]}, "at most 600 s"),
+        ({"automation": [{"knob": 1, "points": [[0, 1]]}, {"crossfade": [2, 1], "points": [[0, 1]]}]},
+         "knob 1 is automated twice"),
     ],
 )
 def test_broken_presets_name_the_field(tmp_path, change, needle):
