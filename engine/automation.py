@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.device import to_device
 from engine.errors import MgsteerError
 
 Points = tuple[tuple[float, float], ...]  # (seconds, value) breakpoints, linear between
@@ -115,10 +116,9 @@ class Lanes:
             table[i, n:] = float(lane.alphas[-1])
             length[i], loop[i] = n, lane.loop
             directions[i] = lane.direction.detach().float().cpu()
-        self.table.copy_(table)
-        self.length.copy_(length)
-        self.loop.copy_(loop)
-        self.directions.copy_(directions)
+        filled = ((self.table, table), (self.length, length), (self.loop, loop), (self.directions, directions))
+        for buffer, host in filled:
+            buffer.copy_(to_device(host, buffer.device))  # queued: the generation thread never waits
         self.start.fill_(start)
         self.active = bool(lanes)
 

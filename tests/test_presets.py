@@ -101,8 +101,10 @@ GOOD = json.loads((BUNDLED / "world-demo.json").read_text())
         ({"automation": [{"knob": 0, "points": [[0, "x"]]}]}, ".points: must be [seconds, value] pairs"),
         ({"automation": [{"knob": 0, "points": [[0, 1]], "loop": "yes"}]}, ".loop: must be true or false"),
         ({"automation": [{"knob": 0, "points": [[0, 1], [700, 0]]}]}, "at most 600 s"),
-        ({"automation": [{"knob": 1, "points": [[0, 1]]}, {"crossfade": [2, 1], "points": [[0, 1]]}]},
-         "knob 1 is automated twice"),
+        (
+            {"automation": [{"knob": 1, "points": [[0, 1]]}, {"crossfade": [2, 1], "points": [[0, 1]]}]},
+            "knob 1 is automated twice",
+        ),
     ],
 )
 def test_broken_presets_name_the_field(tmp_path, change, needle):
