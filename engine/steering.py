@@ -274,7 +274,7 @@ class Steerer:
         if not bool(torch.isfinite(alpha).all()) or float(alpha.abs().max()) > top:
             bad = next(a for a in alphas if not math.isfinite(a) or abs(a) > top)
             limits.within(bad, "steering strength", -top, top)
-        if self._beta is None:
+        if self._beta is None or len(self._beta) != self.loaded.cfg.d_sae:  # (grown: sae.concept.append_concept)
             self._beta = self.loaded.require_stats().max_activation.float().cpu()
         ids, scale = beta_scaled(self.loaded, ids, alpha, self._beta)
         return scale @ w_dec[ids].float()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import limits
 from engine.audio import DeviceSink, NullSink, WavRecorder
 from engine.backends import default_backend, open_backend
 from engine.errors import MgsteerError
@@ -77,6 +78,7 @@ class Session:
     catalog: dict | None = None  # the SAE's features.json, if it was labelled
     catalog_note: str = ""
     controllers: Controllers = field(default_factory=Controllers)
+    harvest_lm: LoadedModel | None = None  # a second copy for knobs from examples (knob_from_examples)
 
     @property
     def feature_count(self) -> int:
@@ -125,3 +127,83 @@ def example_audio_path(session: Session, feature: int) -> Path | None:
             path = Path(session.spec.sae) / record["examples"][0]["audio"]
             return path if path.is_file() else None
     return None
+
+
+@dataclass(frozen=True)
+class ExampleKnob:
+    """A knob made from examples while playing: the feature it added to the session's SAE."""
+
+    feature: int
+    label: str
+    folder: Path  # the concept on its own (an SAE folder with one feature: `--sae` it later)
+    positive_clips: int
+    negative_clips: int
+    heldout_auroc: float
+    seconds: float  # how long the build took
+
+
+EXAMPLE_CLIP_SECONDS = 4.0  # the clip length examples are cut into (less for a model trained shorter)
+
+
+def split_examples(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Examples as given in the window: audio files, and prompts (anything that is not a file
+    and does not look like one), each generated once."""
+    from sae.harvest import AUDIO_EXTENSIONS
+
+    files, prompts = [], []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_file():
+            files.append(path)
+        elif path.suffix.lower() in AUDIO_EXTENSIONS:
+            raise MgsteerError(f"example '{item}' is not a file")
+        else:
+            prompts.append(limits.prompt_text(item, "an example prompt"))
+    return files, prompts
+
+
+def knob_from_examples(
+    session: Session,
+    positive: list[str],
+    negative: list[str],
+    method: str,
+    label: str,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ExampleKnob:
+    """Build a concept direction from two sets of examples (audio files or prompts,
+    `split_examples`) at the SAE's layer and add it to the session's SAE as one more feature.
+    Slow: run it off the GUI thread.
+
+    The residuals come from a second copy of the model, loaded here once per session: the
+    engine's copy carries the steering edit and plays on meanwhile, and a recording hook on it
+    would catch the music's steps as well as the examples'."""
+    import time
+
+    from engine.runtime_choice import cache_root
+    from sae.concept import append_concept, audio_residuals, build_concept, prompt_residuals, save_concept
+
+    if session.sae is None:
+        raise MgsteerError("no SAE is loaded: a knob from examples is added to one (--sae DIR)")
+    started = time.perf_counter()
+    if session.harvest_lm is None:
+        progress(f"loading a second copy of {session.spec.model} for the examples …")
+        session.harvest_lm = load_musicgen(session.spec.model, session.spec.device, session.spec.dtype)
+    lm, layer = session.harvest_lm, session.sae.cfg.hook_layer
+    seconds = min(EXAMPLE_CLIP_SECONDS, lm.context_s)
+    sides = []
+    for name, items in (("with", positive), ("without", negative)):
+        files, prompts = split_examples(items)
+        progress(f"reading {len(files)} clips and generating {len(prompts)} {name} '{label}' …")
+        clips = audio_residuals(lm, files, layer, seconds) if files else []
+        sides.append(clips + (prompt_residuals(lm, prompts, layer, seconds, 1, 0) if prompts else []))
+    progress(f"finding the direction ({method}) …")
+    concept = build_concept(*sides, method=method)
+    slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")[:40] or "knob"
+    folder = cache_root() / "concepts" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    save_concept(concept, folder, layer, lm.spec)
+    feature = append_concept(session.sae, concept)
+    session.bus.feature_count = session.sae.cfg.d_sae
+    return ExampleKnob(
+        feature, label, folder, concept.positive_clips, concept.negative_clips, concept.heldout_auroc,
+        time.perf_counter() - started,
+    )  # fmt: skip

@@ -39,9 +39,18 @@ from engine.params import Feedback, Knob
 from engine.presets import apply_preset, capture_preset, load_preset, save_preset
 from engine.wavfile import read_audio
 from gui.browser import FeatureBrowser, catalog_rows
+from gui.examples_dialog import ExamplesDialog
 from gui.knobs import KnobBank
 from gui.scope import LevelMeter, Spectrogram
-from gui.session import Controllers, Session, SessionSpec, example_audio_path, open_session
+from gui.session import (
+    Controllers,
+    ExampleKnob,
+    Session,
+    SessionSpec,
+    example_audio_path,
+    knob_from_examples,
+    open_session,
+)
 
 Attach = Callable[[Session], Controllers]
 RECENT = 8
@@ -68,6 +77,24 @@ class Loader(QThread):
             self.loaded.emit(open_session(self.spec, self.progress.emit))
         except Exception as exc:  # any failure is shown, and the window goes on
             self.failed.emit(f"could not load {self.spec.model}: {one_line(exc)}")
+
+
+class ExampleBuilder(QThread):
+    """Builds a knob from examples off the GUI thread (gui.session.knob_from_examples)."""
+
+    progress = pyqtSignal(str)
+    built = pyqtSignal(object)
+    failed = pyqtSignal(str)
+
+    def __init__(self, session: Session, positive: list[str], negative: list[str], method: str, label: str) -> None:
+        super().__init__()
+        self.args = (session, positive, negative, method, label)
+
+    def run(self) -> None:
+        try:
+            self.built.emit(knob_from_examples(*self.args, progress=self.progress.emit))
+        except Exception as exc:  # any failure is shown, and the window and the music go on
+            self.failed.emit(f"no knob from examples: {one_line(exc)}")
 
 
 class Bridge(QObject):
@@ -126,6 +153,7 @@ class MainWindow(QMainWindow):
         self.session: Session | None = None
         self.errors: list[str] = []  # every error shown, newest last
         self._loader: Loader | None = None
+        self._builder: ExampleBuilder | None = None
         self._loading = False
         self._unsubscribe: Callable[[], None] = lambda: None
         self._pending_preset: str | None = None
@@ -233,6 +261,8 @@ class MainWindow(QMainWindow):
         file.addSeparator()
         file.addAction("&Quit", self.close)
         self._fill_recent()
+        knobs = self.menuBar().addMenu("&Knobs")
+        knobs.addAction("New knob from &examples…", self._examples_dialog)
 
     # ---- sessions -----------------------------------------------------------------------------
     def load(self, spec: SessionSpec) -> None:
@@ -372,6 +402,36 @@ class MainWindow(QMainWindow):
         reach = max(1.0, 2 * abs(alpha))
         self._configure(free, label=f"{label or 'feature'} #{feature}", features=[(feature, 1.0)], lo=-reach, hi=reach)
         self._bus_call("set_knob", free, self.session.bus.snapshot().knobs[free].value_for(alpha))
+
+    def _examples_dialog(self) -> None:
+        dialog = ExamplesDialog(self)
+        if dialog.exec():
+            self.new_knob_from_examples(*dialog.choice())
+
+    def new_knob_from_examples(self, positive: list[str], negative: list[str], method: str, label: str) -> None:
+        """Build a concept from the two sets of clips on a worker thread (the music plays on),
+        add it to the SAE as one more feature and put it on the first free knob."""
+        if self.session is None or self.session.sae is None:
+            self.show_error("no SAE is loaded: a knob from examples is added to one (start with --sae DIR)")
+            return
+        if self._builder is not None and self._builder.isRunning():
+            self.show_error("a knob from examples is still being built; try again when it is ready")
+            return
+        self._builder = ExampleBuilder(self.session, positive, negative, method, label)
+        self._builder.progress.connect(self._set_busy)
+        self._builder.built.connect(self._example_knob_built)
+        self._builder.failed.connect(lambda message: (self._set_busy(None), self.show_error(message)))
+        self._set_busy(f"building '{label}' from {len(positive)} + {len(negative)} clips …")
+        self._builder.start()
+
+    def _example_knob_built(self, knob: ExampleKnob) -> None:
+        self._set_busy(None)
+        self._assign_to_free_knob(knob.feature, knob.label)
+        self.statusBar().showMessage(
+            f"knob '{knob.label}' (feature {knob.feature}) from {knob.positive_clips} + {knob.negative_clips} clips "
+            f"in {knob.seconds:.0f} s, held-out AUROC {knob.heldout_auroc:.2f}; saved as {knob.folder}",
+            15000,
+        )
 
     def _learn(self, index: int) -> None:
         midi = self.session.controllers.midi if self.session is not None else None
@@ -566,8 +626,9 @@ class MainWindow(QMainWindow):
         self.guard.remove()
         self._status_timer.stop()
         self._scope_timer.stop()
-        if self._loader is not None:
-            self._loader.wait()
+        for worker in (self._loader, self._builder):
+            if worker is not None:
+                worker.wait()
         self._retire()
         for sink in self._auditions:
             sink.stop()

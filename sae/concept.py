@@ -22,13 +22,13 @@ frame by as much as the most positive example sits past the midpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from engine.errors import MgsteerError
-from sae.files import FeatureStats, save_sae
+from sae.files import FeatureStats, LoadedSAE, save_sae
 from sae.topk import SAEConfig, TopKSAE
 
 METHODS = ("mean-diff", "probe")
@@ -149,12 +149,52 @@ def prompt_residuals(lm, prompts: list[str], layer: int, seconds: float, takes: 
     return clips
 
 
-def audio_residuals(lm, folder: str, layer: int, seconds: float) -> list[torch.Tensor]:
-    """Residuals `[frames, d_in]` at `layer` of an audio folder's clips of `seconds`, teacher-forced
-    (unconditional), as `harvest` records them."""
-    from sae.harvest import audio_clips, check_clip_length, encode_audio, load_audio, teacher_forced_activations
+def audio_residuals(lm, source: str | list[Path], layer: int, seconds: float) -> list[torch.Tensor]:
+    """Residuals `[frames, d_in]` at `layer` of the clips of `seconds` in an audio folder (or a
+    list of audio files), teacher-forced (unconditional), as `harvest` records them."""
+    from sae.harvest import (
+        audio_clips,
+        check_clip_length,
+        encode_audio,
+        file_windows,
+        load_audio,
+        teacher_forced_activations,
+    )
 
     check_clip_length(lm, seconds, generated=False)
-    clips = audio_clips(folder, seconds)
+    if isinstance(source, list):
+        for path in source:
+            if not Path(path).is_file():
+                raise MgsteerError(f"example '{path}' is not a file")
+        clips = [clip for path in source for clip in file_windows(Path(path), Path(path).name, seconds)]
+    else:
+        clips = audio_clips(source, seconds)
     codes = [encode_audio(lm, load_audio(clip, lm.sample_rate)) for clip in clips]
     return [acts[layer] for acts in teacher_forced_activations(lm, codes, [layer])]
+
+
+def append_concept(loaded: LoadedSAE, concept: Concept) -> int:
+    """Grow a loaded SAE by one feature, the concept, and return its id (the next one): a knob
+    made from examples while playing then steers, meters and fills knobs like any feature.
+
+    Its decoder row is the unit direction and its β the concept's; its encoder column reads
+    ReLU(w·(x − midpoint)) as the concept's own folder does (the SAE's b_dec folded into b_enc).
+    Each tensor is replaced whole and the new id is valid only once the config says so, last,
+    so a generation thread reading the SAE meanwhile sees the old dictionary or the new one."""
+    sae, stats = loaded.sae, loaded.require_stats()
+    w = concept.direction.to(sae.W_dec.device, sae.W_dec.dtype)
+    bias = (w @ (sae.b_dec.detach() - concept.midpoint.to(w.device, w.dtype))).reshape(1)
+    beta = torch.tensor([concept.beta], dtype=stats.max_activation.dtype, device=stats.max_activation.device)
+    one = torch.ones_like(beta)
+    loaded.stats = FeatureStats(
+        firing_rate=torch.cat([stats.firing_rate, one]),
+        mean_activation=torch.cat([stats.mean_activation, beta / 2]),
+        max_activation=torch.cat([stats.max_activation, beta]),
+        firing_rate_clip=None if stats.firing_rate_clip is None else torch.cat([stats.firing_rate_clip, one]),
+    )
+    with torch.no_grad():
+        sae.W_enc = torch.nn.Parameter(torch.cat([sae.W_enc, w[:, None]], dim=1), requires_grad=False)
+        sae.b_enc = torch.nn.Parameter(torch.cat([sae.b_enc, bias]), requires_grad=False)
+        sae.W_dec = torch.nn.Parameter(torch.cat([sae.W_dec, w[None]]), requires_grad=False)
+    sae.cfg = replace(sae.cfg, d_sae=sae.cfg.d_sae + 1)
+    return sae.cfg.d_sae - 1

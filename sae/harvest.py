@@ -68,8 +68,6 @@ def audio_files(root: Path) -> list[Path]:
 
 def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str] | None = None) -> list[Clip]:
     """Each file cut into consecutive windows of `clip_seconds` (a last window ≥ 1 s is kept)."""
-    from engine.wavfile import audio_info
-
     if not clip_seconds >= MIN_CLIP_SECONDS:
         raise MgsteerError(f"clips must be at least {MIN_CLIP_SECONDS} s long, got {clip_seconds}")
     root = Path(folder)
@@ -81,15 +79,20 @@ def audio_clips(folder: str | Path, clip_seconds: float, captions: dict[str, str
     clips = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        duration, _ = audio_info(path)
-        windows = max(1, math.floor(duration / clip_seconds + 1e-9))
-        if duration - windows * clip_seconds >= 1.0:
-            windows += 1
-        text = captions.get(rel) if captions else None
-        for w in range(windows):
-            start = w * clip_seconds
-            clips.append(Clip(f"{rel}#{w}", path, start, min(clip_seconds, duration - start), text))
+        clips += file_windows(path, rel, clip_seconds, captions.get(rel) if captions else None)
     return clips
+
+
+def file_windows(path: Path, name: str, clip_seconds: float, text: str | None = None) -> list[Clip]:
+    """One file cut into consecutive windows of `clip_seconds` (a last window ≥ 1 s is kept)."""
+    from engine.wavfile import audio_info
+
+    duration, _ = audio_info(path)
+    windows = max(1, math.floor(duration / clip_seconds + 1e-9))
+    if duration - windows * clip_seconds >= 1.0:
+        windows += 1
+    starts = [w * clip_seconds for w in range(windows)]
+    return [Clip(f"{name}#{w}", path, t, min(clip_seconds, duration - t), text) for w, t in enumerate(starts)]
 
 
 def read_captions(path: str | Path) -> dict[str, str]:

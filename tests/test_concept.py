@@ -9,7 +9,8 @@ import torch
 
 from cli.main import main
 from engine.errors import MgsteerError
-from sae.concept import CONCEPT_FILE, auroc, build_concept, fit_direction, save_concept
+from engine.steering import Steerer
+from sae.concept import CONCEPT_FILE, append_concept, auroc, build_concept, fit_direction, save_concept
 from sae.files import load_sae
 
 
@@ -70,6 +71,28 @@ def test_a_concept_is_an_sae_folder_every_path_reads(tmp_path):
     meta = json.loads((folder / CONCEPT_FILE).read_text())
     assert meta["positive_clips"] == meta["negative_clips"] == 4 and meta["method"] == "mean-diff"
     assert meta["heldout_auroc"] == round(concept.heldout_auroc, 4) and meta["layer"] == 2
+
+
+def test_a_concept_grows_a_loaded_sae_by_one_feature_that_steers_and_meters_like_its_folder(tiny_lm, tiny_sae_dir):
+    loaded = load_sae(tiny_sae_dir)
+    d, d_sae = loaded.cfg.d_in, loaded.cfg.d_sae
+    gen = torch.Generator().manual_seed(4)
+    u = torch.eye(d)[5]
+    concept = build_concept(_clips(d, u, 4, gen), _clips(d, -u, 4, gen), "probe")
+    steerer = Steerer(tiny_lm, loaded, cfg_doubled=True)
+    try:
+        old = steerer.vector_for({3: 1.0}).clone()
+        assert append_concept(loaded, concept) == d_sae
+        assert loaded.cfg.d_sae == d_sae + 1 and loaded.check_feature(d_sae) == d_sae
+        torch.testing.assert_close(steerer.vector_for({3: 1.0, d_sae: 2.0}), old + 2 * concept.beta * concept.direction)
+        steerer.watch([d_sae])  # the meter reads how far past the midpoint a frame lies, as the folder's feature
+        frame = concept.midpoint + 0.25 * concept.direction
+        steerer.meter(frame[None, None], slice(0, 1))
+        assert steerer.read_meters() == pytest.approx([0.25], rel=1e-4)
+    finally:
+        steerer.close()
+    stats = loaded.require_stats()
+    assert stats.max_activation.shape == (d_sae + 1,) and float(stats.max_activation[-1]) == pytest.approx(concept.beta)
 
 
 def test_bad_example_sets_are_one_line():
