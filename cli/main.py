@@ -208,7 +208,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         print(f"note: {out.graph_error}")
     if out.nonfinite_steps:
         print(f"note: {out.nonfinite_steps} steps were not finite under this steering and were run unsteered")
-    print(f"wrote {path} ({out.sample_rate} Hz, mono, 16-bit)")
+    print(f"wrote {path} ({out.sample_rate} Hz, {'stereo' if out.audio.ndim == 2 else 'mono'}, 16-bit)")
 
 
 def describe_steering(sae, spec) -> str:
@@ -401,12 +401,14 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     lm = load_musicgen(args.model, args.device, args.dtype)
     print(f"model      {lm.spec} ({type(lm.model).__name__}, {lm.parameter_count() / 1e6:.1f} M parameters)")
+    print(f"family     {lm.family}")
     print(f"device     {lm.device} {str(lm.dtype).removeprefix('torch.')}")
     print(
         f"decoder    {lm.num_layers} layers, hidden {lm.hidden_size}, {lm.num_codebooks} codebooks × {lm.codebook_size}"
     )
-    frames = lm.max_positions - lm.num_codebooks
-    print(f"audio      {lm.sample_rate} Hz, {lm.frame_rate} frames/s")
+    frames = lm.max_positions - lm.delay_steps
+    channels = "stereo (codebooks 0, 2, 4, … left)" if lm.audio_channels == 2 else "mono"
+    print(f"audio      {lm.sample_rate} Hz, {lm.frame_rate} frames/s, {channels}")
     print(f"one pass   ≤ {frames} frames ({frames / lm.frame_rate:g} s)")
     if not args.sae:
         return

@@ -91,6 +91,11 @@ class HostConfig:
         return cls(lookahead_ms=lookahead, chunk=chunking, chunk_choices=choices, **fields)
 
     def validate(self, lm: LoadedModel) -> None:
+        if lm.audio_channels != 1:
+            raise MgsteerError(
+                f"{lm.spec} is a stereo model: live play takes mono models for now; render it "
+                f"(mgsteer render --model {lm.spec} …)"
+            )
         if self.lookahead_ms is not None and not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
             raise MgsteerError(f"lookahead must be a positive number of ms, got {self.lookahead_ms}")
         if self.reprime_piece < 2:  # the head moves one position a step: catching up takes keep/(piece−1) steps

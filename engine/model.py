@@ -58,6 +58,28 @@ class LoadedModel:
         return int(self.model.config.decoder.num_codebooks)
 
     @property
+    def audio_channels(self) -> int:
+        """1, or 2 for the stereo checkpoints: codebooks 0, 2, 4, … are the left channel's."""
+        return int(getattr(self.model.config.decoder, "audio_channels", 1))
+
+    @property
+    def delays(self) -> tuple[int, ...]:
+        """Each codebook's delay in frames: codebook q holds frame p − delay − 1 at position p
+        (mono: q; stereo: q // 2, a channel pair delayed alike, as transformers' pattern)."""
+        return tuple(q // self.audio_channels for q in range(self.num_codebooks))
+
+    @property
+    def delay_steps(self) -> int:
+        """Steps from a frame's first codebook to its last, plus one: N frames take N + this − 1
+        steps after the start column (mono: K; stereo: K / 2)."""
+        return self.delays[-1] + 1
+
+    @property
+    def family(self) -> str:
+        """What kind of MusicGen: mono or stereo, conditioned on text (melody: not yet)."""
+        return f"{'stereo' if self.audio_channels == 2 else 'mono'}, text"
+
+    @property
     def codebook_size(self) -> int:
         return int(self.model.config.decoder.vocab_size)
 
@@ -85,7 +107,7 @@ class LoadedModel:
 
         if self.own_codec is not None:
             return self.own_codec
-        return EncodecCodec(self.model.audio_encoder, self.device, self.num_codebooks)
+        return EncodecCodec(self.model.audio_encoder, self.device, self.num_codebooks, self.audio_channels)
 
     @property
     def max_positions(self) -> int:

@@ -21,7 +21,7 @@ from sae.files import LoadedSAE
 @dataclass
 class Rendered:
     codes: torch.Tensor  # [K, frames]
-    audio: np.ndarray  # float32 mono
+    audio: np.ndarray  # float32 `[samples]` (mono) or `[samples, 2]` (stereo)
     sample_rate: int
     nonfinite_steps: int = 0  # steps whose steered logits were not finite and were run unsteered
     graph_error: str | None = None  # why a requested CUDA graph was not used
@@ -36,8 +36,8 @@ def frames_for(lm: LoadedModel, seconds: float) -> int:
     if not (math.isfinite(seconds) and seconds > 0):
         raise MgsteerError(f"--seconds must be a positive number, got {seconds}")
     frames = max(1, round(seconds * lm.frame_rate))
-    limit = (lm.max_positions - lm.num_codebooks) / lm.frame_rate
-    if frames + lm.num_codebooks > lm.max_positions:
+    limit = (lm.max_positions - lm.delay_steps) / lm.frame_rate
+    if frames + lm.delay_steps > lm.max_positions:
         raise MgsteerError(f"--seconds {seconds} is longer than one pass of this model allows ({limit:.1f} s)")
     return frames
 
@@ -69,10 +69,10 @@ def render(
             if spec.mode != "add":
                 raise MgsteerError("a steering curve moves an added direction: use --mode add")
             steerer.set_vector(torch.zeros_like(steerer.vector), spec.halves)
-            steerer.set_lanes(curve_lanes(spec, sae, frames + lm.num_codebooks, lm.frame_rate))
+            steerer.set_lanes(curve_lanes(spec, sae, frames + lm.delay_steps, lm.frame_rate))
         elif steerer is not None:
             steerer.set(spec)
-        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.num_codebooks, graph=graph, backend=backend)
+        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.delay_steps, graph=graph, backend=backend)
         if steerer is not None:
             steerer.attach(loop)
         codes = loop.frames(frames, progress=progress)
@@ -81,6 +81,7 @@ def render(
         if steerer is not None:
             steerer.close()
     audio = (backend.decode_codes(codes) if backend is not None else decode_codes(lm, codes))[0].cpu().numpy()
+    audio = audio.T if audio.ndim == 2 else audio  # stereo `[2, samples]` → WAV's `[samples, 2]`
     return Rendered(
         codes=codes[0],
         audio=audio,

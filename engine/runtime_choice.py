@@ -253,7 +253,7 @@ def divergence(lm, fp32, quantized, steps: int = 200, guidance: float = 3.0, pro
     tokens that change when both sample freely with the same seed."""
     sampling = SamplingConfig(seed=0, guidance=guidance)
     reference = TokenLoop(lm, [prompt], sampling, max_context=steps + 8, backend=fp32)
-    ref_frames = reference.frames(steps - lm.num_codebooks + 1)
+    ref_frames = reference.frames(steps - lm.delay_steps + 1)
     columns = torch.stack(list(reference._history)[:steps], dim=-1)  # inputs of steps 0 … steps − 1
     rows = torch.cat([columns, columns], dim=0)
     logp = {}

@@ -4,7 +4,8 @@ Why: no weights can be downloaded where tests and demos run, yet every code path
 encoder + cross-attention, 4-codebook decoder with the delay pattern, EnCodec at 32 kHz /
 50 Hz) must be exercised exactly as with `facebook/musicgen-*`. Only the sizes differ:
 `tiny` is small enough for tests; `random-small` has musicgen-small's sizes, for speed and
-memory figures, which do not depend on the weights.
+memory figures, which do not depend on the weights. `tiny-stereo` and `random-stereo-small`
+are the stereo checkpoints' architecture at those sizes.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class ArchSpec:
     tokenizer_vocab: int = 256
     audible_codec: bool = True  # randomise codebooks and remove DC (see _make_codec_audible)
     dropout: float = 0.1  # musicgen-small's (decoder and T5 alike)
+    audio_channels: int = 1  # 2: the stereo checkpoints (num_codebooks counts both channels)
 
 
 TINY = ArchSpec()
@@ -92,7 +94,14 @@ SMALL = ArchSpec(
 # musicgen-medium and -large: the same text encoder (T5-base) and codec, a wider, deeper decoder.
 MEDIUM = replace(SMALL, decoder_layers=48, hidden_size=1536, heads=24, ffn_dim=6144)
 LARGE = replace(SMALL, decoder_layers=48, hidden_size=2048, heads=32, ffn_dim=8192)
-PRESETS = {"tiny": TINY, "random-small": SMALL, "random-medium": MEDIUM, "random-large": LARGE}
+# facebook/musicgen-stereo-*: 8 codebooks, left and right interleaved (0, 2, 4, 6 left), each
+# pair delayed alike, over the same mono EnCodec run once per channel.
+TINY_STEREO = replace(TINY, num_codebooks=8, audio_channels=2)
+SMALL_STEREO = replace(SMALL, num_codebooks=8, audio_channels=2)
+PRESETS = {
+    "tiny": TINY, "tiny-stereo": TINY_STEREO, "random-small": SMALL, "random-medium": MEDIUM, "random-large": LARGE,
+    "random-stereo-small": SMALL_STEREO,
+}  # fmt: skip
 
 
 def build_tiny_tokenizer(vocab_size: int = 256, corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
@@ -111,8 +120,9 @@ def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
     """Compose the three sub-configs like the hub's musicgen-small, at `spec`'s sizes."""
     nbits = (spec.codebook_size - 1).bit_length()
     frame_rate = 50  # 32000 Hz / (8*5*4*4)
-    # EnCodec derives its number of quantizers from the bandwidth: pick the one giving num_codebooks.
-    bandwidth_kbps = spec.num_codebooks * frame_rate * nbits / 1000
+    # EnCodec derives its number of quantizers from the bandwidth: pick the one giving each
+    # channel's codebooks (a stereo decoder's codebooks are two channels of one mono EnCodec).
+    bandwidth_kbps = spec.num_codebooks // spec.audio_channels * frame_rate * nbits / 1000
     text = T5Config(
         vocab_size=spec.text_vocab or text_vocab,
         d_model=spec.text_dim,
@@ -150,6 +160,7 @@ def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
         pad_token_id=spec.codebook_size,
         bos_token_id=spec.codebook_size,
         dropout=spec.dropout,
+        audio_channels=spec.audio_channels,
     )
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 

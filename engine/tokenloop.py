@@ -6,7 +6,8 @@ runs to the end and returns only audio.
 
 Delay pattern (K codebooks): codebook q at decoder position p holds frame p − q − 1; position
 0 is the start token and positions p ≤ q of codebook q are padding. So after sampling
-position p ≥ K, frame p − K is complete: N frames need N + K − 1 steps.
+position p ≥ K, frame p − K is complete: N frames need N + K − 1 steps. Stereo checkpoints
+delay each left/right pair alike (delay q // 2, `LoadedModel.delays`): there K / 2 stands for K.
 
 Endless play (re-priming): MusicGen was trained on ≤ 30 s and has a fixed positional table.
 Before the context fills, a second KV cache is built from the last few seconds of tokens —
@@ -127,7 +128,7 @@ class TokenLoop:
         self._tokens = self._start.clone()  # the next input column
         self._pos = torch.zeros(1, dtype=torch.long, device=device)  # its position in the live cache
         self._step_no = torch.zeros(1, dtype=torch.long, device=device)  # steps taken
-        self._codebooks = torch.arange(k, device=device)
+        self._delays = torch.tensor(lm.delays, device=device)  # each codebook's delay in the pattern
         self._ring = torch.full((self.batch, k, RING), pad, dtype=torch.long, device=device)
         self._bad = torch.zeros(RING, dtype=torch.bool, device=device)
         # Host state: delayed columns read back so far, newest (at `_read`) last.
@@ -204,8 +205,8 @@ class TokenLoop:
         slot = self._step_no % RING
         self._bad.index_copy_(0, slot, (~torch.isfinite(logits).all()).view(1))
         logits = torch.nan_to_num(logits, nan=0.0, posinf=1e4, neginf=-1e4)  # the music must not stop
-        # Delay pattern: codebook q is padding until position q + 1.
-        sampled = self._sample(logits).masked_fill(self._codebooks >= self._step_no, self.lm.pad_token_id)
+        # Delay pattern: codebook q is padding until position delay(q) + 1.
+        sampled = self._sample(logits).masked_fill(self._delays >= self._step_no, self.lm.pad_token_id)
         self._tokens.copy_(sampled)
         self._ring.index_copy_(2, slot, sampled[..., None])
         self._pos.add_(1)
@@ -228,8 +229,7 @@ class TokenLoop:
         self._read = last
         if self.graphs is None:
             self._rng = self._generator.get_state()
-        k = self.lm.num_codebooks
-        frames = [self._frame(p) for p in range(max(first, k), last + 1)]
+        frames = [self._frame(p) for p in range(max(first, self.lm.delay_steps), last + 1)]
         return torch.stack(frames, dim=-1) if frames else self._no_frames()
 
     def _retry(self, first: int, last: int, bad_steps: int) -> torch.Tensor:
@@ -250,10 +250,11 @@ class TokenLoop:
         return self._collect(check=False)
 
     def _frame(self, p: int) -> torch.Tensor:
-        """Frame p − K: codebook q from the column sampled at step p − K + 1 + q."""
+        """Frame p − D (D: `delay_steps`): codebook q from the column sampled at step
+        p − D + 1 + delay(q)."""
         first = self._read - len(self._history) + 1
-        k = self.lm.num_codebooks
-        return torch.stack([self._history[p - k + 1 + q - first][:, q] for q in range(k)], dim=1)
+        start = p - self.lm.delay_steps + 1 - first
+        return torch.stack([self._history[start + d][:, q] for q, d in enumerate(self.lm.delays)], dim=1)
 
     def _no_frames(self) -> torch.Tensor:
         return torch.empty(self.batch, self.lm.num_codebooks, 0, dtype=torch.long)
@@ -318,7 +319,7 @@ class TokenLoop:
             return self._history[0].new_full(self._history[0].shape, self.lm.pad_token_id)
         first = self._read - len(self._history) + 1
         column = self._history[re.offset + p - first].clone()
-        column[:, p:] = self.lm.pad_token_id  # codebooks q ≥ p are padding at a fresh start
+        column[:, self._delays.cpu() >= p] = self.lm.pad_token_id  # codebooks delayed ≥ p: padding at a fresh start
         return column
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
@@ -337,8 +338,8 @@ class TokenLoop:
         """Generate `count` more complete frames; returns codes `[batch, K, count]` (on the CPU)."""
         from tqdm import tqdm
 
-        # Steps up to position P complete P − K + 1 frames.
-        target = max(self._read, self.lm.num_codebooks - 1) + count
+        # Steps up to position P complete P − D + 1 frames (D: `delay_steps`).
+        target = max(self._read, self.lm.delay_steps - 1) + count
         out: list[torch.Tensor] = []
         with tqdm(total=count, unit="frame", disable=not progress, leave=False) as bar:
             while self.position < target:

@@ -135,7 +135,7 @@ def _digest(data) -> str:
 
 def clip_frames_limit(lm: LoadedModel, generated: bool) -> int:
     """Frames one clip may have: one decoder pass, less the delay pattern's tail when generated."""
-    return lm.max_positions - 1 - (lm.num_codebooks if generated else 0)
+    return lm.max_positions - 1 - (lm.delay_steps if generated else 0)
 
 
 def check_clip_length(lm: LoadedModel, seconds: float, generated: bool) -> None:
@@ -167,18 +167,20 @@ def encode_audio(lm: LoadedModel, audio: np.ndarray) -> torch.Tensor:
     return lm.codec.encode(torch.from_numpy(audio)[None])[0]
 
 
-def delayed_sequence(codes: torch.Tensor, pad: int) -> torch.Tensor:
-    """Codes `[..., K, N]` → the whole delayed sequence `[..., K, N + K]`: D[q, p] = codes[q, p − q − 1]."""
+def delayed_sequence(codes: torch.Tensor, pad: int, channels: int = 1) -> torch.Tensor:
+    """Codes `[..., K, N]` → the whole delayed sequence `[..., K, N + D]` (D = K / channels):
+    S[q, p] = codes[q, p − q // channels − 1] (stereo pairs are delayed alike)."""
     k, n = codes.shape[-2:]
-    out = torch.full((*codes.shape[:-1], n + k), pad, dtype=torch.long, device=codes.device)
+    out = torch.full((*codes.shape[:-1], n + k // channels), pad, dtype=torch.long, device=codes.device)
     for q in range(k):
-        out[..., q, q + 1 : q + 1 + n] = codes[..., q, :]
+        d = q // channels
+        out[..., q, d + 1 : d + 1 + n] = codes[..., q, :]
     return out
 
 
-def delayed_inputs(codes: torch.Tensor, pad: int) -> torch.Tensor:
+def delayed_inputs(codes: torch.Tensor, pad: int, channels: int = 1) -> torch.Tensor:
     """Codes `[K, N]` → the decoder's input columns `[K, N + 1]` (the delayed sequence's first N + 1)."""
-    return delayed_sequence(codes, pad)[..., : codes.shape[-1] + 1]
+    return delayed_sequence(codes, pad, channels)[..., : codes.shape[-1] + 1]
 
 
 @torch.no_grad()
@@ -196,7 +198,7 @@ def teacher_forced_activations(
     shape = (len(codes), lm.num_codebooks, longest + 1)
     inputs = torch.full(shape, lm.pad_token_id, dtype=torch.long, device=lm.device)
     for row, clip in enumerate(codes):
-        inputs[row, :, : clip.shape[1] + 1] = delayed_inputs(clip.to(lm.device), lm.pad_token_id)
+        inputs[row, :, : clip.shape[1] + 1] = delayed_inputs(clip.to(lm.device), lm.pad_token_id, lm.audio_channels)
     if texts[0] is None:
         states, mask = null_condition(lm, batch=len(codes))
     else:
@@ -224,7 +226,7 @@ def harvest_generation(
     sampling = sampling or SamplingConfig()
     with recording(lm, layers, cfg_doubled=sampling.cfg) as taps:
         # Recording taps append on the host at every call: no graph could replay that.
-        loop = TokenLoop(lm, prompts, sampling, max_context=frames + lm.num_codebooks, graph=False)
+        loop = TokenLoop(lm, prompts, sampling, max_context=frames + lm.delay_steps, graph=False)
         codes = loop.frames(frames)
         return {layer: tap.take()[:, 1 : frames + 1].float().cpu() for layer, tap in taps.items()}, codes.cpu()
 

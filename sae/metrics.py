@@ -31,7 +31,7 @@ def codebook_ce(lm: LoadedModel, clips: list[torch.Tensor], layer: int, replace:
         if replace is not None:
             tap.edit = lambda hidden, cond: replace(hidden)
         for codes in clips:
-            inputs = delayed_inputs(codes.to(lm.device), lm.pad_token_id)  # [K, N + 1]
+            inputs = delayed_inputs(codes.to(lm.device), lm.pad_token_id, lm.audio_channels)  # [K, N + 1]
             logits = lm.model.decoder(
                 input_ids=inputs[:, :-1], encoder_hidden_states=states, encoder_attention_mask=mask
             ).logits.float()  # [K, N, V]

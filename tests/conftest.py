@@ -41,6 +41,12 @@ def tiny_lm() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def stereo_lm() -> LoadedModel:
+    """The stereo checkpoints' architecture at tiny's sizes: 8 codebooks, left/right interleaved."""
+    return load_musicgen("tiny-stereo", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_acts(tiny_lm) -> torch.Tensor:
     acts, _ = harvest_generation(tiny_lm, ["simple melody", "techno groove", "sad cello"], [SAE_LAYER], frames=40)
     return acts[SAE_LAYER].reshape(-1, tiny_lm.hidden_size)

@@ -472,7 +472,7 @@ def test_examples_are_files_or_prompts_and_a_missing_file_is_one_line(tmp_path):
 
     clip = _example_clips(tmp_path, "dark", 1)[0]
     assert split_examples([clip, "slow cello"]) == ([Path(clip)], ["slow cello"])
-    with pytest.raises(MgsteerError, match="example 'gone.wav' is not a file"):
+    with pytest.raises(MgsteerError, match=r"example 'gone\.wav' is not a file"):
         split_examples(["gone.wav"])
     with pytest.raises(MgsteerError, match="an example prompt"):
         split_examples(["   "])

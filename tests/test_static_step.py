@@ -18,9 +18,11 @@ from engine.step_graph import StepGraphs
 from engine.tokenloop import SamplingConfig, TokenLoop
 
 
-def test_static_forward_equals_transformers_forward(tiny_lm):
+@pytest.mark.parametrize("model", ["tiny_lm", "stereo_lm"])
+def test_static_forward_equals_transformers_forward(model, request):
     """Prefill of a piece, then single positions, against the HF decoder's full-sequence forward
     on the same columns (the sampled tokens match `generate()` exactly: test_tokenloop)."""
+    tiny_lm = request.getfixturevalue(model)
     gen = torch.Generator().manual_seed(0)
     k, steps = tiny_lm.num_codebooks, 24
     columns = torch.randint(0, tiny_lm.codebook_size, (1, k, steps), generator=gen)

@@ -81,8 +81,10 @@ def test_full_reprime_reproduces_the_context(tiny_lm, piece):
     torch.testing.assert_close(_next_residual(tiny_lm, primed), _next_residual(tiny_lm, plain), atol=1e-4, rtol=1e-4)
 
 
-def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(tiny_lm):
+@pytest.mark.parametrize("model", ["tiny_lm", "stereo_lm"])
+def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(model, request):
     """After keeping the last 20 positions, the model sees a fresh start followed by them."""
+    tiny_lm = request.getfixturevalue(model)
     loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=4))
     loop.frames(40)
     loop.begin_reprime(keep_positions=20)
@@ -95,7 +97,7 @@ def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(tiny_lm):
     columns = [torch.full((1, k), pad)]
     for p in range(1, loop.cache_len + 1):
         column = history[offset + p - first].clone()
-        column[:, p:] = pad
+        column[:, torch.tensor(tiny_lm.delays) >= p] = pad
         columns.append(column)
     fresh = torch.stack(columns, dim=-1)  # [1, K, cache_len + 1], last column = next input
     from engine.hooks import ResidualTap
@@ -122,3 +124,23 @@ def test_reprime_with_a_new_prompt_swaps_the_condition(tiny_lm):
         loop.step()
     expected, _ = encode_prompts(tiny_lm, ["techno groove with a driving kick"], null_half=True)
     torch.testing.assert_close(loop._condition[0], expected)
+
+
+def test_a_stereo_model_delays_each_channel_pair_alike(stereo_lm):
+    assert (stereo_lm.num_codebooks, stereo_lm.audio_channels) == (8, 2)
+    assert stereo_lm.delays == (0, 0, 1, 1, 2, 2, 3, 3) and stereo_lm.delay_steps == 4
+
+
+@pytest.mark.parametrize("guidance", [3.0, 1.0])
+def test_the_stereo_loop_matches_hf_generate_in_both_channels(stereo_lm, guidance):
+    frames = 30
+    tok = stereo_lm.tokenizer(["simple melody"], return_tensors="pt")
+    torch.manual_seed(7)
+    ref = stereo_lm.model.generate(
+        **tok, max_new_tokens=frames + stereo_lm.delay_steps - 1, do_sample=True, guidance_scale=guidance, top_k=250
+    )
+    codes = TokenLoop(stereo_lm, ["simple melody"], SamplingConfig(guidance=guidance, seed=7)).frames(frames)
+    ours = decode_codes(stereo_lm, codes)
+    assert ours.shape == ref.shape == (1, 2, frames * stereo_lm.sample_rate // stereo_lm.frame_rate)
+    assert torch.equal(ours, ref.float())
+    assert not torch.equal(ours[:, 0], ours[:, 1])  # two channels, not one twice

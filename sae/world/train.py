@@ -310,7 +310,7 @@ def prompted_accuracy(
     truth = [sample_attributes(rng) for _ in range(generations)]
     prompts = [prompt_for(attrs) for attrs in truth]
     frames = round(seconds * lm.frame_rate)
-    context = frames + lm.num_codebooks + 8 if backend is not None else None  # within an export's max_context
+    context = frames + lm.delay_steps + 8 if backend is not None else None  # within an export's max_context
     codes = TokenLoop(lm, prompts, SamplingConfig(seed=seed), max_context=context, backend=backend).frames(frames)
     scorer = ExactScorer(lm.codebook_size)
     hits = dict.fromkeys(ATTRIBUTES, 0)

@@ -1,0 +1,53 @@
+"""The MusicGen family: the stereo architecture (tiny-stereo) through every command that takes
+`--model`, and its delay pattern through harvest."""
+
+from __future__ import annotations
+
+import wave
+
+import pytest
+import torch
+
+from cli.main import main
+from sae.harvest import delayed_inputs, delayed_sequence
+
+
+def test_a_stereo_delayed_sequence_delays_each_pair_alike():
+    codes = torch.arange(1, 13).reshape(4, 3)  # 4 codebooks (2 per channel), 3 frames
+    seq = delayed_sequence(codes, pad=0, channels=2)
+    assert seq.tolist() == [[0, 1, 2, 3, 0], [0, 4, 5, 6, 0], [0, 0, 7, 8, 9], [0, 0, 10, 11, 12]]
+    assert delayed_inputs(codes, pad=0, channels=2).tolist() == [row[:4] for row in seq.tolist()]
+
+
+def test_info_names_each_family(capsys):
+    assert main(["info", "--model", "tiny-stereo"]) == 0
+    out = capsys.readouterr().out
+    assert "family     stereo, text" in out and "8 codebooks" in out and "stereo (codebooks 0, 2, 4, … left)" in out
+    assert main(["info", "--model", "tiny"]) == 0
+    assert "family     mono, text" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("command", "check"),
+    [
+        (["render", "--seconds", "0.5", "--backend", "torch", "--out", "{tmp}/st.wav"], "wrote"),
+        (["harvest", "--prompts", "{tmp}/prompts.txt", "--seconds", "0.5", "--layers", "1", "--out", "{tmp}/acts"],
+         None),
+        (["play", "--no-audio", "--seconds", "1", "--backend", "torch"],
+         "tiny-stereo is a stereo model: live play takes mono models for now"),
+        (["export-onnx", "--out", "{tmp}/onnx"], "tiny-stereo is a stereo model: the ONNX export takes mono models"),
+    ],
+)  # fmt: skip
+def test_every_command_takes_the_stereo_model_or_says_in_one_line_why_not(command, check, tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("simple melody\n")
+    args = [a.format(tmp=tmp_path) for a in command] + ["--model", "tiny-stereo"]
+    code = main(args)
+    out, err = capsys.readouterr()
+    if command[0] in ("render", "harvest"):
+        assert code == 0, err
+    else:
+        assert code == 2 and check in err and err.count("\n") == 1, err
+    if command[0] == "render":
+        with wave.open(str(tmp_path / "st.wav")) as w:
+            assert (w.getnchannels(), w.getnframes()) == (2, 16000)
+        assert "stereo, 16-bit" in out
