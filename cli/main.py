@@ -275,8 +275,13 @@ def cmd_play(args: argparse.Namespace) -> None:
         print(f"preset '{preset.name}' ({args.preset})")
     for steer in steers:
         bus.set_feature(steer.feature, steer.alpha)
-    sink = NullSink(lm.sample_rate) if args.no_audio else DeviceSink(lm.sample_rate, device_arg(args.audio_device))
-    recorder = WavRecorder(args.out, lm.sample_rate, max_seconds=args.seconds) if args.out else None
+    channels = lm.audio_channels
+    sink = (
+        NullSink(lm.sample_rate, channels=channels)
+        if args.no_audio
+        else DeviceSink(lm.sample_rate, device_arg(args.audio_device), channels=channels)
+    )
+    recorder = WavRecorder(args.out, lm.sample_rate, max_seconds=args.seconds, channels=channels) if args.out else None
     host = Host(lm, bus, sink, sae, config, recorder)
     osc = start_osc(args, bus, host, lm, sae) if args.osc else None
     midi = start_midi(args, bus, preset) if args.midi is not None else None

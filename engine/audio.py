@@ -22,12 +22,16 @@ from engine.errors import MgsteerError
 from engine.inputs import os_reason
 from engine.levels import soft_limit
 
+MAX_CALLBACK_FRAMES = 16384  # the largest block a sound device asks for that a mixdown covers
+
 
 class RingBuffer:
-    """Float32 mono ring; `write` from one thread, `read_into` from the audio callback."""
+    """Float32 ring of `[frames]` (mono) or `[frames, channels]`; `write` from one thread,
+    `read_into` from the audio callback. Counters count frames (a sample of every channel)."""
 
-    def __init__(self, capacity: int) -> None:
-        self._buf = np.zeros(capacity, dtype=np.float32)
+    def __init__(self, capacity: int, channels: int = 1) -> None:
+        self._buf = np.zeros(capacity if channels == 1 else (capacity, channels), dtype=np.float32)
+        self.channels = channels
         self.capacity = capacity
         self.written = 0  # total samples written (producer's counter)
         self.read = 0  # total samples played (consumer's counter)
@@ -49,7 +53,8 @@ class RingBuffer:
         return n
 
     def read_into(self, out: np.ndarray) -> None:
-        """Fill `out` (1-D float32) from the ring, zero-padding on underrun. Callback-safe."""
+        """Fill `out` (float32, the ring's shape) from the ring, zero-padding on underrun.
+        Callback-safe."""
         want = out.shape[0]
         n = min(want, self.written - self.read)
         start = self.read % self.capacity
@@ -64,24 +69,25 @@ class RingBuffer:
 
 
 class StreamResampler:
-    """Polyphase FIR resampling with carried state, e.g. 32 kHz → 48 kHz, block by block."""
+    """Polyphase FIR resampling with carried state, e.g. 32 kHz → 48 kHz, block by block
+    (`[n]` or `[n, channels]`, each channel on its own)."""
 
-    def __init__(self, src_rate: int, dst_rate: int, taps_per_phase: int = 24) -> None:
+    def __init__(self, src_rate: int, dst_rate: int, taps_per_phase: int = 24, channels: int = 1) -> None:
         from scipy.signal import firwin
 
         g = math.gcd(src_rate, dst_rate)
         self.up, self.down = dst_rate // g, src_rate // g
         cutoff = 0.95 / max(self.up, self.down)
         self._taps = (firwin(self.up * taps_per_phase, cutoff, window=("kaiser", 8.0)) * self.up).astype(np.float64)
-        self._zi = np.zeros(len(self._taps) - 1)
+        self._zi = np.zeros((len(self._taps) - 1,) if channels == 1 else (len(self._taps) - 1, channels))
         self._phase = 0  # index, in the next upsampled block, of the next output sample
 
     def process(self, block: np.ndarray) -> np.ndarray:
         from scipy.signal import lfilter
 
-        up = np.zeros(len(block) * self.up)
+        up = np.zeros((len(block) * self.up, *block.shape[1:]))
         up[:: self.up] = block
-        filtered, self._zi = lfilter(self._taps, 1.0, up, zi=self._zi)
+        filtered, self._zi = lfilter(self._taps, 1.0, up, axis=0, zi=self._zi)
         out = filtered[self._phase :: self.down]
         self._phase = (self._phase + len(out) * self.down) - len(up)
         return out.astype(np.float32)
@@ -92,11 +98,13 @@ class Sink(ABC):
 
     name = "sink"
 
-    def __init__(self, model_rate: int, device_rate: int, buffer_seconds: float = 8.0) -> None:
+    def __init__(self, model_rate: int, device_rate: int, buffer_seconds: float = 8.0, channels: int = 1) -> None:
         self.model_rate = model_rate
         self.sample_rate = device_rate
-        self.ring = RingBuffer(int(buffer_seconds * device_rate))
-        self._resampler = StreamResampler(model_rate, device_rate) if device_rate != model_rate else None
+        self.channels = channels  # what `write` takes: `[n]` mono, `[n, 2]` stereo
+        self.ring = RingBuffer(int(buffer_seconds * device_rate), channels)
+        resample = device_rate != model_rate
+        self._resampler = StreamResampler(model_rate, device_rate, channels=channels) if resample else None
 
     def write(self, block: np.ndarray) -> None:
         """Queue a block (model rate), through the soft limiter (engine.levels). Waits for room
@@ -143,10 +151,10 @@ class NullSink(Sink):
 
     name = "null"
 
-    def __init__(self, model_rate: int, block: int = 512, buffer_seconds: float = 8.0) -> None:
-        super().__init__(model_rate, model_rate, buffer_seconds)
+    def __init__(self, model_rate: int, block: int = 512, buffer_seconds: float = 8.0, channels: int = 1) -> None:
+        super().__init__(model_rate, model_rate, buffer_seconds, channels)
         self.block = block
-        self._scratch = np.zeros(block, dtype=np.float32)
+        self._scratch = np.zeros(block if channels == 1 else (block, channels), dtype=np.float32)
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -180,7 +188,9 @@ class DeviceSink(Sink):
 
     name = "device"
 
-    def __init__(self, model_rate: int, device: str | int | None = None, buffer_seconds: float = 8.0) -> None:
+    def __init__(
+        self, model_rate: int, device: str | int | None = None, buffer_seconds: float = 8.0, channels: int = 1
+    ) -> None:
         sd = import_sounddevice()
         try:
             # PortAudio lists devices once, at start-up; rescan so a server or card that appeared
@@ -190,9 +200,12 @@ class DeviceSink(Sink):
             info = sd.query_devices(device, kind="output")
         except (sd.PortAudioError, ValueError) as exc:
             raise MgsteerError(f"no audio output device ({exc}); use --no-audio, optionally with --out FILE") from exc
-        super().__init__(model_rate, int(info["default_samplerate"]), buffer_seconds)
+        super().__init__(model_rate, int(info["default_samplerate"]), buffer_seconds, channels)
         self.device_name = str(info["name"])
         self._channels = max(1, min(2, int(info["max_output_channels"])))
+        # A stereo stream on a mono device is mixed down through this (allocated once: the
+        # callback allocates nothing).
+        self._mixdown = np.zeros((MAX_CALLBACK_FRAMES, 2), dtype=np.float32) if channels > self._channels else None
         self.device_underflows = 0
         self.callback_frames = 0  # the largest block the callback has asked for
         self._stream = sd.OutputStream(
@@ -205,9 +218,18 @@ class DeviceSink(Sink):
             self.device_underflows += 1
         if frames > self.callback_frames:
             self.callback_frames = frames
-        self.ring.read_into(outdata[:, 0])
-        if self._channels == 2:
+        if self.channels == self._channels:
+            self.ring.read_into(outdata if self.channels == 2 else outdata[:, 0])
+        elif self._mixdown is not None and frames <= MAX_CALLBACK_FRAMES:  # stereo stream, mono device
+            both = self._mixdown[:frames]
+            self.ring.read_into(both)
+            np.add(both[:, 0], both[:, 1], out=outdata[:, 0])
+            outdata *= 0.5
+        elif self._mixdown is None:  # mono stream, stereo device: the same in both
+            self.ring.read_into(outdata[:, 0])
             outdata[:, 1] = outdata[:, 0]
+        else:
+            outdata.fill(0.0)
 
     @property
     def block_seconds(self) -> float:
@@ -243,7 +265,7 @@ class WavRecorder:
     removed drive) ends the recording, not the music: `error` says why, in one line, and
     later blocks are dropped."""
 
-    def __init__(self, path: str | Path, sample_rate: int, max_seconds: float | None = None) -> None:
+    def __init__(self, path: str | Path, sample_rate: int, max_seconds: float | None = None, channels: int = 1) -> None:
         """`max_seconds`: record exactly this much and drop the rest (generation runs ahead of
         playback, so a timed session would otherwise record its lookahead too)."""
         from engine.wavfile import WavWriter
@@ -253,7 +275,7 @@ class WavRecorder:
         self.sample_rate = sample_rate
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = WavWriter(self.path, sample_rate)
+            self._file = WavWriter(self.path, sample_rate, channels)
         except OSError as exc:
             raise MgsteerError(f"cannot write '{self.path}': {os_reason(exc)}") from exc
         self.samples = 0  # queued for the file (what `limit` counts)

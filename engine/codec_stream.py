@@ -64,7 +64,8 @@ def fade_curves(samples: int, curve: Curve) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ChunkedDecoder:
-    """Feed complete frames with `push`; get audio blocks (float32 mono) as they are ready."""
+    """Feed complete frames with `push`; get audio blocks as they are ready: float32 `[n]`
+    (mono) or `[n, 2]` (stereo, time first like a sound device's buffer)."""
 
     def __init__(self, lm: LoadedModel, cfg: ChunkConfig | None = None, decode=None) -> None:
         self.lm = lm
@@ -98,11 +99,14 @@ class ChunkedDecoder:
         start = max(self._base, self.emitted - self.cfg.context)
         window = torch.stack(self._frames[start - self._base : self.received - self._base], dim=-1)
         audio = self.decode(window[None])[0].cpu().numpy()
+        audio = audio.T if audio.ndim == 2 else audio  # stereo `[2, n]` → `[n, 2]`
         offset = (self.emitted - start) * self.hop
         block = audio[offset : (until - start) * self.hop].copy()
         if self._tail is not None and self.xf:
             n = min(self.xf, len(block), len(self._tail))
-            block[:n] = self._tail[:n] * self._fade_out[:n] + block[:n] * self._fade_in[:n]
+            shape = (n,) + (1,) * (block.ndim - 1)  # the curves over every channel alike
+            fade_out, fade_in = self._fade_out[:n].reshape(shape), self._fade_in[:n].reshape(shape)
+            block[:n] = self._tail[:n] * fade_out + block[:n] * fade_in
             self.joins.append(self.emitted * self.hop)
         tail_at = (until - start) * self.hop
         self._tail = audio[tail_at : tail_at + self.xf].copy() if until < self.received else None

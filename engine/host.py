@@ -91,11 +91,6 @@ class HostConfig:
         return cls(lookahead_ms=lookahead, chunk=chunking, chunk_choices=choices, **fields)
 
     def validate(self, lm: LoadedModel) -> None:
-        if lm.audio_channels != 1:
-            raise MgsteerError(
-                f"{lm.spec} is a stereo model: live play takes mono models for now; render it "
-                f"(mgsteer render --model {lm.spec} …)"
-            )
         if self.lookahead_ms is not None and not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
             raise MgsteerError(f"lookahead must be a positive number of ms, got {self.lookahead_ms}")
         if self.reprime_piece < 2:  # the head moves one position a step: catching up takes keep/(piece−1) steps
@@ -421,8 +416,9 @@ class Host:
     def _emit(self, block: np.ndarray | None) -> None:
         if block is None or not len(block):
             return
-        self.sink.write(block)
-        self.monitor.append(block)
+        mono = block.mean(axis=1) if block.ndim == 2 else block
+        self.sink.write(block if self.sink.channels == block.ndim else mono)  # a stereo model on a mono sink: the mix
+        self.monitor.append(mono)  # the scope and level meter show the mix
         if self.recorder is not None:
             self.recorder.write(block)  # queued: the recorder writes on its own thread
             if self.recorder.error is not None and not self._recording_said:

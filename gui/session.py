@@ -107,13 +107,18 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
         knob_count=spec.knobs, prompt=spec.prompt, smoothing_ms=spec.smoothing_ms,
         feature_count=sae.cfg.d_sae if sae else None,
     )  # fmt: skip
-    sink = NullSink(lm.sample_rate) if spec.no_audio else DeviceSink(lm.sample_rate, spec.audio_device)
+    channels = lm.audio_channels
+    sink = (
+        NullSink(lm.sample_rate, channels=channels)
+        if spec.no_audio
+        else DeviceSink(lm.sample_rate, spec.audio_device, channels=channels)
+    )
     config = HostConfig.for_latency(
         spec.latency, lookahead_ms=spec.lookahead_ms, chunk=spec.chunk, sampling=spec.sampling, graph=spec.graph,
         backend=open_backend(spec.backend.name, spec.backend.onnx_dir, spec.backend.precision, lm, sae, progress),
         meter_knobs=True,
     )  # fmt: skip
-    recorder = WavRecorder(spec.record, lm.sample_rate, spec.record_seconds) if spec.record else None
+    recorder = WavRecorder(spec.record, lm.sample_rate, spec.record_seconds, channels) if spec.record else None
     host = Host(lm, bus, sink, sae, config, recorder)
     return Session(spec=spec, lm=lm, bus=bus, host=host, sae=sae, catalog=catalog, catalog_note=note)
 

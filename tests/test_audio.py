@@ -6,13 +6,14 @@ import re
 import subprocess
 import sys
 import time
+import wave
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from cli.main import main
-from engine.audio import DeviceSink, NullSink, RingBuffer, StreamResampler, WavRecorder
+from engine.audio import DeviceSink, NullSink, RingBuffer, Sink, StreamResampler, WavRecorder
 from engine.errors import MgsteerError
 from engine.levels import LIMIT_CEILING
 
@@ -111,3 +112,45 @@ def test_play_through_a_real_device(jack_server, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "into 'system' at 48000 Hz" in printed and re.search(r"underruns \d+", printed)
     assert sf.info(str(out)).duration >= 2.0
+
+
+def test_a_stereo_ring_and_resampler_carry_two_channels_apart():
+    ring = RingBuffer(8, channels=2)
+    block = np.stack([np.arange(1, 7), -np.arange(1, 7)], axis=1).astype(np.float32)
+    assert ring.write(block) == 6
+    out = np.empty((4, 2), dtype=np.float32)
+    ring.read_into(out)
+    np.testing.assert_array_equal(out, block[:4])
+    sr_in, sr_out = 32000, 48000
+    t = np.arange(sr_in // 4) / sr_in
+    left, right = np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 1000 * t)
+    r = StreamResampler(sr_in, sr_out, channels=2)
+    both = np.concatenate([r.process(np.stack([left, right], 1)[i : i + 1000]) for i in range(0, len(t), 1000)])
+    np.testing.assert_allclose(both[:, 0], StreamResampler(sr_in, sr_out).process(left), atol=1e-5)
+    np.testing.assert_allclose(both[:, 1], StreamResampler(sr_in, sr_out).process(right), atol=1e-5)
+
+
+class _Status:
+    output_underflow = False
+
+
+def test_a_stereo_stream_mixes_down_on_a_mono_device_and_plays_apart_on_a_stereo_one():
+    for device_channels in (1, 2):
+        sink = DeviceSink.__new__(DeviceSink)  # the callback alone, without PortAudio
+        Sink.__init__(sink, 32000, 32000, channels=2)
+        sink._channels, sink.device_underflows, sink.callback_frames = device_channels, 0, 0
+        sink._mixdown = np.zeros((16384, 2), dtype=np.float32) if device_channels == 1 else None
+        sink.ring.write(np.stack([np.full(64, 0.2), np.full(64, 0.6)], axis=1).astype(np.float32))
+        outdata = np.empty((64, device_channels), dtype=np.float32)
+        sink._callback(outdata, 64, None, _Status())
+        expected = [[0.4]] * 64 if device_channels == 1 else [[0.2, 0.6]] * 64
+        np.testing.assert_allclose(outdata, expected, atol=1e-6)
+
+
+def test_a_stereo_recording_is_a_two_channel_wav(tmp_path):
+    rec = WavRecorder(tmp_path / "st.wav", 32000, channels=2)
+    rec.write(np.zeros((3200, 2), dtype=np.float32))
+    rec.close()
+    assert rec.written == 3200
+    with wave.open(str(tmp_path / "st.wav")) as w:
+        assert (w.getnchannels(), w.getnframes()) == (2, 3200)

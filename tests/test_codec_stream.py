@@ -126,3 +126,15 @@ def test_flush_plays_everything(tiny_lm):
     codes = torch.randint(0, tiny_lm.codebook_size, (1, tiny_lm.num_codebooks, 13))
     streamed, _ = _stream(tiny_lm, codes, ChunkConfig())
     assert len(streamed) == 13 * tiny_lm.sample_rate // tiny_lm.frame_rate
+
+
+def test_a_stereo_stream_matches_its_oneshot_in_both_channels(stereo_lm):
+    codes = TokenLoop(stereo_lm, ["simple melody"], SamplingConfig(seed=5)).frames(150)
+    oneshot = decode_codes(stereo_lm, codes)[0].numpy().T  # [samples, 2]
+    streamed, decoder = _stream(stereo_lm, codes, ChunkConfig())
+    assert streamed.shape == oneshot.shape and streamed.shape[1] == 2
+    outside = np.ones(len(streamed), bool)
+    for j in decoder.joins:
+        outside[j : j + decoder.xf] = False
+    assert np.abs(streamed - oneshot)[outside].max() < 2e-3 * np.abs(oneshot).max()
+    assert not np.allclose(streamed[:, 0], streamed[:, 1])
