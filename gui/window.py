@@ -299,11 +299,7 @@ class MainWindow(QMainWindow):
             except MgsteerError as exc:
                 self.show_error(one_line(exc))
         self._unsubscribe = session.bus.subscribe(self.bridge.feedback.emit)
-        sae = session.spec.sae or "none"
-        self.model_label.setText(
-            f"model {session.lm.spec} on {session.lm.device.type} · SAE {sae}"
-            + (f" (layer {session.sae.cfg.hook_layer}, {session.feature_count} features)" if session.sae else "")
-        )
+        self._show_model(session)
         self.browser.set_rows(
             catalog_rows(session.catalog, session.spec.sae, session.feature_count),
             session.catalog_note or ("" if session.sae else "no SAE loaded: start with --sae DIR to steer"),
@@ -320,6 +316,13 @@ class MainWindow(QMainWindow):
             path, self._pending_preset = self._pending_preset, None
             self.open_preset(path, reload=False)
         self.installed.emit(session)
+
+    def _show_model(self, session: Session) -> None:
+        sae = session.spec.sae or "none"
+        self.model_label.setText(
+            f"model {session.lm.spec} on {session.lm.device.type} · SAE {sae}"
+            + (f" (layer {session.sae.cfg.hook_layer}, {session.feature_count} features)" if session.sae else "")
+        )
 
     def _load_failed(self, message: str) -> None:
         self._loading = False
@@ -426,6 +429,8 @@ class MainWindow(QMainWindow):
 
     def _example_knob_built(self, knob: ExampleKnob) -> None:
         self._set_busy(None)
+        if self.session is not None:
+            self._show_model(self.session)
         self._assign_to_free_knob(knob.feature, knob.label)
         self.statusBar().showMessage(
             f"knob '{knob.label}' (feature {knob.feature}) from {knob.positive_clips} + {knob.negative_clips} clips "
