@@ -124,9 +124,9 @@ def codec_right_reach(lm: LoadedModel, frames: int = 40, tolerance: float = 1e-3
     gen = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, frames), generator=gen)
     hop = lm.sample_rate // lm.frame_rate
-    full = decode_codes(lm, codes)[0]
+    full = decode_codes(lm, codes)[0].reshape(-1, frames * hop)  # [channels, samples]
     cut = frames // 2
-    part = decode_codes(lm, codes[..., :cut])[0]
-    err = (part - full[: cut * hop]).abs().reshape(cut, hop).amax(dim=1)
+    part = decode_codes(lm, codes[..., :cut])[0].reshape(-1, cut * hop)
+    err = (part - full[:, : cut * hop]).abs().reshape(-1, cut, hop).amax(dim=(0, 2))
     bad = torch.nonzero(err > tolerance * full.abs().max()).flatten()
     return int(cut - bad.min()) if len(bad) else 0

@@ -20,7 +20,10 @@ from engine.hub import fetch_pretrained, load_parts
 from engine.staged import settle
 from engine.tiny import PRESETS, build_random_musicgen
 
-HUB_IDS = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
+HUB_IDS = (
+    "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
+    "facebook/musicgen-stereo-small", "facebook/musicgen-stereo-medium", "facebook/musicgen-stereo-large",
+)  # fmt: skip
 ALTERNATIVES = (
     "offline, use --model demo_out/world (a MusicGen trained on a planted world by `make demo`), "
     "--model tiny (random weights, for plumbing) or a local folder saved with save_pretrained"
