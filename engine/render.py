@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,7 @@ def render(
         elif steerer is not None and spec is not None and any(s.curve for s in spec.steers):
             if spec.mode != "add":
                 raise MgsteerError("a steering curve moves an added direction: use --mode add")
-            steerer.set_vector(torch.zeros_like(steerer.vector), spec.halves)
+            steerer.set(replace(spec, steers=tuple(s for s in spec.steers if not s.curve)))  # constant α: the vector
             steerer.set_lanes(curve_lanes(spec, sae, frames + lm.delay_steps, lm.frame_rate))
         elif steerer is not None:
             steerer.set(spec)

@@ -80,14 +80,13 @@ def parse_steer(text: str, curves: bool = False) -> FeatureSteer:
 
 
 def curve_lanes(spec: SteeringSpec, loaded: LoadedSAE, steps: int, frame_rate: int) -> list[Lane]:
-    """One lane per steered feature (a constant α is a one-point curve), `steps` long at
-    least: its direction β·W_dec[j], its α at each step (step s sounds at s / frame_rate
-    seconds), held after its last breakpoint."""
+    """One lane per feature steered along a curve, `steps` long at least: its direction
+    β·W_dec[j], its α at each step (step s sounds at s / frame_rate seconds), held after its
+    last breakpoint. Features at a constant α are not lanes: they belong in the vector."""
     lanes = []
-    for steer in spec.steers:
+    for steer in (s for s in spec.steers if s.curve):
         loaded.check_feature(steer.feature)
-        points = steer.curve or ((0.0, steer.alpha),)
-        alphas = curve_at(points, lane_steps(points, frame_rate, loop=False, at_least=steps)).float()
+        alphas = curve_at(steer.curve, lane_steps(steer.curve, frame_rate, loop=False, at_least=steps)).float()
         beta = loaded.require_stats().max_activation[steer.feature].item()
         lanes.append(Lane(beta * loaded.sae.W_dec[steer.feature].detach(), alphas))
     return lanes
@@ -211,7 +210,6 @@ class Steerer:
             self.set_vector(plan.vector, plan.halves)
         else:
             self._clamp, self._steering = plan, False
-            self.lanes.clear()
             self._switch()
         return plan
 

@@ -78,7 +78,7 @@ def test_the_vector_added_at_each_step_is_the_curve(tiny_lm, tiny_sae):
     after = ResidualTap(tiny_lm, SAE_LAYER, cfg_doubled=True)
     try:
         before.recording = after.recording = True
-        steerer.set_vector(torch.zeros_like(steerer.vector))
+        steerer.set(SteeringSpec(steers[1:]))  # the constant one: the vector
         steerer.set_lanes(curve_lanes(SteeringSpec(steers), tiny_sae, steps + 8, tiny_lm.frame_rate))
         loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=0), max_context=steps + 8)
         steerer.attach(loop)
