@@ -209,6 +209,74 @@ def test_an_osc_message_moves_the_dial_on_screen(qtbot, tmp_path, tiny_sae_dir):
     assert not servers[0]._running.is_set()  # closing the window stops the controllers
 
 
+def _example_clips(folder: Path, kind: str, count: int) -> list[str]:
+    """`count` 2-second WAVs: bright noise, or a quiet low tone, each take a little different."""
+    from engine.wavfile import write_wav
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, t = np.random.default_rng(len(kind)), np.arange(64000) / 32000
+    paths = []
+    for i in range(count):
+        tone = 0.1 * np.sin(2 * np.pi * (110 + 10 * i) * t)
+        audio = 0.5 * rng.standard_normal(t.size) if kind == "bright" else tone
+        write_wav(folder / f"{kind}{i}.wav", audio.astype(np.float32), 32000)
+        paths.append(str(folder / f"{kind}{i}.wav"))
+    return paths
+
+
+def test_a_knob_made_from_examples_lands_on_a_free_knob_and_steers(qtbot, tmp_path, tiny_sae_dir, tiny_sae):
+    window = _window(qtbot, tmp_path, tiny_sae_dir)
+    session, d_sae = window.session, tiny_sae.cfg.d_sae
+    busy, calm = ["techno groove with a driving kick and acid bassline"] * 3, ["sad minor key cello solo"] * 3
+    window.new_knob_from_examples(
+        _example_clips(tmp_path / "pos", "bright", 1) + busy, _example_clips(tmp_path / "neg", "dark", 1) + calm,
+        "mean-diff", "noisy",
+    )  # fmt: skip
+    qtbot.waitUntil(lambda: window.bank.knobs[0].title.text() == "noisy" or bool(window.errors), timeout=LOAD_MS)
+    assert not window.errors, window.errors
+    knob = session.bus.snapshot().knobs[0]
+    assert knob.features == ((d_sae, 1.0),) and session.sae.cfg.d_sae == d_sae + 1
+    assert "from 4 + 4 clips" in window.statusBar().currentMessage()
+    window.bank.knobs[0].dial.setValue(STEPS)  # turned up: the engine adds β·direction of the new feature
+    qtbot.waitUntil(lambda: session.host.steerer._alphas.get(d_sae, 0.0) == 1.0, timeout=5000)
+    direction = session.sae.sae.W_dec[d_sae]
+    assert float(direction.norm()) == pytest.approx(1.0, rel=1e-4)
+    saved = next((Path(os.environ["MGSTEER_CACHE"]) / "concepts").glob("noisy-*"))
+    assert (saved / "concept.json").is_file()
+    errors = len(window.errors)
+    window.new_knob_from_examples(_example_clips(tmp_path / "one", "bright", 1), ["x", "y"], "probe", "too few")
+    qtbot.waitUntil(lambda: len(window.errors) > errors, timeout=LOAD_MS)
+    assert "at least 2 examples on each side" in window.errors[-1] and "\n" not in window.errors[-1]
+    assert session.sae.cfg.d_sae == d_sae + 1  # nothing added
+
+
+def test_the_examples_dialog_gathers_two_sides_a_name_and_a_method(qtbot):
+    from gui.examples_dialog import ExamplesDialog
+
+    dialog = ExamplesDialog()
+    qtbot.addWidget(dialog)
+    dialog.positive.add(["/a.wav", "/b.wav", "/a.wav"])
+    dialog.negative.add(["/c.wav"])
+    dialog.negative.prompt.setText("slow cello ")
+    dialog.negative.prompt.returnPressed.emit()
+    dialog.method.setCurrentText("probe")
+    assert dialog.choice() == (["/a.wav", "/b.wav"], ["/c.wav", "slow cello"], "probe", "knob from examples")
+    dialog.label.setText(" drums ")
+    assert dialog.choice()[3] == "drums"
+
+
+def test_examples_are_files_or_prompts_and_a_missing_file_is_one_line(tmp_path):
+    from engine.errors import MgsteerError
+    from gui.session import split_examples
+
+    clip = _example_clips(tmp_path, "dark", 1)[0]
+    assert split_examples([clip, "slow cello"]) == ([Path(clip)], ["slow cello"])
+    with pytest.raises(MgsteerError, match=r"example 'gone\.wav' is not a file"):
+        split_examples(["gone.wav"])
+    with pytest.raises(MgsteerError, match="an example prompt"):
+        split_examples(["   "])
+
+
 def test_the_window_survives_a_model_that_fails_to_load(qtbot, tmp_path, tiny_sae_dir):
     window = _window(qtbot, tmp_path, model=str(tmp_path / "no-such-model"))
     assert window.session is None and "could not load" in window.errors[-1]
@@ -408,71 +476,3 @@ def test_the_spectrogram_draws_a_tone_in_its_band(qtbot):
     band = int(np.searchsorted(edges, 1000) - 1)
     assert BANDS - 1 - int(newest.argmax()) == band  # low frequencies at the bottom
     assert newest.max() > 200 and np.median(newest) < 100
-
-
-def _example_clips(folder: Path, kind: str, count: int) -> list[str]:
-    """`count` 2-second WAVs: bright noise, or a quiet low tone, each take a little different."""
-    from engine.wavfile import write_wav
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng, t = np.random.default_rng(len(kind)), np.arange(64000) / 32000
-    paths = []
-    for i in range(count):
-        tone = 0.1 * np.sin(2 * np.pi * (110 + 10 * i) * t)
-        audio = 0.5 * rng.standard_normal(t.size) if kind == "bright" else tone
-        write_wav(folder / f"{kind}{i}.wav", audio.astype(np.float32), 32000)
-        paths.append(str(folder / f"{kind}{i}.wav"))
-    return paths
-
-
-def test_a_knob_made_from_examples_lands_on_a_free_knob_and_steers(qtbot, tmp_path, tiny_sae_dir, tiny_sae):
-    window = _window(qtbot, tmp_path, tiny_sae_dir)
-    session, d_sae = window.session, tiny_sae.cfg.d_sae
-    busy, calm = ["techno groove with a driving kick and acid bassline"] * 3, ["sad minor key cello solo"] * 3
-    window.new_knob_from_examples(
-        _example_clips(tmp_path / "pos", "bright", 1) + busy, _example_clips(tmp_path / "neg", "dark", 1) + calm,
-        "mean-diff", "noisy",
-    )  # fmt: skip
-    qtbot.waitUntil(lambda: window.bank.knobs[0].title.text() == "noisy" or bool(window.errors), timeout=LOAD_MS)
-    assert not window.errors, window.errors
-    knob = session.bus.snapshot().knobs[0]
-    assert knob.features == ((d_sae, 1.0),) and session.sae.cfg.d_sae == d_sae + 1
-    assert "from 4 + 4 clips" in window.statusBar().currentMessage()
-    window.bank.knobs[0].dial.setValue(STEPS)  # turned up: the engine adds β·direction of the new feature
-    qtbot.waitUntil(lambda: session.host.steerer._alphas.get(d_sae, 0.0) == 1.0, timeout=5000)
-    direction = session.sae.sae.W_dec[d_sae]
-    assert float(direction.norm()) == pytest.approx(1.0, rel=1e-4)
-    saved = next((Path(os.environ["MGSTEER_CACHE"]) / "concepts").glob("noisy-*"))
-    assert (saved / "concept.json").is_file()
-    errors = len(window.errors)
-    window.new_knob_from_examples(_example_clips(tmp_path / "one", "bright", 1), ["x", "y"], "probe", "too few")
-    qtbot.waitUntil(lambda: len(window.errors) > errors, timeout=LOAD_MS)
-    assert "at least 2 examples on each side" in window.errors[-1] and "\n" not in window.errors[-1]
-    assert session.sae.cfg.d_sae == d_sae + 1  # nothing added
-
-
-def test_the_examples_dialog_gathers_two_sides_a_name_and_a_method(qtbot):
-    from gui.examples_dialog import ExamplesDialog
-
-    dialog = ExamplesDialog()
-    qtbot.addWidget(dialog)
-    dialog.positive.add(["/a.wav", "/b.wav", "/a.wav"])
-    dialog.negative.add(["/c.wav"])
-    dialog.negative.prompt.setText("slow cello ")
-    dialog.negative.prompt.returnPressed.emit()
-    dialog.method.setCurrentText("probe")
-    assert dialog.choice() == (["/a.wav", "/b.wav"], ["/c.wav", "slow cello"], "probe", "knob from examples")
-    dialog.label.setText(" drums ")
-    assert dialog.choice()[3] == "drums"
-
-
-def test_examples_are_files_or_prompts_and_a_missing_file_is_one_line(tmp_path):
-    from engine.errors import MgsteerError
-    from gui.session import split_examples
-
-    clip = _example_clips(tmp_path, "dark", 1)[0]
-    assert split_examples([clip, "slow cello"]) == ([Path(clip)], ["slow cello"])
-    with pytest.raises(MgsteerError, match=r"example 'gone\.wav' is not a file"):
-        split_examples(["gone.wav"])
-    with pytest.raises(MgsteerError, match="an example prompt"):
-        split_examples(["   "])
