@@ -129,6 +129,7 @@ class TokenLoop:
         self._pos = torch.zeros(1, dtype=torch.long, device=device)  # its position in the live cache
         self._step_no = torch.zeros(1, dtype=torch.long, device=device)  # steps taken
         self._delays = torch.tensor(lm.delays, device=device)  # each codebook's delay in the pattern
+        self._delays_host = torch.tensor(lm.delays)  # the same, for re-prime columns built on the host
         self._ring = torch.full((self.batch, k, RING), pad, dtype=torch.long, device=device)
         self._bad = torch.zeros(RING, dtype=torch.bool, device=device)
         # Host state: delayed columns read back so far, newest (at `_read`) last.
@@ -319,7 +320,7 @@ class TokenLoop:
             return self._history[0].new_full(self._history[0].shape, self.lm.pad_token_id)
         first = self._read - len(self._history) + 1
         column = self._history[re.offset + p - first].clone()
-        column[:, self._delays.cpu() >= p] = self.lm.pad_token_id  # codebooks delayed ≥ p: padding at a fresh start
+        column[:, self._delays_host >= p] = self.lm.pad_token_id  # codebooks delayed ≥ p: padding at a fresh start
         return column
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
