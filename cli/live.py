@@ -20,6 +20,17 @@ def live_args(p: argparse.ArgumentParser) -> None:
     """SAE, prompt, steering, transport, audio, preset, OSC and MIDI flags."""
     p.add_argument("--sae", help="SAE folder; needed for --steer and for knobs")
     p.add_argument("--prompt", default="simple melody", help="what to play, in words")
+    p.add_argument(
+        "--melody", metavar="FILE", help="a melody model follows this audio's melody (WAV; more with soundfile)"
+    )
+    p.add_argument(
+        "--melody-input", nargs="?", const="", metavar="DEVICE",
+        help="a melody model follows this sound input (none named: the system's default input)",
+    )  # fmt: skip
+    p.add_argument(
+        "--melody-seconds", type=types.number(1.0, 30.0), default=10.0,
+        help="seconds of the melody input the model follows (default 10)",
+    )  # fmt: skip
     p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
     p.add_argument("--seconds", type=types.SECONDS, help="stop after this much audio has played (not given: Ctrl-C)")
     p.add_argument("--no-audio", action="store_true", help="no sound device: play into a real-time null clock")

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sae", help="SAE folder (cfg.json + sae_weights.safetensors + feature_stats.safetensors)")
     r.add_argument("--prompt", default="simple melody", help="what to play, in words")
     r.add_argument(
+        "--melody", metavar="FILE", help="a melody model follows this audio's melody (WAV; more with soundfile)"
+    )
+    r.add_argument(
         "--steer",
         action="append",
         default=[],
@@ -172,6 +175,7 @@ def existing_sae(args: argparse.Namespace) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
+    from engine.melody_input import open_melody
     from engine.model import load_musicgen
     from engine.render import frames_for, render, write_wav
     from engine.steering import SteeringSpec, parse_steer
@@ -191,16 +195,18 @@ def cmd_render(args: argparse.Namespace) -> None:
     frames_for(lm, args.seconds)
     sae = load_sae(args.sae, lm.device) if args.sae else None
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
+    melody = open_melody(lm, args.melody)
     backend = open_backend(args, lm, sae)
     started = time.perf_counter()
     out = render(
-        lm, prompt, args.seconds, sampling, sae, spec, progress=progress_bars(), graph=args.graph, backend=backend
-    )
+        lm, prompt, args.seconds, sampling, sae, spec, progress=progress_bars(), graph=args.graph, backend=backend,
+        melody=melody.chroma if melody is not None else None,
+    )  # fmt: skip
     took = time.perf_counter() - started
     path = write_wav(out_path, out.audio, out.sample_rate)
     print(
         f"rendered {out.seconds:.2f} s ({out.codes.shape[-1]} frames) of '{prompt}' with {lm.spec} "
-        f"on {lm.device.type} in {took:.1f} s (seed {args.seed})"
+        f"on {lm.device.type} in {took:.1f} s (seed {args.seed})" + (f", following {args.melody}" if melody else "")
     )
     if sae is not None:
         print(describe_steering(sae, spec))
@@ -209,6 +215,15 @@ def cmd_render(args: argparse.Namespace) -> None:
     if out.nonfinite_steps:
         print(f"note: {out.nonfinite_steps} steps were not finite under this steering and were run unsteered")
     print(f"wrote {path} ({out.sample_rate} Hz, {'stereo' if out.audio.ndim == 2 else 'mono'}, 16-bit)")
+
+
+def describe_melody(melody, args: argparse.Namespace) -> str:
+    if not melody.live:
+        return f"melody: {args.melody} ({len(melody.chroma)} chroma frames)"
+    return (
+        f"melody: the last {args.melody_seconds:g} s of input '{melody.device_name}', taken at each re-prime "
+        "(and on OSC /mgsteer/melody/follow)"
+    )
 
 
 def describe_steering(sae, spec) -> str:
@@ -228,6 +243,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     from engine.audio import DeviceSink, NullSink, WavRecorder
     from engine.backends import runtime_name
     from engine.host import Host, HostConfig
+    from engine.melody_input import open_melody
     from engine.model import load_musicgen
     from engine.params import ParameterBus
     from engine.presets import apply_preset, load_preset
@@ -254,6 +270,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = load_sae(args.sae, lm.device) if args.sae else None
+    melody = open_melody(lm, args.melody, args.melody_input, args.melody_seconds)
     config = HostConfig.for_latency(
         args.latency,
         lookahead_ms=args.lookahead_ms,
@@ -262,6 +279,7 @@ def cmd_play(args: argparse.Namespace) -> None:
         meters=meters,
         graph=args.graph,
         backend=open_backend(args, lm, sae),
+        melody=melody,
     )
     bus = ParameterBus(
         knob_count=max(8, len(preset.knobs)) if preset is not None else 8,
@@ -290,6 +308,8 @@ def cmd_play(args: argparse.Namespace) -> None:
     where = "null clock (no audio)" if args.no_audio else f"'{sink.device_name}' at {sink.sample_rate} Hz"
     runtime = f"{lm.device.type}, {runtime_name(lm, config.backend)}"
     print(f"playing '{bus.snapshot().prompt}' with {lm.spec} on {runtime} into {where}; Ctrl-C stops")
+    if melody is not None:
+        print(describe_melody(melody, args))
     host.start()
     next_line = time.perf_counter() + 1.0
     graph_noted = False

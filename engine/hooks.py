@@ -31,6 +31,7 @@ class ResidualTap:
 
     def __init__(self, lm: LoadedModel, layer: int, *, cfg_doubled: bool = False, record_rows: Rows = "cond"):
         self.layer = lm.check_layer(layer)
+        self._lm = lm
         self.hidden_size = lm.hidden_size
         self.cfg_doubled = cfg_doubled
         self.record_rows: Rows = record_rows
@@ -56,6 +57,9 @@ class ResidualTap:
         is_tuple = isinstance(output, tuple)
         hidden = output[0] if is_tuple else output
         self.calls += 1
+        # A melody model's prepended condition, in a full-sequence HF pass: left alone.
+        skip = self._lm.prefix_positions
+        condition, hidden = (hidden[:, :skip], hidden[:, skip:]) if skip else (None, hidden)
         edit = self.edit  # read once: a controller may swap it between steps
         if edit is not None:
             hidden = edit(hidden, self.cond_rows(hidden.shape[0]))
@@ -64,6 +68,8 @@ class ResidualTap:
             self._records.append(hidden[rows].detach().clone())
         if edit is None:
             return None
+        if condition is not None:
+            hidden = torch.cat([condition, hidden], dim=1)
         return (hidden, *output[1:]) if is_tuple else hidden
 
     def take(self) -> torch.Tensor:

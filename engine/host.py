@@ -72,6 +72,9 @@ class HostConfig:
     meter_knobs: bool = False  # instead, meter the features the knobs drive (the GUI's meters)
     readback: int | None = None  # steps per read-back of sampled tokens (None: the token loop's default)
     chunk_choices: tuple[int, ...] = ()  # chunk sizes to choose among by measured cost while playing (): fixed
+    # A melody model's melody (engine.melody_input): a file's, or a live input's last seconds,
+    # taken at each re-prime and on "follow now" (`ParameterBus.follow_melody`).
+    melody: Any = None
 
     @classmethod
     def for_latency(
@@ -91,6 +94,8 @@ class HostConfig:
         return cls(lookahead_ms=lookahead, chunk=chunking, chunk_choices=choices, **fields)
 
     def validate(self, lm: LoadedModel) -> None:
+        if self.melody is not None and not lm.melody:
+            raise MgsteerError(f"model '{lm.spec}' is not a melody model: a melody needs musicgen-melody")
         if self.lookahead_ms is not None and not (math.isfinite(self.lookahead_ms) and self.lookahead_ms > 0):
             raise MgsteerError(f"lookahead must be a positive number of ms, got {self.lookahead_ms}")
         if self.reprime_piece < 2:  # the head moves one position a step: catching up takes keep/(piece−1) steps
@@ -215,6 +220,8 @@ class Host:
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.config.melody is not None and self.config.melody.live:
+            self.config.melody.start()
         self.sink.start()
         self._running.set()
         self._thread = threading.Thread(target=self._guarded_run, name="mgsteer-generation", daemon=True)
@@ -226,6 +233,8 @@ class Host:
             self._thread.join(timeout=10)
             self._thread = None
         self.sink.stop()
+        if self.config.melody is not None and self.config.melody.live:
+            self.config.melody.stop()
         if self.recorder is not None:
             self.recorder.close()
         if self.steerer is not None:
@@ -285,6 +294,7 @@ class Host:
         self._loop = TokenLoop(
             self.lm, [snap.prompt], self.config.sampling, max_context=context, graph=self.config.graph,
             readback=self.config.readback, backend=backend,
+            melody=self.config.melody.current() if self.config.melody is not None else None,
         )  # fmt: skip
         if self.steerer is not None:
             self.steerer.attach(self._loop)
@@ -293,6 +303,7 @@ class Host:
         self._loop_base = self._generated  # model-rate sample where this loop's audio starts
         self._prompt = snap.prompt
         self._reset_seen = snap.reset_count
+        self._follow_seen = snap.follow_count
 
     def _reset_due(self, snap: Snapshot) -> bool:
         """Resets coalesce: one at most every RESET_GAP_S of audio generated while playing (a
@@ -334,8 +345,12 @@ class Host:
         if self._glide_left > 0:
             self._glide(snap.smoothing_ms)
         if snap.prompt != self._prompt and not loop.repriming:
-            loop.begin_reprime(self._keep, [snap.prompt])
+            loop.begin_reprime(self._keep, [snap.prompt], **self._live_melody())
             self._prompt = snap.prompt
+        if snap.follow_count != self._follow_seen and not loop.repriming:
+            self._follow_seen = snap.follow_count
+            if self._live_melody():
+                loop.begin_reprime(self._keep, **self._live_melody())
         frames = loop.step()
         self._model_ms.append(1000 * (time.perf_counter() - started))
         if self.on_frames is not None and frames.shape[-1]:
@@ -347,7 +362,7 @@ class Host:
         if self.config.chunk_choices and self.steps % 50 == 0 and self._decode_frame_ms:
             self._decoder.cfg = replace(self._decoder.cfg, chunk=self.fitted_chunk())
         if not loop.repriming and loop.cache_len >= self._reprime_at:
-            loop.begin_reprime(self._keep)
+            loop.begin_reprime(self._keep, **self._live_melody())
         if loop.repriming:
             self._reprime_piece(loop)
         took = time.perf_counter() - started
@@ -362,6 +377,12 @@ class Host:
             self._since_block_s = 0.0
         self._publish_meters(started)
         return True
+
+    def _live_melody(self) -> dict:
+        """A live melody input's chroma now, for a re-prime to take ({} without one: the
+        melody in play stays)."""
+        source = self.config.melody
+        return {"melody": source.current()} if source is not None and source.live else {}
 
     def _publish_meters(self, now: float) -> None:
         if self.steerer is None or now - self._last_meter <= 1 / 30:

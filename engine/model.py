@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    MusicgenForConditionalGeneration,
+    MusicgenMelodyForConditionalGeneration,
+    PreTrainedTokenizerBase,
+)
 
 from engine.device import resolve_device, resolve_dtype
 from engine.errors import MgsteerError
@@ -23,6 +29,8 @@ from engine.tiny import PRESETS, build_random_musicgen
 HUB_IDS = (
     "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
     "facebook/musicgen-stereo-small", "facebook/musicgen-stereo-medium", "facebook/musicgen-stereo-large",
+    "facebook/musicgen-melody", "facebook/musicgen-melody-large",
+    "facebook/musicgen-stereo-melody", "facebook/musicgen-stereo-melody-large",
 )  # fmt: skip
 ALTERNATIVES = (
     "offline, use --model demo_out/world (a MusicGen trained on a planted world by `make demo`), "
@@ -34,12 +42,15 @@ ALTERNATIVES = (
 class LoadedModel:
     """A MusicGen with its tokenizer and the facts the engine needs, read once."""
 
-    model: MusicgenForConditionalGeneration
+    model: MusicgenForConditionalGeneration | MusicgenMelodyForConditionalGeneration
     tokenizer: PreTrainedTokenizerBase
     spec: str
     device: torch.device
     dtype: torch.dtype
     own_codec: Any = None  # a codec other than the checkpoint's EnCodec (engine.synth_codec)
+    # Leading positions of a full-sequence HF pass that are a melody model's prepended
+    # condition: the taps skip them (engine.prompts.condition_prefix sets it for the pass).
+    prefix_positions: int = 0
     # The longest clip it was trained on: past it the model plays what it never learned (a
     # world trained on 4 s clips falls silent by 15 s), so endless play re-primes inside it.
     context_s: float = 30.0  # MusicGen's training clips
@@ -78,9 +89,15 @@ class LoadedModel:
         return self.delays[-1] + 1
 
     @property
+    def melody(self) -> bool:
+        """musicgen-melody: the condition (a melody's chroma, then the text) is prepended to the
+        decoder's input as `condition_length` positions; there is no cross-attention."""
+        return self.model.config.model_type == "musicgen_melody"
+
+    @property
     def family(self) -> str:
-        """What kind of MusicGen: mono or stereo, conditioned on text (melody: not yet)."""
-        return f"{'stereo' if self.audio_channels == 2 else 'mono'}, text"
+        """What kind of MusicGen: mono or stereo, conditioned on text or on text and a melody."""
+        return f"{'stereo' if self.audio_channels == 2 else 'mono'}, {'text + melody' if self.melody else 'text'}"
 
     @property
     def codebook_size(self) -> int:
@@ -114,7 +131,14 @@ class LoadedModel:
 
     @property
     def max_positions(self) -> int:
-        return int(self.model.config.decoder.max_position_embeddings)
+        """Token positions the positional table holds; a melody model's condition takes its
+        first `chroma_length` + (at most) the longest prompt's tokens."""
+        table = int(self.model.config.decoder.max_position_embeddings)
+        if not self.melody:
+            return table
+        from engine.limits import MAX_PROMPT_TOKENS
+
+        return table - int(self.model.config.chroma_length) - MAX_PROMPT_TOKENS
 
     @property
     def name(self) -> str:
@@ -247,10 +271,22 @@ def _from_pretrained(source: str, dtype: torch.dtype, local_only: bool):
         local_only,
         "model",
         "a MusicGen checkpoint",
-        MusicgenForConditionalGeneration,
+        _AnyMusicgen,
         AutoTokenizer,
         dtype=dtype,
     )
-    if model.config.model_type != "musicgen":
+    if model.config.model_type not in ("musicgen", "musicgen_melody"):
         raise MgsteerError(f"'{source}' is a {model.config.model_type} model, not MusicGen")
     return model, tokenizer
+
+
+class _AnyMusicgen:
+    """`from_pretrained` of the class a checkpoint's config names: MusicGen, or MusicGen Melody
+    (whose decoder takes the condition as a prefix)."""
+
+    @staticmethod
+    def from_pretrained(source: str, **kwargs):
+        config = AutoConfig.from_pretrained(source, local_files_only=kwargs["local_files_only"])
+        melody = config.model_type == "musicgen_melody"
+        cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+        return cls.from_pretrained(source, config=config if melody else None, **kwargs)

@@ -176,8 +176,9 @@ class OnnxDecoder:
         self.shape = (m.layers, rows, m.heads, min(CACHE_STEP, max_context), m.head_dim)
         self._steer_off = np.zeros(m.hidden, dtype=np.float32)
 
-    def encode(self, prompts: list[str]):
-        """Cross keys, values, mask and rows-with-keys from the prompt graph."""
+    def encode(self, prompts: list[str], melody=None):
+        """Cross keys, values, mask and rows-with-keys from the prompt graph (`melody` is always
+        None: melody models are not exported)."""
         ids, mask = tokenize_prompts(self.lm, prompts)
         feed = {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
         k, v, mask, anyk = self.backend.prompt.run(None, feed)

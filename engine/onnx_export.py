@@ -140,8 +140,11 @@ def export_onnx(
     """Export the three graphs of `lm` (float32, on the CPU) into `out`."""
     if lm.device.type != "cpu" or lm.dtype != torch.float32:
         raise MgsteerError("export-onnx works on the float32 CPU model: use --device cpu --dtype float32")
-    if lm.audio_channels != 1:
-        raise MgsteerError(f"{lm.spec} is a stereo model: the ONNX export takes mono models for now (--backend torch)")
+    if lm.audio_channels != 1 or lm.melody:
+        kind = "a stereo" if lm.audio_channels != 1 else "a melody"
+        raise MgsteerError(
+            f"{lm.spec} is {kind} model: the ONNX export takes mono text models for now (--backend torch)"
+        )
     lm.check_layer(layer)
     chunk = chunk or ChunkConfig()
     frames = chunk.context + chunk.chunk + chunk.holdback

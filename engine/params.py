@@ -78,6 +78,7 @@ class Snapshot:
     reset_count: int
     smoothing_ms: float
     changed_at: float  # time.perf_counter() of the change that made this version
+    follow_count: int = 0  # "follow the melody now" presses (a melody model re-primes on the input)
 
     def alphas(self) -> dict[int, float]:
         """Per-feature steering strength: knob contributions plus direct strengths, each sum
@@ -120,6 +121,7 @@ class _State:
     playing: bool = True
     reset_count: int = 0
     smoothing_ms: float = 50.0
+    follow_count: int = 0
 
 
 class ParameterBus:
@@ -265,6 +267,11 @@ class ParameterBus:
         """Start the music afresh (new token context), keeping knobs and prompt."""
         self._change(lambda s: setattr(s, "reset_count", s.reset_count + 1))
 
+    def follow_melody(self) -> None:
+        """Take the live melody input's last seconds as the condition now (a melody model
+        re-primes on it at once, instead of at its next scheduled re-prime)."""
+        self._change(lambda s: setattr(s, "follow_count", s.follow_count + 1))
+
     # ---- generation thread ----------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """The current parameters; the same object until something changes."""
@@ -282,6 +289,7 @@ class ParameterBus:
                 reset_count=s.reset_count,
                 smoothing_ms=s.smoothing_ms,
                 changed_at=self._changed_at,
+                follow_count=s.follow_count,
             )
             self._snapshot = snap
         return snap

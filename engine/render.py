@@ -53,10 +53,11 @@ def render(
     vector: torch.Tensor | None = None,
     graph: bool = True,
     backend=None,
+    melody: torch.Tensor | None = None,
 ) -> Rendered:
-    """Generate `seconds` of audio for `prompt`, steered by `spec` through `sae` if given, or
-    by adding a raw residual `vector` at the SAE's layer (a baseline direction); on an
-    `engine.onnx_backend.OnnxBackend` if given."""
+    """Generate `seconds` of audio for `prompt` (a melody model: following `melody`'s chroma),
+    steered by `spec` through `sae` if given, or by adding a raw residual `vector` at the SAE's
+    layer (a baseline direction); on an `engine.onnx_backend.OnnxBackend` if given."""
     sampling = sampling or SamplingConfig()
     if spec is not None and spec.steers and sae is None:
         raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
@@ -72,7 +73,9 @@ def render(
             steerer.set_lanes(curve_lanes(spec, sae, frames + lm.delay_steps, lm.frame_rate))
         elif steerer is not None:
             steerer.set(spec)
-        loop = TokenLoop(lm, [prompt], sampling, max_context=frames + lm.delay_steps, graph=graph, backend=backend)
+        loop = TokenLoop(
+            lm, [prompt], sampling, max_context=frames + lm.delay_steps, graph=graph, backend=backend, melody=melody
+        )
         if steerer is not None:
             steerer.attach(loop)
         codes = loop.frames(frames, progress=progress)

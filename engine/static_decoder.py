@@ -14,6 +14,15 @@ same tensors whether the HF forward or this one runs.
 
 The computation mirrors `MusicgenDecoder.forward` with an SDPA attention over a static
 cache: the tokens it samples are identical to the HF forward's for the same seed (tested).
+
+musicgen-melody has no cross-attention: its condition (chroma, then text) is prepended to the
+input. Here it is run through the layers once per prompt (`set_prompt`) into the first
+`prefix` positions of the self-attention cache; token position p then sits at cache index
+`prefix + p` and takes the positional embedding of `condition length + p`, as in the HF
+forward of condition and tokens together. The condition passes no forward hooks, so it is
+neither steered nor recorded: it is the model's reading of the prompt and melody, like the
+text encoder's states that text-only MusicGen cross-attends to and no knob touches; a knob
+that edited it would be heard only from the next re-prime, seconds late.
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ class CacheSet:
     cross_v: torch.Tensor
     cross_mask: torch.Tensor  # [rows, 1, 1, cross_len] bool: True where a prompt token is
     cross_any: torch.Tensor  # [rows, 1, 1] bool: False for a row with no prompt token (CFG's null half)
+    # A melody model's condition: cache positions kept for it (0: cross-attention), and its
+    # length (a device tensor, so a captured graph reads a new prompt's).
+    prefix: int = 0
+    prefix_len: torch.Tensor | None = None
 
     @property
     def cross_len(self) -> int:
@@ -58,38 +71,49 @@ class StaticDecoder:
         self.math = DecoderMath(lm)
         self.rows = rows
         self.max_context = max_context
-        self._key_index = torch.arange(max_context, device=lm.device)
+        # Cache indices; a melody model's condition positions come first (`CacheSet.prefix`).
+        self._key_index = torch.arange(max_context + _prefix_reach(lm), device=lm.device)
 
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The condition of `prompts`: encoder states and mask (with CFG's null half)."""
-        return encode_prompts(self.lm, prompts, null_half=self.cfg)
+    def encode(self, prompts: list[str], melody: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The condition of `prompts` (and a melody model's `melody` chroma): states and mask,
+        with CFG's null half."""
+        return encode_prompts(self.lm, prompts, null_half=self.cfg, melody=melody)
 
     @staticmethod
     def condition_length(condition: tuple[torch.Tensor, torch.Tensor]) -> int:
         return condition[0].shape[1]
 
     def cache_for(self, reuse: CacheSet | None, prompt_len: int) -> CacheSet:
-        """A cache set whose cross-attention buffers hold `prompt_len` tokens. On a GPU their
-        length is rounded up (to 64) so most prompt swaps keep a captured graph; on the CPU
-        it is exact, which keeps the arithmetic identical to transformers' forward."""
-        if reuse is not None and reuse.cross_len >= prompt_len:
+        """A cache set whose cross-attention buffers (a melody model: condition positions)
+        hold `prompt_len` tokens. On a GPU their length is rounded up (to 64) so most prompt
+        swaps keep a captured graph; on the CPU it is exact, which keeps the arithmetic
+        identical to transformers' forward."""
+        held = None if reuse is None else (reuse.prefix if self.lm.melody else reuse.cross_len)
+        exact = self.lm.device.type != "cuda"
+        if held is not None and (held == prompt_len if exact and self.lm.melody else held >= prompt_len):
             self.clear(reuse, 0, None)
             return reuse
-        length = -(-prompt_len // 64) * 64 if self.lm.device.type == "cuda" else prompt_len
+        length = prompt_len if exact else -(-prompt_len // 64) * 64
         return self.new_cache(length)
 
     @staticmethod
     def clear(cache: CacheSet, start: int, stop: int | None) -> None:
-        """Zero self-attention positions start…stop: stale keys are masked, but a stale NaN
-        would still poison 0·v."""
-        cache.self_k[:, :, :, start:stop].zero_()
-        cache.self_v[:, :, :, start:stop].zero_()
+        """Zero self-attention token positions start…stop (start 0: the condition's too): stale
+        keys are masked, but a stale NaN would still poison 0·v."""
+        first = cache.prefix + start if start else 0
+        last = None if stop is None else cache.prefix + stop
+        cache.self_k[:, :, :, first:last].zero_()
+        cache.self_v[:, :, :, first:last].zero_()
 
     def new_cache(self, cross_len: int) -> CacheSet:
         math, layers = self.math, len(self.math.inner.layers)
         device, dtype = self.lm.device, self.lm.dtype
-        shape = (layers, self.rows, math.heads, self.max_context, math.head_dim)
+        prefix = cross_len if self.lm.melody else 0
+        cross_len -= prefix
+        shape = (layers, self.rows, math.heads, prefix + self.max_context, math.head_dim)
         cross = (layers, self.rows, math.heads, cross_len, math.head_dim)
+        if prefix:
+            math.cover_positions(prefix + self.max_context)
         return CacheSet(
             self_k=torch.zeros(shape, device=device, dtype=dtype),
             self_v=torch.zeros(shape, device=device, dtype=dtype),
@@ -97,6 +121,8 @@ class StaticDecoder:
             cross_v=torch.zeros(cross, device=device, dtype=dtype),
             cross_mask=torch.zeros(self.rows, 1, 1, cross_len, dtype=torch.bool, device=device),
             cross_any=torch.zeros(self.rows, 1, 1, dtype=torch.bool, device=device),
+            prefix=prefix,
+            prefix_len=torch.zeros(1, dtype=torch.long, device=device),
         )
 
     @torch.no_grad()
@@ -105,6 +131,9 @@ class StaticDecoder:
         (S ≤ their length; the rest is masked out). In place: a captured graph stays valid."""
         enc, enc_mask = condition
         length = enc.shape[1]
+        if self.lm.melody:
+            self._prefill_condition(cache, enc)
+            return
         cache.cross_k.zero_()
         cache.cross_v.zero_()
         for i, layer in enumerate(self.math.inner.layers):
@@ -116,25 +145,50 @@ class StaticDecoder:
         cache.cross_mask.copy_(mask[:, None, None, :])
         cache.cross_any.copy_(mask.any(dim=1)[:, None, None])
 
+    @torch.no_grad()
+    def _prefill_condition(self, cache: CacheSet, states: torch.Tensor) -> None:
+        """A melody model's condition `[rows, C, hidden]` through every layer (causal, no hooks)
+        into cache positions 0…C−1; the positions up to `prefix` stay masked."""
+        math, length = self.math, states.shape[1]
+        self.clear(cache, 0, None)
+        cache.prefix_len.fill_(length)
+        positions = torch.arange(length, device=states.device)
+        hidden = states.to(self.lm.dtype) + math.inner.embed_positions.weights[:length].to(self.lm.dtype)
+        for i, layer in enumerate(math.inner.layers):
+
+            def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i: int = i) -> torch.Tensor:
+                cache.self_k[i].index_copy_(2, positions, key)
+                cache.self_v[i].index_copy_(2, positions, value)
+                return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=math.scale)
+
+            hidden = math.layer(layer, hidden, attend, None)
+
     def forward(self, columns: torch.Tensor, cache: CacheSet, positions: torch.Tensor) -> torch.Tensor:
         """Logits `[rows, K, n, vocab]` for delayed columns `[rows, K, n]` at cache positions
         `positions` (a device tensor `[n]`); their keys and values are written into `cache`.
         Each layer's output goes through its forward hooks (steering, meters, recording)."""
         math = self.math
-        hidden = math.embed(columns, positions)
         # Attend over the positions reached, not the whole cache: on the CPU a read of the end
         # position is free, and 30 s of masked keys cost as much as the rest of a short step.
         # A GPU keeps the full static shape (a captured graph must not depend on the position).
-        reach = self.max_context if positions.is_cuda else int(positions[-1]) + 1
-        causal = (self._key_index[None, :reach] <= positions[:, None])[None, None]  # [1, 1, n, reach]
+        reach = cache.prefix + (self.max_context if positions.is_cuda else int(positions[-1]) + 1)
+        slots = positions + cache.prefix if cache.prefix else positions
+        keys_at = self._key_index[None, :reach]
+        causal = keys_at <= slots[:, None]
+        if cache.prefix:  # the condition's positions, then the tokens' from `prefix` on
+            hidden = math.embed(columns, positions + cache.prefix_len)
+            causal = (keys_at < cache.prefix_len) | ((keys_at >= cache.prefix) & causal)
+        else:
+            hidden = math.embed(columns, positions)
+        causal = causal[None, None]  # [1, 1, n, reach]
         for i, layer in enumerate(math.inner.layers):
 
             def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i: int = i) -> torch.Tensor:
-                keys = cache.self_k[i].index_copy_(2, positions, key)[:, :, :reach]
-                values = cache.self_v[i].index_copy_(2, positions, value)[:, :, :reach]
+                keys = cache.self_k[i].index_copy_(2, slots, key)[:, :, :reach]
+                values = cache.self_v[i].index_copy_(2, slots, value)[:, :, :reach]
                 return F.scaled_dot_product_attention(query, keys, values, attn_mask=causal, scale=math.scale)
 
-            cross = (cache.cross_k[i], cache.cross_v[i], cache.cross_mask, cache.cross_any)
+            cross = None if self.lm.melody else (cache.cross_k[i], cache.cross_v[i], cache.cross_mask, cache.cross_any)
             hidden = _run_forward_hooks(layer, math.layer(layer, hidden, attend, cross))
         return math.logits(hidden)
 
@@ -172,6 +226,13 @@ class DecoderMath:
         """`[rows, n, hidden]` → `[rows, heads, n, head_dim]`."""
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
+    def cover_positions(self, count: int) -> None:
+        """Grow the sinusoidal table to `count` positions, as transformers' forward does when a
+        melody model's condition pushes the tokens past it."""
+        table = self.inner.embed_positions
+        if table.weights.shape[0] < count:
+            table.make_weights(count, table.embedding_dim)
+
     def embed(self, columns: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Delayed columns `[rows, K, n]` at `positions` `[n]` → the first residual."""
         inner = self.inner
@@ -187,14 +248,21 @@ class DecoderMath:
         """One decoder layer. `attend(query, key, value)` stores the new positions' keys and
         values where its cache keeps them and attends over the context (the step writes into
         its cache and attends over it; the exported graph leaves the cache to the host);
-        `cross` is the cross-attention keys, values, key mask and rows-with-any-key."""
+        `cross` is the cross-attention keys, values, key mask and rows-with-any-key (None: a
+        melody model's layer, which has none)."""
         rows, n, width = hidden.shape
         attn = layer.self_attn
         x = layer.self_attn_layer_norm(hidden)
         query = self.split(self.query(attn.q_proj, x))
         out = attend(query, self.split(attn.k_proj(x)), self.split(attn.v_proj(x)))
         hidden = hidden + attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
+        if cross is not None:
+            hidden = self._cross_attend(layer, hidden, cross)
+        x = layer.final_layer_norm(hidden)
+        return hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
 
+    def _cross_attend(self, layer, hidden: torch.Tensor, cross: tuple) -> torch.Tensor:
+        rows, n, width = hidden.shape
         cross_k, cross_v, cross_mask, cross_any = cross
         x = layer.encoder_attn_layer_norm(hidden)
         query = self.split(self.query(layer.encoder_attn.q_proj, x))
@@ -202,10 +270,16 @@ class DecoderMath:
         # A row with no prompt token at all (CFG's null condition) attends to nothing: zero,
         # whatever a fused kernel makes of a fully masked row.
         out = torch.where(cross_any[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
-        hidden = hidden + layer.encoder_attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
+        return hidden + layer.encoder_attn.out_proj(out.transpose(1, 2).reshape(rows, n, width))
 
-        x = layer.final_layer_norm(hidden)
-        return hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+
+def _prefix_reach(lm: LoadedModel) -> int:
+    """The most cache positions a melody model's condition can take (0 for cross-attention)."""
+    if not lm.melody:
+        return 0
+    from engine.limits import MAX_PROMPT_TOKENS
+
+    return -(-(int(lm.model.config.chroma_length) + MAX_PROMPT_TOKENS) // 64) * 64
 
 
 def _run_forward_hooks(module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:

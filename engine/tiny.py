@@ -5,7 +5,9 @@ encoder + cross-attention, 4-codebook decoder with the delay pattern, EnCodec at
 50 Hz) must be exercised exactly as with `facebook/musicgen-*`. Only the sizes differ:
 `tiny` is small enough for tests; `random-small` has musicgen-small's sizes, for speed and
 memory figures, which do not depend on the weights. `tiny-stereo` and `random-stereo-small`
-are the stereo checkpoints' architecture at those sizes.
+are the stereo checkpoints' architecture at those sizes; `tiny-melody` and `random-melody`
+musicgen-melody's (the condition, text and a melody's chroma, prepended to the decoder's input
+instead of cross-attended).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from transformers import (
     MusicgenConfig,
     MusicgenDecoderConfig,
     MusicgenForConditionalGeneration,
+    MusicgenMelodyConfig,
+    MusicgenMelodyDecoderConfig,
+    MusicgenMelodyForConditionalGeneration,
     PreTrainedTokenizerFast,
     T5Config,
 )
@@ -73,6 +78,7 @@ class ArchSpec:
     audible_codec: bool = True  # randomise codebooks and remove DC (see _make_codec_audible)
     dropout: float = 0.1  # musicgen-small's (decoder and T5 alike)
     audio_channels: int = 1  # 2: the stereo checkpoints (num_codebooks counts both channels)
+    melody: bool = False  # musicgen-melody: a prepended text + chroma condition, no cross-attention
 
 
 TINY = ArchSpec()
@@ -98,9 +104,12 @@ LARGE = replace(SMALL, decoder_layers=48, hidden_size=2048, heads=32, ffn_dim=81
 # pair delayed alike, over the same mono EnCodec run once per channel.
 TINY_STEREO = replace(TINY, num_codebooks=8, audio_channels=2)
 SMALL_STEREO = replace(SMALL, num_codebooks=8, audio_channels=2)
+# facebook/musicgen-melody: musicgen-medium's decoder with the condition prepended.
+TINY_MELODY = replace(TINY, melody=True)
+MELODY = replace(MEDIUM, melody=True)
 PRESETS = {
-    "tiny": TINY, "tiny-stereo": TINY_STEREO, "random-small": SMALL, "random-medium": MEDIUM, "random-large": LARGE,
-    "random-stereo-small": SMALL_STEREO,
+    "tiny": TINY, "tiny-stereo": TINY_STEREO, "tiny-melody": TINY_MELODY, "random-small": SMALL,
+    "random-medium": MEDIUM, "random-large": LARGE, "random-stereo-small": SMALL_STEREO, "random-melody": MELODY,
 }  # fmt: skip
 
 
@@ -116,7 +125,7 @@ def build_tiny_tokenizer(vocab_size: int = 256, corpus: list[str] | None = None)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
+def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig | MusicgenMelodyConfig:
     """Compose the three sub-configs like the hub's musicgen-small, at `spec`'s sizes."""
     nbits = (spec.codebook_size - 1).bit_length()
     frame_rate = 50  # 32000 Hz / (8*5*4*4)
@@ -149,7 +158,7 @@ def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
         pad_mode="reflect",
         normalize=False,
     )
-    decoder = MusicgenDecoderConfig(
+    decoder = (MusicgenMelodyDecoderConfig if spec.melody else MusicgenDecoderConfig)(
         vocab_size=spec.codebook_size,
         num_hidden_layers=spec.decoder_layers,
         hidden_size=spec.hidden_size,
@@ -162,12 +171,14 @@ def build_config(spec: ArchSpec, text_vocab: int) -> MusicgenConfig:
         dropout=spec.dropout,
         audio_channels=spec.audio_channels,
     )
+    if spec.melody:
+        return MusicgenMelodyConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
 def build_random_musicgen(
     seed: int = 0, spec: ArchSpec = TINY, corpus: list[str] | None = None, device: torch.device | None = None
-) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerFast]:
+) -> tuple[MusicgenForConditionalGeneration | MusicgenMelodyForConditionalGeneration, PreTrainedTokenizerFast]:
     """Build a random model and its tokenizer (trained on `corpus`, the bundled prompts if
     None); the same seed gives the same weights on the same device. `device` builds it there
     directly: musicgen-large's 3.3 B random weights are drawn in seconds on a GPU, in minutes
@@ -178,7 +189,8 @@ def build_random_musicgen(
         config = build_config(spec, text_vocab=len(tokenizer))
         torch.manual_seed(seed)
         with torch.device(device or "cpu"):
-            model = MusicgenForConditionalGeneration(config)
+            kind = MusicgenMelodyForConditionalGeneration if spec.melody else MusicgenForConditionalGeneration
+            model = kind(config)
         if spec.audible_codec:
             _make_codec_audible(model)
     gen = model.generation_config
@@ -188,7 +200,7 @@ def build_random_musicgen(
 
 
 @torch.no_grad()
-def _make_codec_audible(model: MusicgenForConditionalGeneration) -> None:
+def _make_codec_audible(model: nn.Module) -> None:
     """Make the random EnCodec's audio a function of its codes.
 
     Random init leaves the codebooks (buffers) at zero, so every code decodes to the same

@@ -99,6 +99,7 @@ class TokenLoop:
         graph: bool | None = None,
         readback: int | None = None,
         backend=None,
+        melody: torch.Tensor | None = None,
     ) -> None:
         self.lm = lm
         self.sampling = sampling or SamplingConfig()
@@ -118,7 +119,9 @@ class TokenLoop:
         make = StaticDecoder if backend is None else backend.decoder
         self.decoder = make(lm, rows, self.max_context, cfg)
         self._generator = torch.Generator(device=device).manual_seed(self.sampling.seed)
-        self._condition = self.decoder.encode(prompts)
+        # What the context plays: the prompts and, for a melody model, a melody's chroma `[frames, 12]`.
+        self.prompts, self.melody = list(prompts), melody
+        self._condition = self.decoder.encode(prompts, melody)
         self._sets: list = [self.decoder.cache_for(None, self.decoder.condition_length(self._condition)), None]
         self._live = 0
         self.decoder.set_prompt(self._sets[0], self._condition)
@@ -265,10 +268,17 @@ class TokenLoop:
     def repriming(self) -> bool:
         return self._reprime is not None
 
-    def begin_reprime(self, keep_positions: int, prompts: list[str] | None = None) -> None:
-        """Start rebuilding the context from the last `keep_positions` steps (and a new prompt)."""
+    def begin_reprime(
+        self, keep_positions: int, prompts: list[str] | None = None, melody: torch.Tensor | str | None = "same"
+    ) -> None:
+        """Start rebuilding the context from the last `keep_positions` steps (and a new prompt,
+        or a new melody's chroma: None for none, "same" to keep it)."""
         keep = max(1, min(keep_positions, self._read, len(self._history) - 1))
-        condition = self.decoder.encode(prompts) if prompts is not None else self._condition
+        condition = self._condition
+        if prompts is not None or not isinstance(melody, str):
+            self.prompts = prompts if prompts is not None else self.prompts
+            self.melody = self.melody if isinstance(melody, str) else melody
+            condition = self.decoder.encode(self.prompts, self.melody)
         slot = 1 - self._live
         cache = self.decoder.cache_for(self._sets[slot], self.decoder.condition_length(condition))
         if cache is not self._sets[slot] and self.graphs is not None:

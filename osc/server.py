@@ -201,6 +201,9 @@ class OscServer:
         elif path in ("/transport/play", "/transport/stop", "/transport/reset"):
             _arity(args, 0, 1)
             {"play": self.bus.play, "stop": self.bus.stop, "reset": self.bus.reset}[path.rsplit("/", 1)[1]]()
+        elif path == "/melody/follow":
+            _arity(args, 0, 1)
+            self.bus.follow_melody()
         elif path in ("/preset/load", "/preset/save"):
             if self.presets is None:
                 raise MgsteerError("presets are not available in this host")

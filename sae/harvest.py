@@ -31,7 +31,7 @@ from engine.errors import MgsteerError
 from engine.hooks import recording
 from engine.inputs import TEXT_BYTES, read_bytes
 from engine.model import LoadedModel
-from engine.prompts import encode_prompts, null_condition
+from engine.prompts import encode_prompts, null_condition, teacher_forced_logits
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.store import StoreMeta, StoreWriter
 
@@ -204,9 +204,7 @@ def teacher_forced_activations(
     else:
         states, mask = encode_prompts(lm, list(texts))
     with recording(lm, layers, record_rows="all") as taps:
-        lm.model.decoder(
-            input_ids=inputs.reshape(-1, longest + 1), encoder_hidden_states=states, encoder_attention_mask=mask
-        )
+        teacher_forced_logits(lm, inputs.reshape(-1, longest + 1), (states, mask))
         taken = {layer: tap.take() for layer, tap in taps.items()}
     return [
         {layer: acts[row, 1 : clip.shape[1] + 1].float().cpu() for layer, acts in taken.items()}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from engine.hooks import ResidualTap
 from engine.model import LoadedModel
-from engine.prompts import null_condition
+from engine.prompts import null_condition, teacher_forced_logits
 from sae.harvest import delayed_inputs
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
@@ -32,9 +32,7 @@ def codebook_ce(lm: LoadedModel, clips: list[torch.Tensor], layer: int, replace:
             tap.edit = lambda hidden, cond: replace(hidden)
         for codes in clips:
             inputs = delayed_inputs(codes.to(lm.device), lm.pad_token_id, lm.audio_channels)  # [K, N + 1]
-            logits = lm.model.decoder(
-                input_ids=inputs[:, :-1], encoder_hidden_states=states, encoder_attention_mask=mask
-            ).logits.float()  # [K, N, V]
+            logits = teacher_forced_logits(lm, inputs[:, :-1], (states, mask)).float()  # [K, N, V]
             targets = inputs[:, 1:]
             valid = targets != lm.pad_token_id
             ce = F.cross_entropy(logits[valid], targets[valid], reduction="sum")

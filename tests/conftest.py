@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,23 @@ def tiny_lm() -> LoadedModel:
 def stereo_lm() -> LoadedModel:
     """The stereo checkpoints' architecture at tiny's sizes: 8 codebooks, left/right interleaved."""
     return load_musicgen("tiny-stereo", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def melody_lm() -> LoadedModel:
+    """musicgen-melody's architecture at tiny's sizes: text and chroma prepended, no cross-attention."""
+    return load_musicgen("tiny-melody", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def a_melody() -> torch.Tensor:
+    """The chroma of a rising C-major arpeggio (C4 E4 G4 C5, 0.5 s each)."""
+    from engine.melody import chroma
+
+    rate = 32000
+    notes = [261.63, 329.63, 392.0, 523.25]
+    t = np.arange(rate // 2) / rate
+    return chroma(np.concatenate([np.sin(2 * np.pi * f * t) for f in notes]).astype(np.float32), rate)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
-"""The MusicGen family: the stereo architecture (tiny-stereo) through every command that takes
-`--model`, and its delay pattern through harvest."""
+"""The MusicGen family: the stereo (tiny-stereo) and melody (tiny-melody) architectures through
+every command that takes `--model`, and the stereo delay pattern through harvest."""
 
 from __future__ import annotations
 
 import wave
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,7 +25,9 @@ def test_info_names_each_family(capsys):
     out = capsys.readouterr().out
     assert "family     stereo, text" in out and "8 codebooks" in out and "stereo (codebooks 0, 2, 4, … left)" in out
     assert main(["info", "--model", "tiny"]) == 0
-    assert "family     mono, text" in capsys.readouterr().out
+    assert "family     mono, text\n" in capsys.readouterr().out
+    assert main(["info", "--model", "tiny-melody"]) == 0
+    assert "family     mono, text + melody" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -34,7 +37,7 @@ def test_info_names_each_family(capsys):
         (["harvest", "--prompts", "{tmp}/prompts.txt", "--seconds", "0.5", "--layers", "1", "--out", "{tmp}/acts"],
          None),
         (["play", "--no-audio", "--seconds", "1", "--backend", "torch", "--out", "{tmp}/play.wav"], None),
-        (["export-onnx", "--out", "{tmp}/onnx"], "tiny-stereo is a stereo model: the ONNX export takes mono models"),
+        (["export-onnx", "--out", "{tmp}/onnx"], "tiny-stereo is a stereo model: the ONNX export takes mono text"),
     ],
 )  # fmt: skip
 def test_every_command_takes_the_stereo_model_or_says_in_one_line_why_not(command, check, tmp_path, capsys):
@@ -53,3 +56,46 @@ def test_every_command_takes_the_stereo_model_or_says_in_one_line_why_not(comman
     if command[0] == "play":  # streamed, seams and all, in two channels
         with wave.open(str(tmp_path / "play.wav")) as w:
             assert (w.getnchannels(), w.getnframes()) == (2, 32000)
+
+
+@pytest.mark.parametrize(
+    ("command", "check"),
+    [
+        (["render", "--seconds", "0.5", "--backend", "torch", "--melody", "{tmp}/tune.wav", "--out", "{tmp}/m.wav"],
+         "following"),
+        (["render", "--seconds", "0.5", "--backend", "torch", "--out", "{tmp}/m.wav"], "wrote"),
+        (["harvest", "--prompts", "{tmp}/prompts.txt", "--seconds", "0.5", "--layers", "1", "--out", "{tmp}/acts"],
+         None),
+        (["harvest", "--audio", "{tmp}/clips", "--layers", "1", "--out", "{tmp}/acts"], None),
+        (["play", "--no-audio", "--seconds", "1", "--backend", "torch", "--melody", "{tmp}/tune.wav",
+          "--out", "{tmp}/play.wav"], None),
+        (["export-onnx", "--out", "{tmp}/onnx"], "tiny-melody is a melody model: the ONNX export takes mono text"),
+        (["render", "--seconds", "0.5", "--melody", "{tmp}/none.wav"], "does not exist"),
+    ],
+)  # fmt: skip
+def test_every_command_takes_the_melody_model_or_says_in_one_line_why_not(command, check, tmp_path, capsys):
+    from engine.wavfile import write_wav
+
+    (tmp_path / "prompts.txt").write_text("simple melody\n")
+    t = np.arange(32000) / 32000
+    write_wav(tmp_path / "tune.wav", (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
+    (tmp_path / "clips").mkdir()
+    write_wav(tmp_path / "clips" / "a.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 32000)
+    args = [a.format(tmp=tmp_path) for a in command] + ["--model", "tiny-melody"]
+    code = main(args)
+    out, err = capsys.readouterr()
+    if check is None or check in ("wrote", "following"):
+        assert code == 0, err
+        assert check is None or check in out
+    else:
+        assert code == 2 and check in err and err.count("\n") == 1, err
+    if command[0] == "play":
+        with wave.open(str(tmp_path / "play.wav")) as w:
+            assert (w.getnchannels(), w.getnframes()) == (1, 32000)
+        assert "melody: " in out
+    if command[0] == "harvest":
+        from sae.store import ActivationStore
+
+        store = ActivationStore(tmp_path / "acts")
+        acts = store.load_layer(1)
+        assert store.rows() == len(acts) > 0 and acts.shape[1] == 64 and torch.isfinite(acts).all()

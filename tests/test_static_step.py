@@ -11,27 +11,27 @@ import torch
 from conftest import alive_features
 
 from engine.hooks import recording
-from engine.prompts import encode_prompts
+from engine.prompts import encode_prompts, teacher_forced_logits
 from engine.static_decoder import StaticDecoder
 from engine.steering import FeatureSteer, Steerer, SteeringSpec
 from engine.step_graph import StepGraphs
 from engine.tokenloop import SamplingConfig, TokenLoop
 
 
-@pytest.mark.parametrize("model", ["tiny_lm", "stereo_lm"])
-def test_static_forward_equals_transformers_forward(model, request):
+@pytest.mark.parametrize("model", ["tiny_lm", "stereo_lm", "melody_lm"])
+def test_static_forward_equals_transformers_forward(model, request, a_melody):
     """Prefill of a piece, then single positions, against the HF decoder's full-sequence forward
-    on the same columns (the sampled tokens match `generate()` exactly: test_tokenloop)."""
+    on the same columns (the sampled tokens match `generate()` exactly: test_tokenloop). A
+    melody model's condition (chroma and text) is prepended there, prefilled here."""
     tiny_lm = request.getfixturevalue(model)
     gen = torch.Generator().manual_seed(0)
     k, steps = tiny_lm.num_codebooks, 24
     columns = torch.randint(0, tiny_lm.codebook_size, (1, k, steps), generator=gen)
-    enc, mask = encode_prompts(tiny_lm, ["a prompt of several tokens", "short"], null_half=True)
+    melody = a_melody if tiny_lm.melody else None
+    enc, mask = encode_prompts(tiny_lm, ["a prompt of several tokens", "short"], null_half=True, melody=melody)
     rows = torch.cat([columns, columns, columns, columns])  # two prompts, CFG-doubled
     with torch.no_grad():
-        ref = tiny_lm.model.decoder(
-            input_ids=rows.reshape(-1, steps), encoder_hidden_states=enc, encoder_attention_mask=mask
-        ).logits.reshape(4, k, steps, -1)
+        ref = teacher_forced_logits(tiny_lm, rows.reshape(-1, steps), (enc, mask)).reshape(4, k, steps, -1)
         decoder = StaticDecoder(tiny_lm, rows=4, max_context=32)
         cache = decoder.new_cache(enc.shape[1])
         decoder.set_prompt(cache, (enc, mask))

@@ -7,7 +7,7 @@ import torch
 
 from engine.codec import decode_codes
 from engine.errors import MgsteerError
-from engine.prompts import encode_prompts
+from engine.prompts import encode_prompts, teacher_forced_logits
 from engine.tokenloop import SamplingConfig, TokenLoop
 
 
@@ -81,11 +81,13 @@ def test_full_reprime_reproduces_the_context(tiny_lm, piece):
     torch.testing.assert_close(_next_residual(tiny_lm, primed), _next_residual(tiny_lm, plain), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("model", ["tiny_lm", "stereo_lm"])
-def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(model, request):
-    """After keeping the last 20 positions, the model sees a fresh start followed by them."""
+@pytest.mark.parametrize("model", ["tiny_lm", "stereo_lm", "melody_lm"])
+def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(model, request, a_melody):
+    """After keeping the last 20 positions, the model sees a fresh start followed by them (a
+    melody model: behind its condition, which the taps leave alone in the HF forward)."""
     tiny_lm = request.getfixturevalue(model)
-    loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=4))
+    melody = a_melody if tiny_lm.melody else None
+    loop = TokenLoop(tiny_lm, ["simple melody"], SamplingConfig(seed=4), melody=melody)
     loop.frames(40)
     loop.begin_reprime(keep_positions=20)
     while not loop.reprime_step(8):
@@ -104,11 +106,8 @@ def test_partial_reprime_equals_a_fresh_start_on_the_kept_music(model, request):
 
     with ResidualTap(tiny_lm, tiny_lm.num_layers - 1, cfg_doubled=True, record_rows="all") as tap, torch.no_grad():
         tap.recording = True
-        tiny_lm.model.decoder(  # transformers' own forward, no cache
-            input_ids=torch.cat([fresh, fresh]).reshape(-1, fresh.shape[-1]),
-            encoder_hidden_states=loop._condition[0],
-            encoder_attention_mask=loop._condition[1],
-        )
+        # transformers' own forward, no cache
+        teacher_forced_logits(tiny_lm, torch.cat([fresh, fresh]).reshape(-1, fresh.shape[-1]), loop._condition)
         expected = tap.take()[:, -1:]
     torch.testing.assert_close(_next_residual(tiny_lm, loop), expected, atol=1e-4, rtol=1e-4)
     assert offset > 0 and loop.cache_len == loop.position - offset
@@ -144,3 +143,39 @@ def test_the_stereo_loop_matches_hf_generate_in_both_channels(stereo_lm, guidanc
     assert ours.shape == ref.shape == (1, 2, frames * stereo_lm.sample_rate // stereo_lm.frame_rate)
     assert torch.equal(ours, ref.float())
     assert not torch.equal(ours[:, 0], ours[:, 1])  # two channels, not one twice
+
+
+@pytest.mark.parametrize("guidance", [3.0, 1.0])
+@pytest.mark.parametrize("with_melody", [True, False])
+def test_the_melody_loop_matches_hf_generate(melody_lm, a_melody, guidance, with_melody):
+    """musicgen-melody: the condition (chroma, then text; the null melody without one) prepended
+    and prefilled once, the tokens then exactly those of transformers' generate."""
+    frames, prompt = 30, ["techno groove with a driving kick"]
+    tok = melody_lm.tokenizer(prompt, return_tensors="pt")
+    melody = a_melody if with_melody else None
+    features = {"input_features": a_melody[None]} if with_melody else {}
+    torch.manual_seed(7)
+    ref = melody_lm.model.generate(
+        **tok, **features, max_new_tokens=frames + 3, do_sample=True, guidance_scale=guidance, top_k=250
+    )
+    codes = TokenLoop(melody_lm, prompt, SamplingConfig(guidance=guidance, seed=7), melody=melody).frames(frames)
+    assert torch.equal(decode_codes(melody_lm, codes), ref[:, 0].float())
+
+
+def test_a_reprime_with_a_new_melody_swaps_the_condition(melody_lm, a_melody):
+    loop = TokenLoop(melody_lm, ["simple melody"], SamplingConfig(seed=0))
+    loop.frames(10)
+    before = loop._condition[0].clone()
+    loop.begin_reprime(8, melody=a_melody)
+    torch.testing.assert_close(loop._condition[0], before)  # the old condition plays on until the swap
+    while not loop.reprime_step(4):
+        loop.step()
+    expected, _ = encode_prompts(melody_lm, ["simple melody"], null_half=True, melody=a_melody)
+    torch.testing.assert_close(loop._condition[0], expected)
+    assert not torch.equal(expected, before)
+    assert loop.frames(5).shape == (1, melody_lm.num_codebooks, 5)
+
+
+def test_a_melody_on_a_text_model_is_one_line(tiny_lm, a_melody):
+    with pytest.raises(MgsteerError, match="not a melody model"):
+        TokenLoop(tiny_lm, ["simple melody"], melody=a_melody)
