@@ -71,6 +71,9 @@ def run_gui(args: argparse.Namespace) -> None:
         backend=Backend(args.backend, args.onnx_dir, args.precision),
         record=str(record) if record else None,
         record_seconds=args.seconds,
+        melody=args.melody,
+        melody_input=device_arg(args.melody_input),
+        melody_seconds=args.melody_seconds,
     )
     error = run_app(spec, _attach(args, preset), args.preset, args.seconds, shot, steers)
     if error is not None:

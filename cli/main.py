@@ -270,7 +270,7 @@ def cmd_play(args: argparse.Namespace) -> None:
     sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = load_sae(args.sae, lm.device) if args.sae else None
-    melody = open_melody(lm, args.melody, args.melody_input, args.melody_seconds)
+    melody = open_melody(lm, args.melody, device_arg(args.melody_input), args.melody_seconds)
     config = HostConfig.for_latency(
         args.latency,
         lookahead_ms=args.lookahead_ms,

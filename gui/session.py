@@ -17,6 +17,7 @@ from engine.audio import DeviceSink, NullSink, WavRecorder
 from engine.backends import default_backend, open_backend
 from engine.errors import MgsteerError
 from engine.host import Host, HostConfig
+from engine.melody_input import open_melody
 from engine.model import LoadedModel, load_musicgen
 from engine.params import ParameterBus
 from engine.tokenloop import SamplingConfig
@@ -56,6 +57,9 @@ class SessionSpec:
     backend: Backend = field(default_factory=Backend)
     record: str | None = None  # a WAV that records what plays
     record_seconds: float | None = None  # …this much of it (a timed run's lookahead is not played)
+    melody: str | None = None  # a melody model follows this file's melody…
+    melody_input: str | int | None = None  # …or this sound input's ("": the default input)
+    melody_seconds: float = 10.0  # …last seconds
 
 
 @dataclass
@@ -116,7 +120,7 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
     config = HostConfig.for_latency(
         spec.latency, lookahead_ms=spec.lookahead_ms, chunk=spec.chunk, sampling=spec.sampling, graph=spec.graph,
         backend=open_backend(spec.backend.name, spec.backend.onnx_dir, spec.backend.precision, lm, sae, progress),
-        meter_knobs=True,
+        meter_knobs=True, melody=open_melody(lm, spec.melody, spec.melody_input, spec.melody_seconds),
     )  # fmt: skip
     recorder = WavRecorder(spec.record, lm.sample_rate, spec.record_seconds, channels) if spec.record else None
     host = Host(lm, bus, sink, sae, config, recorder)

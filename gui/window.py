@@ -41,6 +41,7 @@ from engine.wavfile import read_audio
 from gui.browser import FeatureBrowser, catalog_rows
 from gui.examples_dialog import ExamplesDialog
 from gui.knobs import KnobBank
+from gui.melody_panel import MelodyPanel
 from gui.scope import LevelMeter, Spectrogram
 from gui.session import (
     Controllers,
@@ -222,12 +223,15 @@ class MainWindow(QMainWindow):
         bottom.addWidget(status_box)
         bottom.addWidget(self.level)
         bottom.addWidget(self.spectrogram, 1)
+        self.melody = MelodyPanel()
+        self.melody.follow.connect(lambda: self._bus_call("follow_melody"))
 
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.addLayout(transport)
         layout.addLayout(info)
         layout.addWidget(self.bank, 3)
+        layout.addWidget(self.melody)
         layout.addLayout(bottom, 1)
         self.setCentralWidget(body)
 
@@ -312,6 +316,7 @@ class MainWindow(QMainWindow):
         self._status_timer.start()
         self._scope_timer.start()
         self.spectrogram.set_rate(session.lm.sample_rate)
+        self.melody.set_source(session.host.config.melody, _melody_name(session.spec))
         if self._pending_preset is not None:
             path, self._pending_preset = self._pending_preset, None
             self.open_preset(path, reload=False)
@@ -514,6 +519,7 @@ class MainWindow(QMainWindow):
         blocks = []
         while monitor:
             blocks.append(monitor.popleft())
+        self.melody.refresh()
         if blocks:
             audio = np.concatenate(blocks)
             self.level.feed(audio[-4096:])
@@ -638,6 +644,13 @@ class MainWindow(QMainWindow):
         for sink in self._auditions:
             sink.stop()
         super().closeEvent(event)
+
+
+def _melody_name(spec: SessionSpec) -> str:
+    if spec.melody:
+        return spec.melody
+    device = "the default input" if spec.melody_input == "" else f"input {spec.melody_input}"
+    return f"the last {spec.melody_seconds:g} s of {device}"
 
 
 def _same_folder(a: str | None, b: str | None) -> bool:

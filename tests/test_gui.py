@@ -355,6 +355,40 @@ def test_a_recording_that_fills_the_disk_is_said_in_the_window_and_the_music_goe
     window.close()
 
 
+def test_a_melody_model_shows_what_it_follows_and_follow_now_writes_the_bus(qtbot, tmp_path):
+    from test_melody import live_input, tone
+
+    from engine.wavfile import write_wav
+
+    write_wav(tmp_path / "a.wav", tone(440.0, 1.5), 32000)
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    spec = SessionSpec(model="tiny-melody", no_audio=True, knobs=4, melody=str(tmp_path / "a.wav"))
+    window = MainWindow(spec, None, settings)
+    qtbot.addWidget(window)
+    window.show()
+    window.load(spec)
+    qtbot.waitUntil(lambda: not window.loading, timeout=LOAD_MS)
+    panel = window.melody
+    assert panel.isVisible() and "a.wav" in panel.title.text() and not panel.follow_button.isVisible()
+    assert int(np.argmax(panel.chroma.shares)) == 9  # A
+    live, stream = live_input()
+    panel.set_source(live, "test input")
+    stream.feed(tone(261.63, 1.0))
+    live.refresh()
+    panel.refresh()
+    assert panel.follow_button.isVisible() and int(np.argmax(panel.chroma.shares)) == 0  # C
+    assert "dBFS" in panel.level.text()
+    panel.follow_button.click()
+    assert window.session.bus.snapshot().follow_count == 1
+    window.close()
+
+
+def test_a_text_model_shows_no_melody_panel(qtbot, tmp_path):
+    window = _window(qtbot, tmp_path)
+    assert not window.melody.isVisible()
+    window.close()
+
+
 def test_play_gui_plays_and_exits(capsys):
     assert main(["play", "--gui", "--model", "tiny", "--no-audio", "--seconds", "2"]) == 0
 
