@@ -27,6 +27,7 @@ from cli.common import (
 )
 from cli.concept_command import add_concept_command
 from cli.gui_command import add_gui_command, run_gui
+from cli.import_command import add_import_command
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
 from cli.onnx_command import add_export_command
 from cli.sae_commands import add_commands
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     add_concept_command(sub)
     add_world_command(sub)
+    add_import_command(sub)
 
     h = sub.add_parser("harvest", help="record residual activations per frame into a sharded store")
     model_args(h)
