@@ -111,7 +111,8 @@ def start_midi(args, bus, preset):
     bindings = parse_bindings(settings.get("map", []), len(bus.snapshot().knobs))
     port = args.midi or settings.get("port") or None
     try:
-        midi = MidiInput(MidiController(bus, bindings), port=port if port != "mgsteer" else None, api=args.midi_api)
+        controller = MidiController(bus, bindings, follow_note=settings.get("follow_note"))
+        midi = MidiInput(controller, port=port if port != "mgsteer" else None, api=args.midi_api)
     except MgsteerError as exc:
         print(f"note: {exc}")
         return None

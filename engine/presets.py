@@ -76,7 +76,7 @@ PRESET_FIELDS = (
 )  # fmt: skip
 KNOB_FIELDS = ("label", "features", "range", "curve", "value")
 OSC_FIELDS = ("host", "port")
-MIDI_FIELDS = ("port", "map")
+MIDI_FIELDS = ("port", "map", "follow_note")
 AUTOMATION_FIELDS = ("knob", "crossfade", "points", "loop")
 
 
@@ -219,6 +219,8 @@ def _midi_settings(where: str, raw: Any) -> dict[str, Any]:
         if not isinstance(raw["map"], list):
             raise f.fail("map", "must be a list of bindings")
         out["map"] = raw["map"]  # each binding is checked by midi.mapping.parse_bindings
+    if "follow_note" in raw:  # a note-on of it: a melody model follows its live input now
+        out["follow_note"] = f.checked("follow_note", limits.integer, raw["follow_note"], 0, 127)
     return out
 
 

@@ -70,8 +70,11 @@ def parse_bindings(raw: Any, knob_count: int, where: str = "midi.map") -> list[B
 class MidiController:
     """Turns control-change messages into knob values on the bus."""
 
-    def __init__(self, bus: ParameterBus, bindings: list[Binding] | None = None) -> None:
+    def __init__(
+        self, bus: ParameterBus, bindings: list[Binding] | None = None, follow_note: int | None = None
+    ) -> None:
         self.bus = bus
+        self.follow_note = follow_note  # a note-on of it (any channel): follow the melody input now
         self.knob_count = len(bus.snapshot().knobs)
         self.bindings: list[Binding] = [b.validate("binding", self.knob_count) for b in bindings or []]
         self._armed: tuple[int, str, int] | None = None  # (knob, mode, bits) waiting for a control
@@ -91,7 +94,11 @@ class MidiController:
 
     def handle(self, message) -> float | None:
         """Apply one mido message; returns the knob value set, if any."""
-        if getattr(message, "type", None) != "control_change":
+        kind = getattr(message, "type", None)
+        if kind == "note_on" and message.note == self.follow_note and message.velocity > 0:
+            self.bus.follow_melody()
+            return None
+        if kind != "control_change":
             self.ignored += 1
             return None
         channel, cc, value = message.channel, message.control, message.value

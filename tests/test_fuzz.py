@@ -248,7 +248,8 @@ def test_fuzz_label_browse_eval_info(tool_flags, world, data):
 ADDRESSES = [
     "/mgsteer/knob/{n}", "/mgsteer/knob/{n}/assign", "/mgsteer/knob/{n}/label", "/mgsteer/feature/{n}",
     "/mgsteer/prompt", "/mgsteer/transport/play", "/mgsteer/transport/stop", "/mgsteer/transport/reset",
-    "/mgsteer/preset/load", "/mgsteer/preset/save", "/mgsteer/subscribe", "/mgsteer/status", "/mgsteer/{n}",
+    "/mgsteer/melody/follow", "/mgsteer/preset/load", "/mgsteer/preset/save", "/mgsteer/subscribe", "/mgsteer/status",
+    "/mgsteer/{n}",
     "/other", "/mgsteer/knob/{n}/{n}",
 ]  # fmt: skip
 NUMBERS_IN_ADDRESSES = st.sampled_from(["0", "1", "3", "7", "99", "99999", "-1", "x", "0001", "9" * 30, ""])

@@ -168,3 +168,24 @@ def test_a_named_port_that_disappears_is_reopened(jack_server):
     finally:
         port.stop()
         device.close()
+
+
+def test_the_follow_note_presses_follow_now_and_other_notes_do_not():
+    bus = ParameterBus(knob_count=4)
+    ctl = MidiController(bus, [Binding(cc=1, knob=0)], follow_note=60)
+    ctl.handle(mido.Message("note_on", note=61, velocity=100))
+    ctl.handle(mido.Message("note_on", note=60, velocity=0))  # a note-off written as note-on
+    assert bus.snapshot().follow_count == 0
+    ctl.handle(mido.Message("note_on", note=60, velocity=90, channel=5))
+    assert bus.snapshot().follow_count == 1
+    assert ctl.handle(cc(1, 127)) == 1.0  # the knobs still answer
+
+
+def test_a_preset_follow_note_is_checked():
+    from engine.presets import parse_preset
+
+    raw = {"format": "mgsteer-preset/1", "name": "x", "model": "tiny", "midi": {"follow_note": 128}}
+    with pytest.raises(MgsteerError, match=r"midi\.follow_note: must be between 0 and 127"):
+        parse_preset(raw)
+    raw["midi"]["follow_note"] = 60
+    assert parse_preset(raw).midi["follow_note"] == 60

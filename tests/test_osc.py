@@ -78,7 +78,9 @@ def test_round_trip_sets_the_bus_and_feeds_back(served):
     client.send("/mgsteer/feature/12", -0.5)
     client.send("/mgsteer/prompt", "techno groove")
     client.send("/mgsteer/transport/stop")
+    client.send("/mgsteer/melody/follow")
     assert wait_for(lambda: not bus.snapshot().playing and bus.snapshot().prompt == "techno groove")
+    assert wait_for(lambda: bus.snapshot().follow_count == 1)
     assert bus.snapshot().features[12] == -0.5
     client.send("/mgsteer/status")
     status = next(m for m in client.messages(0.3) if m.address == "/mgsteer/status")
