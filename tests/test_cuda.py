@@ -125,6 +125,32 @@ def test_graph_replay_is_token_identical_to_the_eager_step(dtype):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("model", ["tiny-stereo", "tiny-melody"])
+def test_the_family_replays_token_identical_and_a_new_melody_keeps_the_graphs(model):
+    """Stereo and melody on CUDA graphs: the same tokens as the eager step; a melody model's
+    condition sits in the cache's first (rounded-up) positions, so a re-prime on a new melody
+    refills them in place and the two captured graphs stay."""
+    from engine.melody import chroma
+
+    lm = load_musicgen(model, device="cuda")
+    t = np.arange(32000) / 32000
+    melody = chroma(np.sin(2 * np.pi * 440 * t).astype(np.float32), 32000) if lm.melody else None
+    (graphed, a), (eager, b) = [
+        (loop, loop.frames(40))
+        for loop in (
+            TokenLoop(lm, ["simple melody"], SamplingConfig(seed=9), graph=g, melody=melody) for g in (True, False)
+        )
+    ]
+    assert graphed.graphs.error is None and graphed.graphs.captures == 2
+    assert torch.equal(a, b)
+    if lm.melody:
+        other = chroma(np.sin(2 * np.pi * 262 * t).astype(np.float32), 32000)
+        graphed.begin_reprime(16, melody=other)
+        while not graphed.reprime_step(8):
+            graphed.step()
+        assert graphed.frames(10).shape[-1] == 10 and graphed.graphs.captures == 2 and graphed.graphed
+
+
 def test_graph_and_eager_meters_agree(tiny_sae_dir):
     lm = load_musicgen("tiny", device="cuda")
     sae = load_sae(tiny_sae_dir, lm.device)
