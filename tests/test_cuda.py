@@ -135,7 +135,7 @@ def test_the_family_replays_token_identical_and_a_new_melody_keeps_the_graphs(mo
     lm = load_musicgen(model, device="cuda")
     t = np.arange(32000) / 32000
     melody = chroma(np.sin(2 * np.pi * 440 * t).astype(np.float32), 32000) if lm.melody else None
-    (graphed, a), (eager, b) = [
+    (graphed, a), (_, b) = [
         (loop, loop.frames(40))
         for loop in (
             TokenLoop(lm, ["simple melody"], SamplingConfig(seed=9), graph=g, melody=melody) for g in (True, False)
