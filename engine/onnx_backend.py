@@ -159,11 +159,15 @@ class OnnxBackend:
         return OnnxDecoder(self, lm, rows, max_context, cfg)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes `[1, K, frames]` → audio `[1, samples]`, like `engine.tokenloop.decode_codes`."""
+        """Codes `[1, K, frames]` → audio `[1, samples]` (stereo: `[1, 2, samples]`, each channel
+        its own run of the codec graph), like `engine.codec.decode_codes`."""
         if self.codec is None:
             return self.lm.codec.decode(codes.cpu())
-        audio = self.codec.run(["audio"], {"codes": codes.cpu().numpy().astype(np.int64)})[0]
-        return torch.from_numpy(audio)[None]
+        codes = codes.cpu().numpy().astype(np.int64)
+        if self.lm.audio_channels == 2:
+            sides = [self.codec.run(["audio"], {"codes": codes[:, side::2]})[0] for side in (0, 1)]
+            return torch.from_numpy(np.stack(sides))[None]
+        return torch.from_numpy(self.codec.run(["audio"], {"codes": codes})[0])[None]
 
 
 class OnnxDecoder:

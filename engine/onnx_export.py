@@ -140,11 +140,8 @@ def export_onnx(
     """Export the three graphs of `lm` (float32, on the CPU) into `out`."""
     if lm.device.type != "cpu" or lm.dtype != torch.float32:
         raise MgsteerError("export-onnx works on the float32 CPU model: use --device cpu --dtype float32")
-    if lm.audio_channels != 1 or lm.melody:
-        kind = "a stereo" if lm.audio_channels != 1 else "a melody"
-        raise MgsteerError(
-            f"{lm.spec} is {kind} model: the ONNX export takes mono text models for now (--backend torch)"
-        )
+    if lm.melody:
+        raise MgsteerError(f"{lm.spec} is a melody model: the ONNX export takes text models for now (--backend torch)")
     lm.check_layer(layer)
     chunk = chunk or ChunkConfig()
     frames = chunk.context + chunk.chunk + chunk.holdback
@@ -203,7 +200,7 @@ def _export(
         (
             "codec",
             CodecGraph(lm),
-            (torch.zeros(1, k, frames, dtype=torch.long),),
+            (torch.zeros(1, k // lm.audio_channels, frames, dtype=torch.long),),  # one channel's codebooks
             ["codes"],
             ["audio"],
             {"codes": {2: "frames"}, "audio": {0: "samples"}},

@@ -113,7 +113,8 @@ def split_attention(query: torch.Tensor, old: tuple, new: tuple) -> torch.Tensor
 
 
 class CodecGraph(nn.Module):
-    """EnCodec-decode codes `[1, K, frames]` → mono audio `[samples]`."""
+    """EnCodec-decode one channel's codes `[1, K, frames]` → mono audio `[samples]` (a stereo
+    model's two channels are decoded by two runs, as `engine.codec.EncodecCodec` does)."""
 
     def __init__(self, lm: LoadedModel) -> None:
         super().__init__()

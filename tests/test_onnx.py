@@ -91,6 +91,21 @@ def test_codec_graph_and_reprime_match_torch(tiny_lm, exported):
     torch.testing.assert_close(backend.decode_codes(codes[0]), decode_codes(tiny_lm, codes[0]), atol=1e-4, rtol=0)
 
 
+def test_a_stereo_model_exports_and_plays_the_same_tokens_and_both_channels(stereo_lm, tmp_path):
+    """8 codebooks through the step graph; the codec graph takes one channel's 4 and runs once
+    per side, as the torch codec does."""
+    export_onnx(stereo_lm, tmp_path, layer=1, max_context=64, progress=lambda _: None)
+    backend = OnnxBackend(tmp_path, stereo_lm, None, "fp32")
+    codes = [
+        TokenLoop(stereo_lm, ["simple melody"], SamplingConfig(seed=2), max_context=64, **kw).frames(40)
+        for kw in ({}, {"backend": backend})
+    ]
+    assert torch.equal(codes[0], codes[1])
+    audio = backend.decode_codes(codes[0])
+    assert audio.shape == (1, 2, 40 * stereo_lm.sample_rate // stereo_lm.frame_rate)
+    torch.testing.assert_close(audio, decode_codes(stereo_lm, codes[0]), atol=1e-4, rtol=0)
+
+
 def test_the_cache_grows_in_steps_keeps_what_it_holds_and_rebinds(tiny_lm, exported):
     backend = OnnxBackend(exported, tiny_lm, None, "fp32")
     decoder = backend.decoder(tiny_lm, rows=2, max_context=CONTEXT, cfg=True)
