@@ -13,6 +13,7 @@ not assertions in the tests (tests/test_host.py checks that play goes on).
                          [--seconds 120] [--knob-every-ms 500] [--no-graph]
                          [--lookahead-ms 300] [--chunk 8] [--latency low]
     python bench/live.py --model demo_out/world --prompt melody --no-steer --seconds 120
+    python bench/live.py --model tiny-melody --melody-input-file tune.wav   # a WAV as a live melody input
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import machine, one_line_errors
 from stream import make_sae
@@ -31,6 +34,7 @@ from engine.audio import NullSink, WavRecorder
 from engine.host import Host, HostConfig
 from engine.levels import rms_dbfs
 from engine.limits import LATENCY_PROFILES
+from engine.melody_input import LiveMelody
 from engine.model import load_musicgen
 from engine.params import ParameterBus
 from engine.synth_codec import SynthCodec
@@ -50,6 +54,44 @@ def memory_mb(device: torch.device) -> dict:
     return out
 
 
+class FileInput:
+    """A sound input that plays a WAV in a loop, in real time, on its own thread: what a
+    microphone's callback would deliver (sounddevice.InputStream's signature)."""
+
+    BLOCK = 1024
+
+    def __init__(self, path: str, device, samplerate, channels, dtype, callback) -> None:
+        audio, rate = read_audio(path)
+        if rate != samplerate:
+            raise SystemExit(f"{path} is at {rate} Hz; give a {samplerate} Hz WAV")
+        self.audio = np.ascontiguousarray(audio[:, :channels] if audio.shape[1] >= channels else audio[:, :1])
+        self.callback, self.rate = callback, samplerate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        at, start = 0, time.perf_counter()
+        while not self._stop.is_set():
+            block = np.take(self.audio, range(at, at + self.BLOCK), axis=0, mode="wrap")
+            self.callback(block, len(block), None, None)
+            at += self.BLOCK
+            time.sleep(max(0.0, start + at / self.rate - time.perf_counter()))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._thread.join(timeout=2)
+
+
+def live_melody_from(path: str) -> LiveMelody:
+    _, rate = read_audio(path, seconds=0.01)
+    return LiveMelody(seconds=10.0, stream_factory=lambda **kw: FileInput(path, **kw), sample_rate=rate, channels=1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny")
@@ -63,6 +105,9 @@ def main() -> None:
     p.add_argument("--chunk", type=int, help="frames decoded at a time (not given: the profile's)")
     p.add_argument("--prompt", default="simple melody", help="what to play (a world model: e.g. 'melody')")
     p.add_argument("--no-steer", action="store_true", help="no SAE, no knob: endless play alone")
+    p.add_argument(
+        "--melody-input-file", help="a melody model follows this WAV, fed in real time as a live input (looped)"
+    )
     args = p.parse_args()
     lm = load_musicgen(args.model, args.device, args.dtype)
     sae = None if args.no_steer else make_sae(lm, expansion=8, k=32)
@@ -71,8 +116,10 @@ def main() -> None:
     )
     if sae is not None:
         bus.configure_knob(0, features=[(0, 1.0)])
+    melody = live_melody_from(args.melody_input_file) if args.melody_input_file else None
     config = HostConfig.for_latency(args.latency, lookahead_ms=args.lookahead_ms, chunk=args.chunk,
-                                    meters=None if sae is None else [0, 1, 2, 3], graph=args.graph)  # fmt: skip
+                                    meters=None if sae is None else [0, 1, 2, 3], graph=args.graph,
+                                    melody=melody)  # fmt: skip
     recording = Path(tempfile.mkdtemp()) / "live.wav"
     host = Host(lm, bus, NullSink(lm.sample_rate), sae, config, WavRecorder(recording, lm.sample_rate))
     codes: list[torch.Tensor] = []
@@ -117,6 +164,7 @@ def main() -> None:
         "knob_to_sound_ms_p95": None if status.latency_ms_p95 is None else round(status.latency_ms_p95),
         "first_audio_ms": round(first_audio_ms),
         "reprimes": status.reprimes,
+        "melody_input": args.melody_input_file,
         "context_s": lm.context_s,
         "memory": memory,
         **music_figures(lm, recording, torch.cat(codes, dim=-1) if codes else None),

@@ -22,7 +22,7 @@ from engine.errors import MgsteerError
 from engine.inputs import os_reason
 from engine.levels import soft_limit
 
-MAX_CALLBACK_FRAMES = 16384  # the largest block a sound device asks for that a mixdown covers
+MAX_CALLBACK_FRAMES = 16384  # a mixdown's buffer: a larger block is mixed in pieces of this
 
 
 class RingBuffer:
@@ -220,16 +220,16 @@ class DeviceSink(Sink):
             self.callback_frames = frames
         if self.channels == self._channels:
             self.ring.read_into(outdata if self.channels == 2 else outdata[:, 0])
-        elif self._mixdown is not None and frames <= MAX_CALLBACK_FRAMES:  # stereo stream, mono device
-            both = self._mixdown[:frames]
-            self.ring.read_into(both)
-            np.add(both[:, 0], both[:, 1], out=outdata[:, 0])
+        elif self._mixdown is not None:  # stereo stream, mono device: mixed in pieces the buffer holds
+            piece = len(self._mixdown)
+            for start in range(0, frames, piece):
+                both = self._mixdown[: min(piece, frames - start)]
+                self.ring.read_into(both)
+                np.add(both[:, 0], both[:, 1], out=outdata[start : start + len(both), 0])
             outdata *= 0.5
-        elif self._mixdown is None:  # mono stream, stereo device: the same in both
+        else:  # mono stream, stereo device: the same in both
             self.ring.read_into(outdata[:, 0])
             outdata[:, 1] = outdata[:, 0]
-        else:
-            outdata.fill(0.0)
 
     @property
     def block_seconds(self) -> float:

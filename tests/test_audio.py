@@ -147,6 +147,19 @@ def test_a_stereo_stream_mixes_down_on_a_mono_device_and_plays_apart_on_a_stereo
         np.testing.assert_allclose(outdata, expected, atol=1e-6)
 
 
+def test_a_mixdown_larger_than_its_buffer_plays_in_pieces_and_keeps_the_clock():
+    sink = DeviceSink.__new__(DeviceSink)
+    Sink.__init__(sink, 32000, 32000, channels=2)
+    sink._channels, sink.device_underflows, sink.callback_frames = 1, 0, 0
+    sink._mixdown = np.zeros((16, 2), dtype=np.float32)  # a buffer smaller than the block
+    ramp = np.arange(40, dtype=np.float32) / 40
+    sink.ring.write(np.stack([ramp, ramp], axis=1))
+    outdata = np.empty((40, 1), dtype=np.float32)
+    sink._callback(outdata, 40, None, _Status())
+    np.testing.assert_allclose(outdata[:, 0], ramp, atol=1e-6)
+    assert sink.ring.read == 40  # every frame played, none skipped
+
+
 def test_a_stereo_recording_is_a_two_channel_wav(tmp_path):
     rec = WavRecorder(tmp_path / "st.wav", 32000, channels=2)
     rec.write(np.zeros((3200, 2), dtype=np.float32))
