@@ -1,12 +1,13 @@
 """`mgsteer import-audiocraft`: an audiocraft export → a folder `--model` loads, the same model.
 
-audiocraft cannot be installed beside this torch (its transformer imports xformers, which pins
-an old torch), so the export here is laid out by `audiocraft_export`: audiocraft's own module
-names (`audiocraft/models/lm.py`: `emb`, `transformer.layers.i`, `out_norm`, `linears`;
-`audiocraft/modules/transformer.py`: `linear1/2`, `norm1/2`, `cross_attention`, `norm_cross`,
-a fused `in_proj_weight` per attention) and its export format (`{"best_state", "xp.cfg": YAML}`;
-the codec file naming a pretrained EnCodec). The imported model must give the original's
-logits and tokens.
+audiocraft cannot be installed beside this torch (it pins torch 2.1 and xformers). Two checks:
+- a fixture made once by audiocraft's own transformer code (fixtures/audiocraft/make_fixture.py):
+  its export and its logits, which the imported model must reproduce;
+- exports of the tiny text, stereo and melody models laid out by `audiocraft_export` under
+  audiocraft's names (`audiocraft/models/lm.py`: `emb`, `transformer.layers.i`, `out_norm`,
+  `linears`; `audiocraft/modules/transformer.py`: `linear1/2`, `norm1/2`, `cross_attention`,
+  `norm_cross`, a fused `in_proj_weight` per attention): the imported model must give the
+  original's logits and tokens.
 """
 
 from __future__ import annotations
@@ -173,3 +174,29 @@ def test_a_bad_export_is_one_line(tiny_lm, tmp_path, break_it, message):
     break_it(src)
     text = _one_error(lambda: import_audiocraft(src, tmp_path / "imported", progress=lambda _: None))
     assert message in text and "\n" not in text
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "audiocraft"
+
+
+def test_the_imported_model_reproduces_audiocrafts_own_forward(tiny_lm, tmp_path):
+    """The fixture was made once by audiocraft's own transformer code (fixtures/audiocraft/
+    make_fixture.py): its export, and its logits for some codes and text states."""
+    from safetensors.torch import load_file
+
+    t5, encodec = tmp_path / "t5", tmp_path / "encodec"
+    tiny_lm.model.text_encoder.save_pretrained(t5)  # width 32, what the fixture's projection takes
+    tiny_lm.tokenizer.save_pretrained(t5)
+    tiny_lm.model.audio_encoder.save_pretrained(encodec)
+    out = import_audiocraft(FIXTURE / "export", tmp_path / "imported", str(t5), str(encodec), progress=lambda _: None)
+    lm = load_musicgen(str(out), device="cpu", dtype="float32")
+    expected = load_file(str(FIXTURE / "expected.safetensors"))
+    sequence, mask = expected["sequence"], expected["mask"]
+    with torch.no_grad():
+        states = lm.model.enc_to_dec_proj(expected["text"]) * mask[..., None]
+        # audiocraft attends to a padded prompt's zeroed positions (transformers would mask them)
+        logits = lm.model.decoder(
+            input_ids=sequence.reshape(-1, sequence.shape[-1]), encoder_hidden_states=states,
+            encoder_attention_mask=torch.ones_like(mask),
+        ).logits  # fmt: skip
+    torch.testing.assert_close(logits.reshape(expected["logits"].shape), expected["logits"], atol=1e-4, rtol=1e-4)
