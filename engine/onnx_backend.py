@@ -23,7 +23,8 @@ import torch
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from engine.onnx_export import FILES, PRECISIONS, STEP_FILES, Manifest, cache_inputs, load_manifest
-from engine.prompts import tokenize_prompts
+from engine.prompts import encode_prompts, tokenize_prompts
+from engine.static_decoder import DecoderMath
 
 
 def physical_cores() -> int:
@@ -91,6 +92,7 @@ class OnnxCache:
     self_v: np.ndarray  # [L, R, H, T, D]
     cross: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # k, v, mask, any
     values: dict | None = None  # input name → OrtValue over the arrays above
+    prefix: int = 0  # a melody model's condition: the first positions, token position p at prefix + p
 
     @property
     def cross_len(self) -> int:
@@ -135,7 +137,8 @@ class OnnxBackend:
             raise MgsteerError("the ONNX backend runs on the CPU: use --device cpu (or --backend torch on a GPU)")
         self.precision = step_precision(precision, self.manifest, self.folder)
         self.threads = physical_cores()
-        self.prompt = _session(self.folder / FILES["prompt"], self.threads)
+        cross = self.manifest.condition == "cross"  # a melody model's condition is prefilled by the host
+        self.prompt = _session(self.folder / FILES["prompt"], self.threads) if cross else None
         self.step = _session(self.folder / STEP_FILES[self.precision], self.threads)
         # A model with its own codec (a planted world's) decodes with it, as on torch.
         self.codec = _session(self.folder / FILES["codec"], self.threads) if self.manifest.codec == "encodec" else None
@@ -179,10 +182,16 @@ class OnnxDecoder:
         self.max_context = max_context
         self.shape = (m.layers, rows, m.heads, min(CACHE_STEP, max_context), m.head_dim)
         self._steer_off = np.zeros(m.hidden, dtype=np.float32)
+        self.prefixed = lm.melody
+        self._math = DecoderMath(lm) if lm.melody else None
 
     def encode(self, prompts: list[str], melody=None):
-        """Cross keys, values, mask and rows-with-keys from the prompt graph (`melody` is always
-        None: melody models are not exported)."""
+        """Cross keys, values, mask and rows-with-keys from the prompt graph; for a melody model,
+        its condition's keys and values `[L, R, H, C, D]` (`DecoderMath.condition_kv`)."""
+        if self.prefixed:
+            states, _ = encode_prompts(self.lm, prompts, null_half=self.cfg, melody=melody)
+            keys, values = self._math.condition_kv(states)
+            return torch.stack(keys).numpy(), torch.stack(values).numpy()
         ids, mask = tokenize_prompts(self.lm, prompts)
         feed = {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
         k, v, mask, anyk = self.backend.prompt.run(None, feed)
@@ -197,20 +206,32 @@ class OnnxDecoder:
 
     def cache_for(self, reuse: OnnxCache | None, prompt_len: int) -> OnnxCache:
         """A cache at its smallest: a re-primed context starts short, and reading the old
-        context's length at every step would cost what the small start saves."""
-        if reuse is not None and reuse.capacity == self.shape[3]:
+        context's length at every step would cost what the small start saves. A melody
+        model's holds its condition's `prompt_len` positions first."""
+        prefix = prompt_len if self.prefixed else 0
+        layers, rows, heads, context, dim = self.shape
+        context = -(-(prefix + context) // CACHE_STEP) * CACHE_STEP if prefix else context
+        if reuse is not None and reuse.capacity == context and reuse.prefix == prefix:
             self.clear(reuse, 0, None)
             return reuse
-        layers, rows, heads, context, dim = self.shape
         keys = np.zeros((layers, rows, heads, dim, context), dtype=np.float32)
-        return OnnxCache(keys, np.zeros(self.shape, dtype=np.float32))
+        return OnnxCache(keys, np.zeros((layers, rows, heads, context, dim), dtype=np.float32), prefix=prefix)
 
     @staticmethod
     def clear(cache: OnnxCache, start: int, stop: int | None) -> None:
-        cache.self_k[..., start:stop] = 0
-        cache.self_v[:, :, :, start:stop] = 0
+        """Zero token positions start…stop (start 0: the condition's too)."""
+        first = cache.prefix + start if start else 0
+        last = None if stop is None else cache.prefix + stop
+        cache.self_k[..., first:last] = 0
+        cache.self_v[:, :, :, first:last] = 0
 
     def set_prompt(self, cache: OnnxCache, condition) -> None:
+        if self.prefixed:  # the condition's keys and values are the cache's first positions
+            keys, values = condition
+            cache.self_k[..., : cache.prefix] = keys.swapaxes(3, 4)
+            cache.self_v[:, :, :, : cache.prefix] = values
+            cache.values = cache.cache_values()
+            return
         cache.cross = condition
         arrays = dict(zip(("cross_k", "cross_v", "cross_mask", "cross_any"), condition, strict=True))
         cache.values = {name: _ort_value(a) for name, a in arrays.items()} | cache.cache_values()
@@ -218,8 +239,8 @@ class OnnxDecoder:
     def forward(self, columns: torch.Tensor, cache: OnnxCache, positions: torch.Tensor) -> torch.Tensor:
         """Logits `[R, K, n, V]`; the new positions' keys and values go into `cache`."""
         steer, rows = self._steering()
-        positions = positions.cpu().numpy().astype(np.int64)
-        cache.reserve(int(positions.max()) + 1, self.max_context)
+        positions = positions.cpu().numpy().astype(np.int64) + cache.prefix
+        cache.reserve(int(positions.max()) + 1, cache.prefix + self.max_context)
         session = self.backend.step
         binding = session.io_binding()
         for name, value in cache.values.items():

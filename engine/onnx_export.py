@@ -31,7 +31,7 @@ from engine.codec_stream import ChunkConfig
 from engine.errors import MgsteerError
 from engine.inputs import read_json_object
 from engine.model import LoadedModel
-from engine.onnx_graphs import CodecGraph, PromptGraph, StepGraph
+from engine.onnx_graphs import CodecGraph, PrefixStepGraph, PromptGraph, StepGraph
 from engine.staged import settle, staged
 
 FORMAT = "mgsteer-onnx/2"  # 2: the step graph reads the cache and no longer rewrites it
@@ -69,6 +69,9 @@ class Manifest:
     weights: str | None = None  # `weights_fingerprint` of the model exported
     codec: str = "encodec"  # "encodec": codec.onnx; "own": the model's own codec, not exported
     int4: bool = False  # step.int4.onnx: 4-bit MatMul weights (MatMulNBits)
+    # "cross": the prompt graph makes cross-attention keys; "prefix": a melody model's condition
+    # is prefilled into the cache by the host (engine.onnx_backend), no prompt graph
+    condition: str = "cross"
     format: str = FORMAT
 
     @property
@@ -123,6 +126,7 @@ def manifest_for(
         sae=sae,
         weights=weights_fingerprint(lm.model),
         codec="own" if lm.own_codec is not None else "encodec",
+        condition="prefix" if lm.melody else "cross",
     )
 
 
@@ -140,8 +144,6 @@ def export_onnx(
     """Export the three graphs of `lm` (float32, on the CPU) into `out`."""
     if lm.device.type != "cpu" or lm.dtype != torch.float32:
         raise MgsteerError("export-onnx works on the float32 CPU model: use --device cpu --dtype float32")
-    if lm.melody:
-        raise MgsteerError(f"{lm.spec} is a melody model: the ONNX export takes text models for now (--backend torch)")
     lm.check_layer(layer)
     chunk = chunk or ChunkConfig()
     frames = chunk.context + chunk.chunk + chunk.holdback
@@ -208,6 +210,15 @@ def _export(
     ]
     if lm.own_codec is not None:
         jobs = jobs[:2]  # its own codec decodes (module docstring)
+    if lm.melody:  # no cross-attention: no prompt graph, no cross inputs (engine.onnx_graphs.PrefixStepGraph)
+        cross_names = {"cross_k", "cross_v", "cross_mask", "cross_any"}
+        _, _, args, names, outputs, dynamic = jobs[1]
+        keep = [i for i, name in enumerate(names) if name not in cross_names]
+        jobs[1] = (
+            "step", PrefixStepGraph(lm, layer), tuple(args[i] for i in keep), [names[i] for i in keep], outputs,
+            {name: axes for name, axes in dynamic.items() if name not in cross_names},
+        )  # fmt: skip
+        jobs = jobs[1:]
     for name, module, args, inputs, outputs, dynamic in jobs:
         progress(f"exporting the {name} graph …")
         with torch.no_grad(), warnings.catch_warnings():
@@ -302,7 +313,8 @@ def load_manifest(folder: str | Path, lm: LoadedModel | None = None, layer: int 
         _check_fits(folder, manifest, lm)
     if layer is not None and manifest.layer != layer:
         raise MgsteerError(f"'{folder}' steers layer {manifest.layer}, but the SAE is at layer {layer}: export again")
-    graphs = [FILES["prompt"], FILES["step"]] + [FILES["codec"]] * (manifest.codec == "encodec")
+    graphs = [FILES["prompt"]] * (manifest.condition == "cross") + [FILES["step"]]
+    graphs += [FILES["codec"]] * (manifest.codec == "encodec")
     for name in [*graphs, *(STEP_FILES[p] for p in manifest.precisions[1:])]:
         if not (folder / name).is_file():
             raise MgsteerError(f"'{folder}' lacks {name}: export it again with mgsteer export-onnx")
@@ -318,6 +330,7 @@ def _check_fits(folder: Path, manifest: Manifest, lm: LoadedModel) -> None:
         "hidden": lm.hidden_size, "layers": lm.num_layers, "heads": config.num_attention_heads,
         "codebooks": lm.num_codebooks, "vocab": lm.codebook_size, "sample_rate": lm.sample_rate,
         "frame_rate": lm.frame_rate, "codec": "own" if lm.own_codec is not None else "encodec",
+        "condition": "prefix" if lm.melody else "cross",
     }  # fmt: skip
     wrong = [f"{k} {getattr(manifest, k)}, not {v}" for k, v in expected.items() if getattr(manifest, k) != v]
     if wrong:

@@ -70,6 +70,11 @@ class StepGraph(nn.Module):
         steer_rows: torch.Tensor,  # [R, 1, 1]: 1 = add `steer` to this row (0·inf would be NaN: a select)
         *cache: torch.Tensor,  # each layer's keys `[R, H, D, T]` (transposed), then its values `[R, H, T, D]`
     ):
+        cross = (cross_k, cross_v, cross_mask, cross_any)
+        return self.run(columns, positions, cross, steer, steer_rows, cache)
+
+    def run(self, columns, positions, cross: tuple | None, steer, steer_rows, cache):
+        """The step; `cross` None: a melody model's layers, whose condition is in the cache."""
         math = self.math
         hidden = math.embed(columns, positions)
         # The cache holds positions before this call's first: later ones are stale or zero.
@@ -87,11 +92,21 @@ class StepGraph(nn.Module):
                 new_v.append(value)
                 return split_attention(query, (self_k[i], self_v[i], old_bias), (key, value, new_bias))
 
-            hidden = math.layer(layer, hidden, attend, (cross_k[i], cross_v[i], cross_mask, cross_any))
+            crossed = None if cross is None else (cross[0][i], cross[1][i], cross[2], cross[3])
+            hidden = math.layer(layer, hidden, attend, crossed)
             if i == self.steer_layer:
                 hidden = torch.where(steer_rows > 0.5, hidden + steer.to(hidden.dtype), hidden)
                 residual = hidden
         return math.logits(hidden), torch.stack(new_k), torch.stack(new_v), residual
+
+
+class PrefixStepGraph(StepGraph):
+    """The step of a melody model: no cross-attention inputs. Its condition's keys and values
+    fill the cache's first positions (the host computes them once per prompt and melody,
+    `DecoderMath.condition_kv`) and `positions` count from there."""
+
+    def forward(self, columns, positions, steer, steer_rows, *cache):
+        return self.run(columns, positions, None, steer, steer_rows, cache)
 
 
 def split_attention(query: torch.Tensor, old: tuple, new: tuple) -> torch.Tensor:

@@ -101,9 +101,6 @@ def choose_backend(lm: LoadedModel, layer: int | None, onnx_dir: str | None = No
     if lm.device.type != "cpu":
         say(f"backend auto: torch on {lm.device.type} (a GPU steps fastest in torch)")
         return None
-    if lm.melody:
-        say(f"backend auto: torch (a {lm.family} model: the ONNX backend takes text models for now)")
-        return None
     steer_layer = layer if layer is not None else lm.num_layers // 2
     folder = Path(onnx_dir) if onnx_dir else export_folder(lm, steer_layer)
     here = machine_key()

@@ -145,23 +145,16 @@ class StaticDecoder:
         cache.cross_mask.copy_(mask[:, None, None, :])
         cache.cross_any.copy_(mask.any(dim=1)[:, None, None])
 
-    @torch.no_grad()
     def _prefill_condition(self, cache: CacheSet, states: torch.Tensor) -> None:
-        """A melody model's condition `[rows, C, hidden]` through every layer (causal, no hooks)
-        into cache positions 0…C−1; the positions up to `prefix` stay masked."""
-        math, length = self.math, states.shape[1]
+        """A melody model's condition `[rows, C, hidden]` into cache positions 0…C−1; the
+        positions up to `prefix` stay masked."""
+        length = states.shape[1]
         self.clear(cache, 0, None)
         cache.prefix_len.fill_(length)
-        positions = torch.arange(length, device=states.device)
-        hidden = states.to(self.lm.dtype) + math.inner.embed_positions.weights[:length].to(self.lm.dtype)
-        for i, layer in enumerate(math.inner.layers):
-
-            def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, i: int = i) -> torch.Tensor:
-                cache.self_k[i].index_copy_(2, positions, key)
-                cache.self_v[i].index_copy_(2, positions, value)
-                return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=math.scale)
-
-            hidden = math.layer(layer, hidden, attend, None)
+        keys, values = self.math.condition_kv(states)
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+            cache.self_k[i, :, :, :length] = key
+            cache.self_v[i, :, :, :length] = value
 
     def forward(self, columns: torch.Tensor, cache: CacheSet, positions: torch.Tensor) -> torch.Tensor:
         """Logits `[rows, K, n, vocab]` for delayed columns `[rows, K, n]` at cache positions
@@ -232,6 +225,25 @@ class DecoderMath:
         table = self.inner.embed_positions
         if table.weights.shape[0] < count:
             table.make_weights(count, table.embedding_dim)
+
+    @torch.no_grad()
+    def condition_kv(self, states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A melody model's condition `[rows, C, hidden]` through every layer (causal, no hooks:
+        neither steered nor recorded) → each layer's keys and values `[rows, heads, C, head_dim]`,
+        what the tokens after it attend to (the torch step and the ONNX backend alike)."""
+        length, dtype = states.shape[1], self.inner.layer_norm.weight.dtype
+        hidden = states.to(dtype) + self.inner.embed_positions.weights[:length].to(device=states.device, dtype=dtype)
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+
+        def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            keys.append(key)
+            values.append(value)
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=self.scale)
+
+        for layer in self.inner.layers:
+            hidden = self.layer(layer, hidden, attend, None)
+        return keys, values
 
     def embed(self, columns: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Delayed columns `[rows, K, n]` at `positions` `[n]` → the first residual."""

@@ -73,7 +73,9 @@ def test_every_command_takes_the_stereo_model_or_says_in_one_line_why_not(comman
         (["harvest", "--audio", "{tmp}/clips", "--layers", "1", "--out", "{tmp}/acts"], None),
         (["play", "--no-audio", "--seconds", "1", "--backend", "torch", "--melody", "{tmp}/tune.wav",
           "--out", "{tmp}/play.wav"], None),
-        (["export-onnx", "--out", "{tmp}/onnx"], "tiny-melody is a melody model: the ONNX export takes text models"),
+        (["export-onnx", "--out", "{tmp}/onnx"], None),
+        (["play", "--no-audio", "--seconds", "1", "--backend", "onnx", "--onnx-dir", "{tmp}/onnx", "--melody",
+          "{tmp}/tune.wav", "--out", "{tmp}/play.wav"], None),
         (["render", "--seconds", "0.5", "--melody", "{tmp}/none.wav"], "does not exist"),
     ],
 )  # fmt: skip
@@ -85,6 +87,8 @@ def test_every_command_takes_the_melody_model_or_says_in_one_line_why_not(comman
     write_wav(tmp_path / "tune.wav", (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
     (tmp_path / "clips").mkdir()
     write_wav(tmp_path / "clips" / "a.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 32000)
+    if "--onnx-dir" in command:  # streamed on ONNX Runtime: the graphs first
+        assert main(["export-onnx", "--model", "tiny-melody", "--out", str(tmp_path / "onnx")]) == 0
     args = [a.format(tmp=tmp_path) for a in command] + ["--model", "tiny-melody"]
     code = main(args)
     out, err = capsys.readouterr()

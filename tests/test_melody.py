@@ -171,11 +171,3 @@ def test_a_melody_on_a_text_model_is_refused_by_the_host(tiny_lm, a_melody):
 
     with pytest.raises(MgsteerError, match="not a melody model"):
         Host(tiny_lm, ParameterBus(), NullSink(tiny_lm.sample_rate), None, HostConfig(melody=FileMelody(a_melody)))
-
-
-def test_auto_plays_a_melody_model_in_torch_and_says_why(melody_lm):
-    from engine.runtime_choice import choose_backend
-
-    lines: list[str] = []
-    assert choose_backend(melody_lm, None, say=lines.append) is None
-    assert len(lines) == 1 and "the ONNX backend takes text models" in lines[0]

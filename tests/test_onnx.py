@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import SAE_LAYER, alive_features
@@ -13,6 +14,7 @@ from conftest import SAE_LAYER, alive_features
 from cli.main import main
 from engine.codec import decode_codes
 from engine.errors import MgsteerError
+from engine.melody import chroma
 from engine.onnx_backend import CACHE_STEP, OnnxBackend, physical_cores
 from engine.onnx_export import FILES, MANIFEST, export_onnx, load_manifest
 from engine.render import render
@@ -297,3 +299,26 @@ def test_a_steering_curve_plays_the_same_on_onnx(tiny_lm, tiny_sae, exported):
     torch_run = render(tiny_lm, "simple melody", 1.0, SamplingConfig(seed=2), tiny_sae, spec)
     plain = render(tiny_lm, "simple melody", 1.0, SamplingConfig(seed=2), tiny_sae, SteeringSpec(), backend=backend)
     assert torch.equal(onnx.codes, torch_run.codes) and not torch.equal(onnx.codes, plain.codes)
+
+
+def test_a_melody_model_exports_and_plays_the_same_tokens_through_a_new_melody(melody_lm, a_melody, tmp_path):
+    """No prompt graph: the host prefills the condition (chroma, then text) into the cache's first
+    positions and the step graph counts from there; a re-prime on another melody refills them."""
+    export_onnx(melody_lm, tmp_path, layer=1, max_context=CONTEXT, progress=lambda _: None)
+    assert not (tmp_path / "prompt.onnx").exists()
+    backend = OnnxBackend(tmp_path, melody_lm, None, "fp32")
+    t = np.arange(32000) / 32000
+    other = chroma(np.sin(2 * np.pi * 392 * t).astype(np.float32), 32000)
+    codes = []
+    for kw in ({}, {"backend": backend}):
+        loop = TokenLoop(
+            melody_lm, ["simple melody"], SamplingConfig(seed=5), max_context=CONTEXT, melody=a_melody, **kw
+        )
+        out = [loop.frames(60)]
+        loop.begin_reprime(20, melody=other)
+        while loop.repriming:
+            out.append(loop.step())
+            loop.reprime_step(8)
+        out.append(loop.frames(20))
+        codes.append(torch.cat(out, dim=-1))
+    assert torch.equal(codes[0], codes[1])
