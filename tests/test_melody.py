@@ -171,3 +171,27 @@ def test_a_melody_on_a_text_model_is_refused_by_the_host(tiny_lm, a_melody):
 
     with pytest.raises(MgsteerError, match="not a melody model"):
         Host(tiny_lm, ParameterBus(), NullSink(tiny_lm.sample_rate), None, HostConfig(melody=FileMelody(a_melody)))
+
+
+def test_no_input_device_is_one_line(monkeypatch):
+    import engine.melody_input as melody_input
+
+    class NoDevices:
+        class PortAudioError(Exception):
+            pass
+
+        @staticmethod
+        def query_devices(device, kind):
+            raise NoDevices.PortAudioError("Error querying device -1")
+
+    monkeypatch.setattr(melody_input, "import_sounddevice", lambda: NoDevices)
+    with pytest.raises(MgsteerError, match="no audio input device for --melody-input") as info:
+        LiveMelody()
+    assert "\n" not in str(info.value) and "--melody FILE" in str(info.value)
+
+    def no_portaudio():
+        raise MgsteerError("audio output unavailable (no PortAudio); install PortAudio; or use --no-audio")
+
+    monkeypatch.setattr(melody_input, "import_sounddevice", no_portaudio)
+    with pytest.raises(MgsteerError, match="no audio input for --melody-input: audio output unavailable"):
+        LiveMelody()
