@@ -154,7 +154,8 @@ def evaluate_steering(
         sampling = replace(cfg.sampling, seed=seed)
         out = render(lm, prompt, cfg.seconds, sampling, sae=loaded if steer else None, **steer)
         bar.update(1)
-        return Clip(out.audio, WindowCodes(out.codes.cpu().numpy()))
+        audio = out.audio.mean(axis=1) if out.audio.ndim == 2 else out.audio  # stereo: the scorers hear the mix
+        return Clip(audio, WindowCodes(out.codes.cpu().numpy()))
 
     def score(concept: str, clips: list[Clip]) -> np.ndarray | None:
         return window_scores(scorer, concept, [c.audio for c in clips], lm.sample_rate, [c.codes for c in clips])

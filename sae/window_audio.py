@@ -63,5 +63,7 @@ class WindowAudio:
         lo = max(0, window.start - CONTEXT_FRAMES)
         hi = min(codes.shape[1], window.stop + CONTEXT_FRAMES)
         audio = decode_codes(self.lm, codes[None, :, lo:hi])[0].cpu().numpy()
+        if audio.ndim == 2:  # a stereo model's [2, samples]: the labelers hear the mix
+            audio = audio.mean(axis=0)
         first = (window.start - lo) * self.hop
         return audio[first : first + (window.stop - window.start) * self.hop].astype(np.float32)

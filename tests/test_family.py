@@ -107,3 +107,50 @@ def test_every_command_takes_the_melody_model_or_says_in_one_line_why_not(comman
         store = ActivationStore(tmp_path / "acts")
         acts = store.load_layer(1)
         assert store.rows() == len(acts) > 0 and acts.shape[1] == 64 and torch.isfinite(acts).all()
+
+
+@pytest.mark.parametrize("model", ["tiny-stereo", "tiny-melody"])
+def test_the_sae_tool_chain_takes_each_family(model, tmp_path, capsys):
+    """harvest → train → label → eval-steer → info, and a knob from examples that steers a render."""
+    from engine.wavfile import write_wav
+
+    clips, acts, sae, knob = tmp_path / "clips", tmp_path / "acts", tmp_path / "sae", tmp_path / "knob"
+    clips.mkdir()
+    t = np.arange(32000) / 32000
+    for i, hz in enumerate((220.0, 330.0, 440.0)):
+        write_wav(clips / f"tone{i}.wav", (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 32000)
+    m = ["--model", model]
+    assert main(["harvest", *m, "--audio", str(clips), "--clip-seconds", "1", "--layers", "2", "--out", str(acts)]) == 0
+    assert main(["train", "--acts", str(acts), "--layer", "2", "--out", str(sae), "--k", "4", "--expansion", "2",
+                 "--steps", "30", "--batch-size", "64"]) == 0  # fmt: skip
+    assert main(["label", "--sae", str(sae), "--acts", str(acts), "--features", "all", "--labelers", "descriptors",
+                 "--limit", "2", "--top-n", "2", "--negatives", "2", "--window-s", "0.5"]) == 0  # fmt: skip
+    assert main(["eval-steer", *m, "--sae", str(sae), "--features", "0", "--concept", "0=bright",
+                 "--scorer", "descriptors", "--seconds", "0.3", "--seeds", "1", "--no-prompt-baseline",
+                 "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
+    assert main(["info", *m, "--sae", str(sae)]) == 0
+    assert "fits       yes" in capsys.readouterr().out
+    concept = ["concept", *m, "--out", str(knob), "--seconds", "0.5", "--takes", "2", "--layer", "2"]
+    assert main([*concept, "--positive", "techno groove", "--positive", "fast drums",
+                 "--negative", "sad cello", "--negative", "calm"]) == 0  # fmt: skip
+    render = ["render", *m, "--seconds", "0.5", "--backend", "torch"]
+    assert main([*render, "--out", str(tmp_path / "plain.wav")]) == 0
+    assert main([*render, "--out", str(tmp_path / "steered.wav"), "--sae", str(knob), "--steer", "0=2"]) == 0
+    assert (tmp_path / "plain.wav").read_bytes() != (tmp_path / "steered.wav").read_bytes()
+
+
+def test_a_stereo_window_decoded_from_tokens_is_the_mono_mix(stereo_lm, tmp_path):
+    from engine.codec import decode_codes
+    from sae.examples import Window
+    from sae.harvest import harvest_to_store, prompt_clips
+    from sae.store import ActivationStore
+    from sae.window_audio import WindowAudio
+
+    (tmp_path / "prompts.txt").write_text("simple melody\n")
+    harvest_to_store(stereo_lm, prompt_clips(tmp_path / "prompts.txt", 1.0), [1], tmp_path / "acts", "prompts")
+    store = ActivationStore(tmp_path / "acts")
+    decoded = WindowAudio(store, stereo_lm)(Window(clip=0, start=10, stop=35, peak=20, activation=1.0))
+    hop = stereo_lm.sample_rate // stereo_lm.frame_rate
+    both = decode_codes(stereo_lm, store.clip_codes(0)[None])[0].numpy()  # [2, samples]
+    assert decoded.shape == (25 * hop,)
+    np.testing.assert_allclose(decoded, both.mean(axis=0)[10 * hop : 35 * hop], atol=1e-3)
