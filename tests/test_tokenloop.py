@@ -149,7 +149,16 @@ def test_the_stereo_loop_matches_hf_generate_in_both_channels(stereo_lm, guidanc
 @pytest.mark.parametrize("with_melody", [True, False])
 def test_the_melody_loop_matches_hf_generate(melody_lm, a_melody, guidance, with_melody):
     """musicgen-melody: the condition (chroma, then text; the null melody without one) prepended
-    and prefilled once, the tokens then exactly those of transformers' generate."""
+    and prefilled once, the tokens then exactly those of transformers' generate.
+
+    transformers 5.17's melody generate strays from its own forward (greedy, it picks other
+    tokens than a cache-free argmax of that forward; 5.25's agrees with both): the engine's step
+    is checked against the forward on every version (test_static_step), against generate from
+    5.25."""
+    import transformers
+
+    if tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 25):
+        pytest.skip(f"transformers {transformers.__version__}'s melody generate strays from its own forward")
     frames, prompt = 30, ["techno groove with a driving kick"]
     tok = melody_lm.tokenizer(prompt, return_tensors="pt")
     melody = a_melody if with_melody else None
