@@ -17,7 +17,11 @@ own conversion script does:
 
 The T5 text encoder is not in the checkpoint (audiocraft keeps it frozen, outside the state):
 it is loaded by the name the config gives (`t5-base` → google-t5/t5-base) or `--text-encoder`.
-The codec is the pretrained EnCodec the compression checkpoint names, or `--codec`. Anything
+The codec is the pretrained EnCodec the compression checkpoint names, or the one it holds
+(a SEANet EnCodec trained with audiocraft, renamed as transformers' EnCodec conversion does:
+`encoder/decoder.model.i` → `layers.i`, the `conv.conv`/`convtr.convtr` wrappers dropped,
+weight norm's `weight_g`/`weight_v` → its parametrisation, `quantizer.vq.layers.i._codebook`
+→ `quantizer.layers.i.codebook`), or `--codec`. Anything
 that does not map — a key, a shape, a setting transformers' MusicGen has no place for — is
 listed, one line each, and nothing is written.
 """
@@ -72,13 +76,13 @@ class Checkpoint:
 
     state: dict[str, torch.Tensor]
     cfg: dict[str, Any]
-    codec: str | None  # the pretrained EnCodec it names (None: it trained its own)
+    codec: str | None  # the pretrained EnCodec it names (None: it trained its own…)
+    codec_state: dict[str, torch.Tensor] | None = None  # …these weights
+    codec_cfg: dict[str, Any] | None = None  # …built so
 
 
 def read_checkpoint(src: str | Path) -> Checkpoint:
     """Both files of an audiocraft folder, weights only; one line when either cannot be read."""
-    import yaml
-
     folder = Path(src).expanduser()
     if not folder.is_dir():
         raise MgsteerError(f"'{src}' is not a folder: give the folder holding {LM_FILE} and {CODEC_FILE}")
@@ -86,16 +90,32 @@ def read_checkpoint(src: str | Path) -> Checkpoint:
     codec = _load(folder / CODEC_FILE)
     if not isinstance(lm, dict) or "best_state" not in lm or "xp.cfg" not in lm:
         raise MgsteerError(f"{folder / LM_FILE} has no best_state and xp.cfg: it is not an audiocraft LM export")
-    cfg = lm["xp.cfg"]
-    if isinstance(cfg, str):
-        try:
-            cfg = yaml.safe_load(cfg)
-        except yaml.YAMLError as exc:
-            raise MgsteerError(f"{folder / LM_FILE}: its xp.cfg is not readable YAML ({exc})") from exc
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("transformer_lm"), dict):
+    cfg = _yaml(lm["xp.cfg"], folder / LM_FILE)
+    if not isinstance(cfg.get("transformer_lm"), dict):
         raise MgsteerError(f"{folder / LM_FILE}: its xp.cfg has no transformer_lm section")
     named = codec.get("pretrained") if isinstance(codec, dict) else None
-    return Checkpoint(state=dict(lm["best_state"]), cfg=cfg, codec=str(named) if named else None)
+    if named:
+        return Checkpoint(state=dict(lm["best_state"]), cfg=cfg, codec=str(named))
+    if not isinstance(codec, dict) or "best_state" not in codec or "xp.cfg" not in codec:
+        raise MgsteerError(f"{folder / CODEC_FILE} names no pretrained codec and holds no best_state and xp.cfg")
+    return Checkpoint(
+        state=dict(lm["best_state"]), cfg=cfg, codec=None, codec_state=dict(codec["best_state"]),
+        codec_cfg=_yaml(codec["xp.cfg"], folder / CODEC_FILE),
+    )  # fmt: skip
+
+
+def _yaml(text, where: Path) -> dict:
+    import yaml
+
+    if isinstance(text, dict):
+        return text
+    try:
+        out = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MgsteerError(f"{where}: its xp.cfg is not readable YAML ({exc})") from exc
+    if not isinstance(out, dict):
+        raise MgsteerError(f"{where}: its xp.cfg is not a mapping")
+    return out
 
 
 def _load(path: Path):
@@ -251,17 +271,18 @@ def import_audiocraft(
     )
     codec_name = codec or ckpt.codec
     if codec_name is None:
-        raise MgsteerError(
-            f"{Path(src) / CODEC_FILE} holds a codec trained with audiocraft, which is not imported yet: "
-            "give --codec DIR|ID (an EnCodec in transformers' format, e.g. facebook/encodec_32khz)"
+        progress("codec: the one the export holds")
+        encodec = codec_from_audiocraft(ckpt.codec_state, ckpt.codec_cfg, problems)
+        if problems:
+            raise UnmappedCheckpoint(src, problems)
+    else:
+        progress(f"codec: {codec_name}")
+        (encodec,) = fetch_pretrained(
+            codec_name,
+            lambda source, local: load_parts(source, local, "codec", "an EnCodec", EncodecModel),
+            "codec",
+            "give --codec DIR|ID (an EnCodec in transformers' format, e.g. facebook/encodec_32khz)",
         )
-    progress(f"codec: {codec_name}")
-    (encodec,) = fetch_pretrained(
-        codec_name,
-        lambda source, local: load_parts(source, local, "codec", "an EnCodec", EncodecModel),
-        "codec",
-        "give --codec DIR|ID (an EnCodec in transformers' format, e.g. facebook/encodec_32khz)",
-    )
     kind = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
     with quiet_transformers():
         model = kind(text_encoder=t5, audio_encoder=encodec, decoder=decoder)
@@ -283,6 +304,64 @@ def import_audiocraft(
         model.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
     return Path(out)
+
+
+def codec_from_audiocraft(state: dict[str, torch.Tensor], cfg: dict, problems: list[str]):
+    """transformers' EnCodec holding the weights of a SEANet EnCodec trained with audiocraft."""
+    import math
+
+    from transformers import EncodecConfig, EncodecModel
+
+    from engine.hub import quiet_transformers
+
+    seanet, rvq = cfg.get("seanet") or {}, cfg.get("rvq") or {}
+    if seanet.get("norm", "weight_norm") != "weight_norm":
+        problems.append(f"compression seanet.norm is {seanet.get('norm')!r}: only weight_norm is imported")
+    if seanet.get("causal", False) or seanet.get("disable_norm_outer_blocks", 0):
+        problems.append("compression seanet: causal or norm-less outer blocks, which transformers' EnCodec lacks")
+    rate, n_q, bins = int(cfg.get("sample_rate", 32000)), int(rvq.get("n_q", 4)), int(rvq.get("bins", 2048))
+    ratios = [int(r) for r in seanet.get("ratios", [8, 5, 4, 4])]
+    frame_rate = rate / math.prod(ratios)
+    config = EncodecConfig(
+        sampling_rate=rate, audio_channels=int(cfg.get("channels", 1)), upsampling_ratios=ratios,
+        codebook_size=bins, codebook_dim=int(seanet.get("dimension", 128)),
+        hidden_size=int(seanet.get("dimension", 128)), num_filters=int(seanet.get("n_filters", 32)),
+        num_residual_layers=int(seanet.get("n_residual_layers", 1)), kernel_size=int(seanet.get("kernel_size", 7)),
+        last_kernel_size=int(seanet.get("last_kernel_size", 7)),
+        residual_kernel_size=int(seanet.get("residual_kernel_size", 3)),
+        dilation_growth_rate=int(seanet.get("dilation_base", 2)), use_causal_conv=False,
+        pad_mode=str(seanet.get("pad_mode", "reflect")), compress=int(seanet.get("compress", 2)),
+        num_lstm_layers=int(seanet.get("lstm", 2)), use_conv_shortcut=not seanet.get("true_skip", True),
+        target_bandwidths=[n_q * frame_rate * math.log2(bins) / 1000], normalize=False, norm_type="weight_norm",
+    )  # fmt: skip
+    with quiet_transformers():
+        model = EncodecModel(config)
+    renamed = {}
+    for key, value in state.items():
+        name = _codec_name(key)
+        if name is None:
+            problems.append(f"compression {key} {tuple(value.shape)}: no place for it in transformers' EnCodec")
+        else:
+            renamed[name] = value
+    _checked_load(model, renamed, "compression ", problems)
+    return model.eval()
+
+
+def _codec_name(key: str) -> str | None:
+    """An audiocraft EnCodec key → transformers' (None: it has no place there)."""
+    if m := re.fullmatch(r"quantizer\.vq\.layers\.(\d+)\._codebook\.(inited|cluster_size|embed|embed_avg)", key):
+        return f"quantizer.layers.{m[1]}.codebook.{m[2]}"
+    m = re.fullmatch(
+        r"(encoder|decoder)\.model\.(\d+)\.(block\.\d+\.|shortcut\.)?(conv\.conv|convtr\.convtr|lstm)\.(.+)", key
+    )
+    if m is None:
+        return None
+    side, index, inner, wrapper, rest = m.groups()
+    module = "lstm" if wrapper == "lstm" else "conv"
+    rest = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}.get(
+        rest, rest
+    )
+    return f"{side}.layers.{index}.{inner or ''}{module}.{rest}"
 
 
 def _t5_name(cfg: dict) -> str:
