@@ -383,9 +383,12 @@ def test_a_melody_model_shows_what_it_follows_and_follow_now_writes_the_bus(qtbo
     window.close()
 
 
-def test_a_text_model_shows_no_melody_panel(qtbot, tmp_path):
-    window = _window(qtbot, tmp_path)
+@pytest.mark.parametrize("model", ["tiny", "tiny-stereo"])
+def test_a_text_model_plays_and_shows_no_melody_panel(qtbot, tmp_path, model):
+    window = _window(qtbot, tmp_path, model=model)
     assert not window.melody.isVisible()
+    qtbot.waitUntil(lambda: window.session.host.status().position_s > 0.3, timeout=LOAD_MS)
+    assert window.session.host.sink.channels == window.session.lm.audio_channels
     window.close()
 
 

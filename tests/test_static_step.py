@@ -151,3 +151,22 @@ def test_a_dropped_loop_is_freed_without_the_cycle_collector(tiny_lm):
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_melody_condition_shorter_than_its_cache_room_is_masked(melody_lm, a_melody):
+    """On a GPU a melody model's condition room is rounded up (so a new prompt keeps the captured
+    graph); the positions past the condition must be masked: the same logits as a cache with
+    exactly the condition's room."""
+    enc, mask = encode_prompts(melody_lm, ["techno groove"], null_half=True, melody=a_melody)
+    columns = torch.randint(0, melody_lm.codebook_size, (2, melody_lm.num_codebooks, 12))
+    decoder = StaticDecoder(melody_lm, rows=2, max_context=16)
+    out = []
+    with torch.no_grad():
+        for room in (enc.shape[1], enc.shape[1] + 29):
+            cache = decoder.new_cache(room)
+            decoder.set_prompt(cache, (enc, mask))
+            assert cache.prefix == room and int(cache.prefix_len) == enc.shape[1]
+            out.append(
+                torch.cat([decoder.forward(columns[..., p : p + 1], cache, torch.tensor([p])) for p in range(12)], 2)
+            )
+    torch.testing.assert_close(out[1], out[0], atol=1e-5, rtol=1e-5)
