@@ -436,6 +436,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     frames = lm.max_positions - lm.delay_steps
     channels = "stereo (codebooks 0, 2, 4, … left)" if lm.audio_channels == 2 else "mono"
     print(f"audio      {lm.sample_rate} Hz, {lm.frame_rate} frames/s, {channels}")
+    if lm.melody:
+        chroma = int(lm.model.config.chroma_length)
+        print(f"condition  prepended: {chroma} chroma frames of the melody (--melody), then the prompt's tokens")
     print(f"one pass   ≤ {frames} frames ({frames / lm.frame_rate:g} s)")
     if not args.sae:
         return

@@ -27,7 +27,8 @@ def test_info_names_each_family(capsys):
     assert main(["info", "--model", "tiny"]) == 0
     assert "family     mono, text\n" in capsys.readouterr().out
     assert main(["info", "--model", "tiny-melody"]) == 0
-    assert "family     mono, text + melody" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "family     mono, text + melody" in out and "condition  prepended: 235 chroma frames" in out
 
 
 @pytest.mark.parametrize(
