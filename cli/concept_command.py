@@ -20,7 +20,7 @@ def add_concept_command(sub) -> None:
         group = c.add_mutually_exclusive_group(required=True)
         group.add_argument(f"--{side}", action="append", metavar="PROMPT", help=f"a {side} prompt (repeat the flag)")
         group.add_argument(f"--{side}-audio", metavar="DIR", help=f"an audio folder of {side} examples")
-    c.add_argument("--method", default="mean-diff", choices=("mean-diff", "probe"), help="how the direction is found")
+    c.add_argument("--method", default="mean-diff", help="how the direction is found: mean-diff, probe or rfm")
     c.add_argument("--seconds", type=types.SECONDS, default=4.0, help="seconds per clip")
     c.add_argument("--takes", type=types.whole(1, 100), default=4, help="clips generated per prompt (one seed each)")
     c.add_argument("--seed", type=types.SEED, default=0, help="first sampling seed for prompted clips")
@@ -29,8 +29,10 @@ def add_concept_command(sub) -> None:
 
 def cmd_concept(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
-    from sae.concept import audio_residuals, build_concept, prompt_residuals, save_concept
+    from sae.concept import METHODS, audio_residuals, build_concept, prompt_residuals, save_concept
 
+    if args.method not in METHODS:
+        raise MgsteerError(f"unknown concept method '{args.method}': use {', '.join(METHODS)}")
     out = output_dir(args.out)
     if out.is_dir() and any(out.iterdir()) and not (out / "concept.json").is_file():
         raise MgsteerError(f"--out '{out}' holds other files; give an empty folder or an earlier concept to replace")

@@ -77,7 +77,10 @@ class ExamplesDialog(QDialog):
         self.label.setPlaceholderText("e.g. busier drums")
         self.method = QComboBox()
         self.method.addItems(METHODS)
-        self.method.setToolTip("mean-diff: robust with few clips; probe: discounts what varies inside each set")
+        self.method.setToolTip(
+            "mean-diff: robust with few clips; probe: discounts what varies inside each set; "
+            "rfm: a kernel machine's most predictive direction"
+        )
         sides = QHBoxLayout()
         sides.addWidget(self.positive)
         sides.addWidget(self.negative)

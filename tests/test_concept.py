@@ -10,7 +10,7 @@ import torch
 from cli.main import main
 from engine.errors import MgsteerError
 from engine.steering import Steerer
-from sae.concept import CONCEPT_FILE, append_concept, auroc, build_concept, fit_direction, save_concept
+from sae.concept import CONCEPT_FILE, METHODS, append_concept, auroc, build_concept, fit_direction, save_concept
 from sae.files import load_sae
 
 
@@ -20,8 +20,8 @@ def _clips(d: int, shift: torch.Tensor, count: int, gen: torch.Generator, noise:
     return [torch.randn(20, d, generator=gen) * scale + shift for _ in range(count)]
 
 
-@pytest.mark.parametrize("method", ["mean-diff", "probe"])
-def test_both_methods_recover_a_planted_direction_and_separate_held_out_clips(method):
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_recovers_a_planted_direction_and_separate_held_out_clips(method):
     gen = torch.Generator().manual_seed(0)
     d = 32
     u = torch.randn(d, generator=gen)
@@ -52,6 +52,22 @@ def test_the_probe_discounts_a_direction_that_varies_a_lot_inside_each_set():
     probe = build_concept(pos, neg, "probe")
     assert torch.dot(probe.direction, u) > 0.95 > torch.dot(mean.direction, u)
     assert probe.heldout_auroc > mean.heldout_auroc
+
+
+def test_rfm_finds_a_quality_the_sets_do_not_differ_in_on_average():
+    """Positive frames sit far out along u on either side (a loud accent, up or down), negative
+    ones near 0: the means are alike, so neither the mean difference nor a linear probe points
+    at u, and the kernel machine's most predictive direction does."""
+    gen = torch.Generator().manual_seed(3)
+    d = 16
+    u = torch.eye(d)[0]
+    accent = 3 * u * torch.tensor([1.0, -1.0]).repeat(10)[:, None]
+    pos = [torch.randn(20, d, generator=gen) * 0.3 + accent for _ in range(6)]
+    neg = [torch.randn(20, d, generator=gen) * 0.3 for _ in range(6)]
+    rfm = fit_direction(torch.cat(pos), torch.cat(neg), "rfm")
+    assert abs(torch.dot(rfm, u)) / rfm.norm() > 0.9
+    for method in ("mean-diff", "probe"):
+        assert abs(torch.dot(fit_direction(torch.cat(pos), torch.cat(neg), method), u)) < 0.5
 
 
 def test_a_concept_is_an_sae_folder_every_path_reads(tmp_path):
