@@ -26,6 +26,26 @@ def model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL, 
     p.add_argument("--dtype", default="auto", help="auto (float32), float32, float16, bfloat16")
 
 
+def sae_args(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--sae", help=help_text)
+    p.add_argument(
+        "--concept", action="append", default=[], metavar="DIR",
+        help="a knob from examples (mgsteer concept, or one the window made), added to the SAE as its next "
+        "feature; repeatable; without --sae the first is feature 0",
+    )  # fmt: skip
+
+
+def load_steering_sae(args: argparse.Namespace, device):
+    """The SAE of `--sae` grown by every `--concept`, each new feature id said in one line."""
+    from sae.concept import with_concepts
+    from sae.files import load_sae
+
+    sae, added = with_concepts(load_sae(args.sae, device) if args.sae else None, args.concept, device)
+    for feature, name in added:
+        print(f"concept '{name}': feature {feature}")
+    return sae
+
+
 def graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--graph",

@@ -50,12 +50,14 @@ def run_gui(args: argparse.Namespace) -> None:
     given = args.model not in (None, DEFAULT_MODEL)
     model = args.model if given else preset.model if preset is not None else args.model or "tiny"
     sae = args.sae or (preset.sae if preset is not None else None)
-    if steers and not sae:
-        raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
+    concepts = tuple(args.concept) or (preset.concepts if preset is not None else ())
+    if steers and not (sae or concepts):
+        raise MgsteerError("--steer needs --sae DIR (or --concept DIR): the features are that SAE's")
     controller_settings(args, preset)
     spec = SessionSpec(
         model=model,
         sae=sae,
+        concepts=concepts,
         device=args.device,
         dtype=args.dtype,
         knobs=getattr(args, "knobs", None) or min(MAX_KNOBS, max(8, len(preset.knobs) if preset else 0)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from cli import argtypes as types
-from cli.common import backend_args, graph_args, sampling_args
+from cli.common import backend_args, graph_args, sae_args, sampling_args
 from engine.errors import MgsteerError
 from engine.limits import LATENCY_PROFILES
 
@@ -18,7 +18,7 @@ PRESETS_HINT = "not given: $XDG_CONFIG_HOME/mgsteer/presets, else ~/.config/mgst
 
 def live_args(p: argparse.ArgumentParser) -> None:
     """SAE, prompt, steering, transport, audio, preset, OSC and MIDI flags."""
-    p.add_argument("--sae", help="SAE folder; needed for --steer and for knobs")
+    sae_args(p, "SAE folder; needed for --steer and for knobs")
     p.add_argument("--prompt", default="simple melody", help="what to play, in words")
     p.add_argument(
         "--melody", metavar="FILE", help="a melody model follows this audio's melody (WAV; more with soundfile)"

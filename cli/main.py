@@ -17,10 +17,12 @@ from cli.common import (
     feature_list,
     graph_args,
     layer_list,
+    load_steering_sae,
     model_args,
     open_backend,
     parse_filter,
     progress_bars,
+    sae_args,
     sampling_args,
     sampling_config,
     stop_on_signals,
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="render one steered clip to a WAV file")
     model_args(r)
-    r.add_argument("--sae", help="SAE folder (cfg.json + sae_weights.safetensors + feature_stats.safetensors)")
+    sae_args(r, "SAE folder (cfg.json + sae_weights.safetensors + feature_stats.safetensors)")
     r.add_argument("--prompt", default="simple melody", help="what to play, in words")
     r.add_argument(
         "--melody", metavar="FILE", help="a melody model follows this audio's melody (WAV; more with soundfile)"
@@ -181,11 +183,10 @@ def cmd_render(args: argparse.Namespace) -> None:
     from engine.model import load_musicgen
     from engine.render import frames_for, render, write_wav
     from engine.steering import SteeringSpec, parse_steer
-    from sae.files import load_sae
 
     steers = tuple(parse_steer(s, curves=True) for s in args.steer)
-    if steers and not args.sae:
-        raise MgsteerError("--steer needs --sae DIR: the features are that SAE's")
+    if steers and not (args.sae or args.concept):
+        raise MgsteerError("--steer needs --sae DIR (or --concept DIR): the features are that SAE's")
     if args.backend == "onnx" and args.mode == "clamp":
         raise MgsteerError("clamp-mode steering runs on the torch backend only: use --backend torch")
     if args.mode == "clamp":
@@ -195,7 +196,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
     frames_for(lm, args.seconds)
-    sae = load_sae(args.sae, lm.device) if args.sae else None
+    sae = load_steering_sae(args, lm.device)
     spec = SteeringSpec(steers=steers, mode=args.mode, halves=args.halves) if sae else None
     melody = open_melody(lm, args.melody)
     backend = open_backend(args, lm, sae)
@@ -250,7 +251,6 @@ def cmd_play(args: argparse.Namespace) -> None:
     from engine.params import ParameterBus
     from engine.presets import apply_preset, load_preset
     from engine.steering import parse_steer
-    from sae.files import load_sae
 
     if args.gui:
         run_gui(args)
@@ -261,17 +261,18 @@ def cmd_play(args: argparse.Namespace) -> None:
     if preset is not None:
         args.model = args.model if args.model != DEFAULT_MODEL else preset.model
         args.sae = args.sae or preset.sae
+        args.concept = args.concept or list(preset.concepts)
     controller_settings(args, preset)
     steers = [parse_steer(s) for s in args.steer]
-    if (steers or args.meters) and not args.sae:
-        raise MgsteerError("--steer and --meters need --sae DIR: the features are that SAE's")
+    if (steers or args.meters) and not (args.sae or args.concept):
+        raise MgsteerError("--steer and --meters need --sae DIR (or --concept DIR): the features are that SAE's")
     limits.prompt_text(args.prompt, "--prompt")
     if args.out:
         output_file(args.out, (".wav",))
     meters = feature_list(args.meters) if args.meters else None
     sampling = sampling_config(args)
     lm = load_musicgen(args.model, args.device, args.dtype)
-    sae = load_sae(args.sae, lm.device) if args.sae else None
+    sae = load_steering_sae(args, lm.device)
     melody = open_melody(lm, args.melody, device_arg(args.melody_input), args.melody_seconds)
     config = HostConfig.for_latency(
         args.latency,

@@ -57,6 +57,9 @@ class Preset:
     osc: dict[str, Any] = field(default_factory=dict)
     latency: str = "default"  # engine.host latency profile: default or low
     automation: tuple[KnobAutomation, ...] = ()
+    # knobs from examples (concept folders) added to the SAE as its next features, in this order:
+    # the knobs' feature ids past the SAE's own are theirs
+    concepts: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -72,7 +75,7 @@ class Preset:
 
 PRESET_FIELDS = (
     "format", "name", "model", "sae", "prompt", "smoothing_ms", "knobs", "features", "midi", "osc", "latency",
-    "automation",
+    "automation", "concepts",
 )  # fmt: skip
 KNOB_FIELDS = ("label", "features", "range", "curve", "value")
 OSC_FIELDS = ("host", "port")
@@ -250,6 +253,9 @@ def parse_preset(
     if doubled:
         raise f.fail("automation", f"knob {doubled[0]} is automated twice")
     prompt = f.checked("prompt", limits.prompt_text, f.text("prompt", "simple melody"))
+    concepts = raw.get("concepts", [])
+    if not isinstance(concepts, list) or not all(isinstance(c, str) and c for c in concepts):
+        raise f.fail("concepts", "must be a list of concept folders")
     latency = f.text("latency", "default")
     if latency not in limits.LATENCY_PROFILES:
         raise f.fail("latency", f"must be one of {', '.join(limits.LATENCY_PROFILES)}, got {latency!r}")
@@ -265,6 +271,7 @@ def parse_preset(
         osc=_osc_settings(f"{where}.osc", f.mapping("osc")),
         latency=latency,
         automation=tuple(automation),
+        concepts=tuple(concepts),
     )
 
 
@@ -274,6 +281,8 @@ def load_preset(path: str | Path, feature_count: int | None = None, knob_count: 
     preset = parse_preset(raw, f"preset '{path.name}'", feature_count, knob_count)
     if preset.sae is not None and not Path(preset.sae).is_absolute():
         preset = Preset(**{**preset.__dict__, "sae": str((path.parent / preset.sae).resolve())})
+    concepts = tuple(str((path.parent / c).resolve()) for c in preset.concepts)
+    preset = Preset(**{**preset.__dict__, "concepts": concepts})
     if preset.model.startswith(("./", "../")):  # a model folder beside the preset (a hub id has no dots)
         preset = Preset(**{**preset.__dict__, "model": str((path.parent / preset.model).resolve())})
     return preset

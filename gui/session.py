@@ -22,6 +22,7 @@ from engine.model import LoadedModel, load_musicgen
 from engine.params import ParameterBus
 from engine.tokenloop import SamplingConfig
 from sae.catalog import load_catalog
+from sae.concept import with_concepts
 from sae.files import LoadedSAE, load_sae
 
 
@@ -42,6 +43,7 @@ class SessionSpec:
 
     model: str = "tiny"
     sae: str | None = None
+    concepts: tuple[str, ...] = ()  # knobs from examples made before, added to the SAE as its next features
     device: str = "auto"
     dtype: str = "auto"
     knobs: int = 8
@@ -83,6 +85,10 @@ class Session:
     catalog_note: str = ""
     controllers: Controllers = field(default_factory=Controllers)
     harvest_lm: LoadedModel | None = None  # a second copy for knobs from examples (knob_from_examples)
+    concept_knobs: list[tuple[int, str]] = field(default_factory=list)  # (feature, name) of each spec.concepts
+    # every concept folder added to the SAE, in feature order (the spec's, then knobs made here):
+    # what a preset saved from this session must load again for its feature ids to hold
+    concepts: list[str] = field(default_factory=list)
 
     @property
     def feature_count(self) -> int:
@@ -106,6 +112,9 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
             catalog = load_catalog(spec.sae)
         except MgsteerError as exc:  # an unlabelled SAE still plays: features by id
             note = str(exc)
+    if spec.concepts:
+        progress(f"adding {len(spec.concepts)} knob(s) from examples …")
+    sae, concept_knobs = with_concepts(sae, list(spec.concepts), lm.device)
     progress("starting the engine …")
     bus = ParameterBus(
         knob_count=spec.knobs, prompt=spec.prompt, smoothing_ms=spec.smoothing_ms,
@@ -124,7 +133,10 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
     )  # fmt: skip
     recorder = WavRecorder(spec.record, lm.sample_rate, spec.record_seconds, channels) if spec.record else None
     host = Host(lm, bus, sink, sae, config, recorder)
-    return Session(spec=spec, lm=lm, bus=bus, host=host, sae=sae, catalog=catalog, catalog_note=note)
+    return Session(
+        spec=spec, lm=lm, bus=bus, host=host, sae=sae, catalog=catalog, catalog_note=note,
+        concept_knobs=concept_knobs, concepts=list(spec.concepts),
+    )  # fmt: skip
 
 
 def example_audio_path(session: Session, feature: int) -> Path | None:
@@ -211,6 +223,7 @@ def knob_from_examples(
     folder = cache_root() / "concepts" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     save_concept(concept, folder, layer, lm.spec)
     feature = append_concept(session.sae, concept)
+    session.concepts.append(str(folder))
     session.bus.feature_count = session.sae.cfg.d_sae
     return ExampleKnob(
         feature, label, folder, concept.positive_clips, concept.negative_clips, concept.heldout_auroc,

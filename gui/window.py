@@ -311,6 +311,8 @@ class MainWindow(QMainWindow):
         snap = session.bus.snapshot()
         self.prompt.setText(snap.prompt)
         self._show_knobs(snap.knobs)
+        for feature, name in session.concept_knobs:
+            self._assign_to_free_knob(feature, name)
         self._engine_error_shown = self._recording_error_shown = False
         session.host.start()
         self._status_timer.start()
@@ -323,7 +325,7 @@ class MainWindow(QMainWindow):
         self.installed.emit(session)
 
     def _show_model(self, session: Session) -> None:
-        sae = session.spec.sae or "none"
+        sae = session.spec.sae or (str(session.sae.path) if session.sae else "none")
         self.model_label.setText(
             f"model {session.lm.spec} on {session.lm.device.type} · SAE {sae}"
             + (f" (layer {session.sae.cfg.hook_layer}, {session.feature_count} features)" if session.sae else "")
@@ -537,10 +539,15 @@ class MainWindow(QMainWindow):
         self._remember(path)
         sae = preset.sae  # made absolute by load_preset
         session = self.session
-        same = session is not None and preset.model == session.spec.model and _same_folder(sae, session.spec.sae)
+        same = (
+            session is not None
+            and preset.model == session.spec.model
+            and _same_folder(sae, session.spec.sae)
+            and [str(Path(c).resolve()) for c in session.concepts] == list(preset.concepts)
+        )
         if not same and reload:
             self._pending_preset = path
-            self.load(replace(self.spec, model=preset.model, sae=sae))
+            self.load(replace(self.spec, model=preset.model, sae=sae, concepts=preset.concepts))
             return True
         try:
             preset = load_preset(path, session.feature_count if session.sae else None, self.spec.knobs)
@@ -557,7 +564,8 @@ class MainWindow(QMainWindow):
             self.show_error("no model is loaded yet")
             return None
         sae = str(Path(session.spec.sae).resolve()) if session.spec.sae else None
-        preset = capture_preset(session.bus, name or Path(path).stem, session.spec.model, sae)
+        concepts = tuple(str(Path(c).resolve()) for c in session.concepts)
+        preset = capture_preset(session.bus, name or Path(path).stem, session.spec.model, sae, concepts=concepts)
         try:
             saved = save_preset(preset, path)
         except (MgsteerError, OSError) as exc:

@@ -246,3 +246,61 @@ def append_concept(loaded: LoadedSAE, concept: Concept) -> int:
         sae.W_dec = torch.nn.Parameter(torch.cat([sae.W_dec, w[None]]), requires_grad=False)
     sae.cfg = replace(sae.cfg, d_sae=sae.cfg.d_sae + 1)
     return sae.cfg.d_sae - 1
+
+
+def load_concept(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Concept, int]:
+    """A concept folder (`mgsteer concept`, or a knob the window made) back as (concept, layer)."""
+    from sae.files import load_sae
+
+    folder = Path(folder)
+    meta_path = folder / CONCEPT_FILE
+    if not meta_path.is_file():
+        raise MgsteerError(f"'{folder}' is not a concept folder (no {CONCEPT_FILE}): make one with mgsteer concept")
+    loaded = load_sae(folder, device)
+    if loaded.cfg.d_sae != 1:
+        raise MgsteerError(f"concept '{folder}' holds {loaded.cfg.d_sae} features; a concept holds one")
+    meta = json.loads(meta_path.read_text())
+    direction = loaded.sae.W_dec.detach()[0]
+    concept = Concept(
+        direction=direction / direction.norm(),
+        midpoint=loaded.sae.b_dec.detach().clone(),
+        beta=float(loaded.require_stats().max_activation[0]),
+        heldout_auroc=float(meta.get("heldout_auroc", float("nan"))),
+        method=str(meta.get("method", "?")),
+        positive_clips=int(meta.get("positive_clips", 0)),
+        negative_clips=int(meta.get("negative_clips", 0)),
+    )
+    return concept, loaded.cfg.hook_layer
+
+
+def with_concepts(
+    loaded: LoadedSAE | None, folders: list[str], device: torch.device | str = "cpu"
+) -> tuple[LoadedSAE | None, list[tuple[int, str]]]:
+    """`loaded` grown by the concepts in `folders`, in order (their ids follow its features),
+    with (id, folder name) of each. Without an SAE the first concept is the dictionary: a
+    concept folder is an SAE folder. A concept taken at another layer than the SAE's, or from
+    a residual of another width, is refused in one line before anything plays."""
+    from sae.files import load_sae
+
+    added: list[tuple[int, str]] = []
+    rest = list(folders)
+    if loaded is None and rest:
+        first = rest.pop(0)
+        load_concept(first, device)  # a concept folder, not any SAE
+        loaded = load_sae(first, device)
+        added.append((0, Path(first).name))
+    for folder in rest:
+        concept, layer = load_concept(folder, device)
+        if layer != loaded.cfg.hook_layer or concept.direction.shape[0] != loaded.cfg.d_in:
+            raise MgsteerError(
+                f"concept '{folder}' was made at layer {layer} (width {concept.direction.shape[0]}); the SAE "
+                f"steers layer {loaded.cfg.hook_layer} (width {loaded.cfg.d_in}): make it again with --layer "
+                f"{loaded.cfg.hook_layer}"
+            )
+        added.append((append_concept(loaded, concept), Path(folder).name))
+    return loaded, added
+
+
+def say_concepts(added: list[tuple[int, str]]) -> None:
+    for feature, name in added:
+        print(f"concept '{name}': feature {feature}")

@@ -212,6 +212,7 @@ class Trainer:
         with torch.no_grad():
             self.sae.b_dec.copy_(centre)
 
+    @torch.enable_grad()  # a caller may have turned gradients off for its own inference
     def run(
         self, resume: bool = False, stop_after: int | None = None, progress: bool = False, overwrite: bool = False
     ) -> dict:

@@ -9,8 +9,17 @@ import torch
 
 from cli.main import main
 from engine.errors import MgsteerError
-from engine.steering import Steerer
-from sae.concept import CONCEPT_FILE, METHODS, append_concept, auroc, build_concept, fit_direction, save_concept
+from engine.steering import FeatureSteer, Steerer, SteeringSpec, build_plan
+from sae.concept import (
+    CONCEPT_FILE,
+    METHODS,
+    append_concept,
+    auroc,
+    build_concept,
+    fit_direction,
+    save_concept,
+    with_concepts,
+)
 from sae.files import load_sae
 
 
@@ -144,3 +153,49 @@ def test_cli_makes_a_knob_from_prompts_and_it_steers(tmp_path, capsys):
 def test_cli_refuses_a_side_without_examples(tmp_path, capsys):
     assert main(["concept", "--model", "tiny", "--out", str(tmp_path / "k"), "--positive", "x"]) == 2
     assert "one of the arguments --negative --negative-audio is required" in capsys.readouterr().err
+
+
+def _saved_concept(folder, d: int, layer: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(d, generator=gen)
+    concept = build_concept(_clips(d, u, 4, gen), _clips(d, -u, 4, gen))
+    return concept, save_concept(concept, folder, layer=layer, model="tiny")
+
+
+def test_saved_concepts_grow_an_sae_in_order_or_are_one(tmp_path, tiny_sae_dir):
+    sae = load_sae(tiny_sae_dir)
+    d, layer, d_sae = sae.cfg.d_in, sae.cfg.hook_layer, sae.cfg.d_sae
+    first, a = _saved_concept(tmp_path / "busier", d, layer, 0)
+    second, b = _saved_concept(tmp_path / "darker", d, layer, 1)
+    grown, added = with_concepts(sae, [str(a), str(b)])
+    assert added == [(d_sae, "busier"), (d_sae + 1, "darker")] and grown.cfg.d_sae == d_sae + 2
+    vector = build_plan(SteeringSpec((FeatureSteer(d_sae + 1, 1.0),)), grown, torch.device("cpu"), torch.float32).vector
+    torch.testing.assert_close(vector, second.beta * second.direction, atol=1e-5, rtol=0)
+    alone, added = with_concepts(None, [str(a), str(b)])
+    assert added == [(0, "busier"), (1, "darker")] and alone.cfg.d_sae == 2
+    torch.testing.assert_close(alone.sae.W_dec[0], first.direction)
+    _, other_layer = _saved_concept(tmp_path / "elsewhere", d, layer + 1, 2)
+    with pytest.raises(MgsteerError, match=f"made at layer {layer + 1}.*--layer {layer}"):
+        with_concepts(load_sae(tiny_sae_dir), [str(other_layer)])
+    with pytest.raises(MgsteerError, match="is not a concept folder"):
+        with_concepts(None, [str(tiny_sae_dir)])
+
+
+def test_render_and_play_take_saved_concepts_and_a_preset_names_them(tmp_path, tiny_lm, capsys):
+    layer = tiny_lm.num_layers // 2
+    _, knob = _saved_concept(tmp_path / "busier", tiny_lm.hidden_size, layer, 3)
+    render = ["render", "--model", "tiny", "--seconds", "1", "--backend", "torch"]
+    plain, steered = tmp_path / "plain.wav", tmp_path / "steered.wav"
+    assert main([*render, "--out", str(plain)]) in (0, None)
+    assert main([*render, "--out", str(steered), "--concept", str(knob), "--steer", "0=2"]) in (0, None)
+    assert "concept 'busier': feature 0" in capsys.readouterr().out
+    assert plain.read_bytes() != steered.read_bytes()
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"format": "mgsteer-preset/1", "model": "tiny", "concepts": ["busier"],
+                                  "features": {"0": 1.5}}))  # fmt: skip
+    played = tmp_path / "played.wav"
+    args = ["play", "--preset", str(preset), "--no-audio", "--seconds", "0.5", "--out", str(played)]
+    assert main([*args, "--backend", "torch"]) in (0, None)
+    assert "concept 'busier': feature 0" in capsys.readouterr().out and played.is_file()
+    assert main([*render, "--out", str(steered), "--steer", "0=2"]) == 2
+    assert "--steer needs --sae DIR (or --concept DIR)" in capsys.readouterr().err

@@ -243,11 +243,39 @@ def test_a_knob_made_from_examples_lands_on_a_free_knob_and_steers(qtbot, tmp_pa
     assert float(direction.norm()) == pytest.approx(1.0, rel=1e-4)
     saved = next((Path(os.environ["MGSTEER_CACHE"]) / "concepts").glob("noisy-*"))
     assert (saved / "concept.json").is_file()
+    preset = json.loads(window.save_preset(str(tmp_path / "p.json")).read_text())
+    assert preset["concepts"] == [str(saved.resolve())]  # the preset brings the knob back
     errors = len(window.errors)
     window.new_knob_from_examples(_example_clips(tmp_path / "one", "bright", 1), ["x", "y"], "probe", "too few")
     qtbot.waitUntil(lambda: len(window.errors) > errors, timeout=LOAD_MS)
     assert "at least 2 examples on each side" in window.errors[-1] and "\n" not in window.errors[-1]
     assert session.sae.cfg.d_sae == d_sae + 1  # nothing added
+
+
+def test_a_saved_knob_from_examples_comes_back_on_a_knob_and_in_the_presets_it_saves(
+    qtbot, tmp_path, tiny_sae_dir, tiny_sae
+):
+    import torch
+
+    from sae.concept import build_concept, save_concept
+
+    d, layer, d_sae = tiny_sae.cfg.d_in, tiny_sae.cfg.hook_layer, tiny_sae.cfg.d_sae
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(d, generator=gen)
+    clips = [torch.randn(10, d, generator=gen) + sign * u for sign in (1, 1, -1, -1)]
+    folder = save_concept(build_concept(clips[:2], clips[2:]), tmp_path / "busier", layer, "tiny")
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    spec = SessionSpec(model="tiny", sae=str(tiny_sae_dir), concepts=(str(folder),), no_audio=True, knobs=4)
+    window = MainWindow(spec, None, settings)
+    qtbot.addWidget(window)
+    window.show()
+    window.load(spec)
+    qtbot.waitUntil(lambda: window.bank.knobs[0].title.text() == "busier" or bool(window.errors), timeout=LOAD_MS)
+    assert not window.errors, window.errors
+    assert window.session.bus.snapshot().knobs[0].features == ((d_sae, 1.0),)
+    saved = window.save_preset(str(tmp_path / "with-knob.json"))
+    assert json.loads(saved.read_text())["concepts"] == [str(folder.resolve())]
+    window.close()
 
 
 def test_the_examples_dialog_gathers_two_sides_a_name_and_a_method(qtbot):
