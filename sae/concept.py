@@ -248,8 +248,9 @@ def append_concept(loaded: LoadedSAE, concept: Concept) -> int:
     return sae.cfg.d_sae - 1
 
 
-def load_concept(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Concept, int]:
-    """A concept folder (`mgsteer concept`, or a knob the window made) back as (concept, layer)."""
+def load_concept(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Concept, LoadedSAE]:
+    """A concept folder (`mgsteer concept`, or a knob the window made) back as the concept and
+    the one-feature SAE the folder holds (its layer is the SAE's)."""
     from sae.files import load_sae
 
     folder = Path(folder)
@@ -270,7 +271,7 @@ def load_concept(folder: str | Path, device: torch.device | str = "cpu") -> tupl
         positive_clips=int(meta.get("positive_clips", 0)),
         negative_clips=int(meta.get("negative_clips", 0)),
     )
-    return concept, loaded.cfg.hook_layer
+    return concept, loaded
 
 
 def with_concepts(
@@ -280,17 +281,15 @@ def with_concepts(
     with (id, folder name) of each. Without an SAE the first concept is the dictionary: a
     concept folder is an SAE folder. A concept taken at another layer than the SAE's, or from
     a residual of another width, is refused in one line before anything plays."""
-    from sae.files import load_sae
-
     added: list[tuple[int, str]] = []
     rest = list(folders)
     if loaded is None and rest:
         first = rest.pop(0)
-        load_concept(first, device)  # a concept folder, not any SAE
-        loaded = load_sae(first, device)
+        loaded = load_concept(first, device)[1]  # a concept folder, not any SAE
         added.append((0, Path(first).name))
     for folder in rest:
-        concept, layer = load_concept(folder, device)
+        concept, own = load_concept(folder, device)
+        layer = own.cfg.hook_layer
         if layer != loaded.cfg.hook_layer or concept.direction.shape[0] != loaded.cfg.d_in:
             raise MgsteerError(
                 f"concept '{folder}' was made at layer {layer} (width {concept.direction.shape[0]}); the SAE "
@@ -299,8 +298,3 @@ def with_concepts(
             )
         added.append((append_concept(loaded, concept), Path(folder).name))
     return loaded, added
-
-
-def say_concepts(added: list[tuple[int, str]]) -> None:
-    for feature, name in added:
-        print(f"concept '{name}': feature {feature}")
