@@ -11,13 +11,17 @@ docs/WORLD.md), on each world model given:
    have the quality.
 2. Directions: `mgsteer concept`'s methods (`--methods`: difference of means, logistic probe,
    recursive feature machine) at `--layer`.
-3. α chosen on selection pairs of their own (4 neutral prompts × seeds 100–103, as the SAE
+3. Steering (`--steering`): `add` α·β·direction to both CFG halves (what a knob does),
+   `cond` to the conditional half only (classifier-free guidance then scales the push), or
+   `clamp` each frame's reading of the direction to α·β (a frame already that far along is
+   left alone: the push is only what each frame lacks).
+   α chosen on selection pairs of their own (4 neutral prompts × seeds 100–103, as the SAE
    features' choice in bench/world.py): the α that moves the most pairs toward the value with
    the music above the grammar's quality floor (ties: the smaller α).
    The SAE column (`--sae-clips` > 0): bench/world.py's harvest and SAE per world, and
    bench/world.py's choice restricted to the value (its best detectors and aligned features,
    each at every α of `SteerSelection`, on the same selection pairs).
-4. Test on other pairs (`--prompts` neutral prompts × `--seeds` seeds that never name the
+   Test on other pairs (`--prompts` neutral prompts × `--seeds` seeds that never name the
    attribute, the world scorer's exact posterior), with eval-steer's baselines: unsteered,
    a random direction of the same norm, and the value named in the prompt. Reported: of the
    pairs not already at the value, the share moved toward it with the music kept, the share
@@ -25,7 +29,8 @@ docs/WORLD.md), on each world model given:
    broken clips scored 0.
 
     python bench/concepts.py --model demo_out/world[,WORLD2,…] [--layer 2] [--examples 8]
-        [--sources prompts,world] [--methods mean-diff,probe,rfm] [--sae-clips 256] [--out DIR]
+        [--sources prompts,world] [--methods mean-diff,probe,rfm] [--steering add,cond,clamp]
+        [--sae-clips 256] [--out DIR]
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from sae.world.pipeline import (
 )
 
 ATTRIBUTES = ("tempo", "density")
+STEERING = {"add": ("add", "both"), "cond": ("add", "cond"), "clamp": ("clamp", "both")}  # → (mode, halves)
 
 
 def example_prompts(attribute: str, value: str, count: int, seed: int) -> list[str]:
@@ -100,8 +106,10 @@ def examples(lm, source: str, attribute: str, value: str, args) -> tuple[list[to
     return pos, neg
 
 
-def choose_alpha(lm, loaded, attribute: str, value: str, alphas: list[float], sel: SteerSelection) -> dict:
+def choose_alpha(lm, loaded, attribute: str, value: str, alphas: list[float], sel: SteerSelection,
+                 steering: str = "add") -> dict:  # fmt: skip
     """The α that moves the most selection pairs toward `value` with the music kept."""
+    mode, halves = STEERING[steering]
     scorer, concept = WorldLabeler(lm.codebook_size), label_text(attribute, value)
     pairs = [(p, s) for p in neutral_prompts(attribute, sel.prompts, sel.seed) for s in sel.seeds]
 
@@ -112,7 +120,7 @@ def choose_alpha(lm, loaded, attribute: str, value: str, alphas: list[float], se
     before = scorer.score_codes(concept, [codes(p, s) for p, s in pairs])
     tried = []
     for alpha in alphas:
-        steered = [codes(p, s, SteeringSpec((FeatureSteer(0, alpha),))) for p, s in pairs]
+        steered = [codes(p, s, SteeringSpec((FeatureSteer(0, alpha),), mode, halves)) for p, s in pairs]
         loglik = scorer.code_quality(steered)["grammar_loglik"]
         moved = moves(before, scorer.score_codes(concept, steered), loglik >= sel.quality_floor)
         tried.append({"alpha": alpha, "moved_share": moved["moved_share_of_all_pairs"],
@@ -121,10 +129,12 @@ def choose_alpha(lm, loaded, attribute: str, value: str, alphas: list[float], se
     return {"chosen": max(allowed, key=lambda t: (t["moved_share"], -t["alpha"])), "tried": tried}
 
 
-def test(lm, loaded, attribute: str, value: str, alpha: float, args, feature: int = 0) -> dict:
+def test(lm, loaded, attribute: str, value: str, alpha: float, args, feature: int = 0, steering: str = "add") -> dict:
     prompts = tuple(neutral_prompts(attribute, args.prompts, 0))
+    mode, halves = STEERING[steering]
     cfg = EvalConfig(features=(feature,), concepts={feature: label_text(attribute, value)}, prompts=prompts,
-                     seeds=tuple(range(args.seeds)), seconds=args.seconds, alpha=alpha)  # fmt: skip
+                     seeds=tuple(range(args.seeds)), seconds=args.seconds, alpha=alpha, mode=mode,
+                     halves=halves)  # fmt: skip
     report = evaluate_steering(lm, loaded, WorldLabeler(lm.codebook_size), cfg)["features"][0]
     kept = report["well_formed"]
     scores = report["scores"]
@@ -163,14 +173,17 @@ def bench_world(model: str, args, folder: Path) -> dict:
                                         args.layer, lm.spec)  # fmt: skip
                     built_s = examples_s + time.perf_counter() - t
                     loaded = load_sae(path)
-                    choice = choose_alpha(lm, loaded, attribute, value, args.alphas, SteerSelection())
-                    report(f"{attribute}={value}/{source}/{method}", {
-                        "heldout_auroc": round(concept.heldout_auroc, 3),
-                        "built_in_s": round(built_s, 1),
-                        "alpha": choice["chosen"]["alpha"],
-                        "selection": choice["tried"],
-                        **test(lm, loaded, attribute, value, choice["chosen"]["alpha"], args),
-                    })  # fmt: skip
+                    for steering in args.steering:
+                        choice = choose_alpha(lm, loaded, attribute, value, args.alphas, SteerSelection(), steering)
+                        alpha = choice["chosen"]["alpha"]
+                        suffix = "" if steering == "add" else f"/{steering}"
+                        report(f"{attribute}={value}/{source}/{method}{suffix}", {
+                            "heldout_auroc": round(concept.heldout_auroc, 3),
+                            "built_in_s": round(built_s, 1),
+                            "alpha": alpha,
+                            "selection": choice["tried"],
+                            **test(lm, loaded, attribute, value, alpha, args, steering=steering),
+                        })  # fmt: skip
     return out
 
 
@@ -206,10 +219,12 @@ def main() -> None:
     parser.add_argument("--sources", type=lambda s: s.split(","), default=["prompts", "world"],
                         help="where the examples come from: prompts, world")  # fmt: skip
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    parser.add_argument("--steering", type=lambda s: s.split(","), default=["add"],
+                        help="how a direction steers: add, cond (the conditional CFG half only), clamp")  # fmt: skip
     parser.add_argument("--sae-clips", type=int, default=256, help="clips harvested for the SAE column (0: none)")
     parser.add_argument("--out", help="keep the concept folders here (default: a temporary folder)")
     args = parser.parse_args()
-    for name, allowed in (("sources", ("prompts", "world")), ("methods", METHODS)):
+    for name, allowed in (("sources", ("prompts", "world")), ("methods", METHODS), ("steering", tuple(STEERING))):
         unknown = set(getattr(args, name)) - set(allowed)
         if unknown:
             parser.error(f"--{name}: unknown {', '.join(sorted(unknown))} (use {', '.join(allowed)})")

@@ -35,6 +35,17 @@ def sae_args(p: argparse.ArgumentParser, help_text: str) -> None:
     )  # fmt: skip
 
 
+def steer_mode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", default="add", choices=("add", "clamp"), help="add a direction or clamp an activation")
+    p.add_argument("--halves", default="both", choices=("both", "cond"), help="CFG halves to steer")
+
+
+def require_features(steers, sae: str | None, concepts) -> None:
+    """`--steer` names features: one line when neither an SAE nor a concept gives any."""
+    if steers and not (sae or concepts):
+        raise MgsteerError("--steer needs --sae DIR (or --concept DIR): the features are that SAE's")
+
+
 def load_steering_sae(args: argparse.Namespace, device):
     """The SAE of `--sae` grown by every `--concept`, each new feature id said in one line."""
     from sae.concept import with_concepts
@@ -57,6 +68,7 @@ def graph_args(p: argparse.ArgumentParser) -> None:
 
 def backend_args(p: argparse.ArgumentParser) -> None:
     from engine.backends import BACKENDS, default_backend
+    from engine.onnx_export import PRECISIONS
 
     p.add_argument(
         "--backend",
@@ -69,7 +81,7 @@ def backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "int8", "int4"),
+        choices=("auto", *PRECISIONS),
         help="with --backend onnx: the step graph's weights (auto: the smallest exported)",
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from cli import argtypes as types
-from cli.common import DEFAULT_MODEL, model_args, sampling_config
+from cli.common import DEFAULT_MODEL, model_args, require_features, sampling_config
 from cli.live import controller_settings, device_arg, live_args, start_midi, start_osc
 from engine.errors import MgsteerError
 from engine.limits import MAX_KNOBS
@@ -51,8 +51,7 @@ def run_gui(args: argparse.Namespace) -> None:
     model = args.model if given else preset.model if preset is not None else args.model or "tiny"
     sae = args.sae or (preset.sae if preset is not None else None)
     concepts = tuple(args.concept) or (preset.concepts if preset is not None else ())
-    if steers and not (sae or concepts):
-        raise MgsteerError("--steer needs --sae DIR (or --concept DIR): the features are that SAE's")
+    require_features(steers, sae, concepts)
     controller_settings(args, preset)
     spec = SessionSpec(
         model=model,

@@ -22,9 +22,11 @@ from cli.common import (
     open_backend,
     parse_filter,
     progress_bars,
+    require_features,
     sae_args,
     sampling_args,
     sampling_config,
+    steer_mode_args,
     stop_on_signals,
 )
 from cli.concept_command import add_concept_command
@@ -59,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FEATURE=ALPHA",
         help="repeatable; α in units of β, or a curve FEATURE=T:ALPHA,… (seconds:α, linear), e.g. 12=0:0,4:2,8:0",
     )
-    r.add_argument("--mode", default="add", choices=("add", "clamp"), help="add a direction or clamp an activation")
-    r.add_argument("--halves", default="both", choices=("both", "cond"), help="CFG halves to steer")
+    steer_mode_args(r)
     r.add_argument("--seconds", type=types.SECONDS, default=5.0, help="audio to render")
     r.add_argument("--out", default="out.wav", help="WAV file to write")
     sampling_args(r)
@@ -185,8 +186,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     from engine.steering import SteeringSpec, parse_steer
 
     steers = tuple(parse_steer(s, curves=True) for s in args.steer)
-    if steers and not (args.sae or args.concept):
-        raise MgsteerError("--steer needs --sae DIR (or --concept DIR): the features are that SAE's")
+    require_features(steers, args.sae, args.concept)
     if args.backend == "onnx" and args.mode == "clamp":
         raise MgsteerError("clamp-mode steering runs on the torch backend only: use --backend torch")
     if args.mode == "clamp":

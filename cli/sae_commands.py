@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from cli import argtypes as types
-from cli.common import feature_list, model_args, progress_bars, sampling_args, sampling_config
+from cli.common import feature_list, model_args, progress_bars, sampling_args, sampling_config, steer_mode_args
 from engine import limits
 from engine.errors import MgsteerError
 from engine.outputs import output_dir, output_file
@@ -49,6 +49,7 @@ def add_commands(sub) -> None:
     ev.add_argument("--seeds", type=types.whole(1, 1000), default=2, help="seeds per prompt")
     ev.add_argument("--seconds", type=types.SECONDS, default=5.0, help="seconds per clip")
     ev.add_argument("--alpha", type=types.ALPHA, default=1.0, help="steering strength, in units of β")
+    steer_mode_args(ev)
     ev.add_argument("--no-prompt-baseline", action="store_true", help="skip the label-in-the-prompt baseline")
     ev.add_argument(
         "--scorer",
@@ -164,6 +165,8 @@ def cmd_eval_steer(args: argparse.Namespace) -> None:
         seeds=tuple(range(args.seed, args.seed + args.seeds)),
         seconds=args.seconds,
         alpha=args.alpha,
+        mode=args.mode,
+        halves=args.halves,
         prompt_baseline=not args.no_prompt_baseline,
         sampling=sampling_config(args),
     )

@@ -28,7 +28,7 @@ import torch
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from engine.render import render
-from engine.steering import FeatureSteer, SteeringSpec
+from engine.steering import FeatureSteer, Halves, Mode, SteeringSpec
 from engine.tokenloop import SamplingConfig
 from sae.files import LoadedSAE
 from sae.labelers import Labeler
@@ -38,6 +38,11 @@ DEFAULT_PROMPTS = ("simple melody", "a calm piano piece", "an upbeat pop song", 
 # A planted world's model knows only its grammar's words: its neutral prompts name a key alone
 # (which no other attribute depends on); for a key concept, give --prompts of your own.
 WORLD_PROMPTS = ("C major melody", "D minor melody", "F major melody", "A minor melody")
+
+
+def steer_spec(feature: int, alpha: float, cfg: EvalConfig) -> SteeringSpec:
+    """Feature `feature` at `alpha`, in the config's mode and CFG halves."""
+    return SteeringSpec((FeatureSteer(feature, alpha),), cfg.mode, cfg.halves)
 
 
 def default_prompts(lm) -> tuple[str, ...]:
@@ -58,6 +63,8 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1)
     seconds: float = 5.0
     alpha: float = 1.0
+    mode: Mode = "add"  # as render's --mode: add α·β·W_dec, or clamp the activation at α·β
+    halves: Halves = "both"  # as render's --halves: steer both CFG halves or the conditional one
     prompt_baseline: bool = True
     significance: float = 0.05
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -165,7 +172,7 @@ def evaluate_steering(
     for f, concept in concepts.items():
         direction = float(cfg.alpha) * stats.max_activation[f].cpu() * loaded.sae.W_dec[f].detach().cpu()
         clips = {
-            "steered": [clip(p, s, spec=SteeringSpec((FeatureSteer(f, cfg.alpha),))) for p, s in pairs],
+            "steered": [clip(p, s, spec=steer_spec(f, cfg.alpha, cfg)) for p, s in pairs],
             "random": [clip(p, s, vector=random_direction(direction, 7919 * f + s)) for p, s in pairs],
         }
         if cfg.prompt_baseline:
@@ -203,6 +210,8 @@ def evaluate_steering(
         "sae": str(loaded.path),
         "scorer": scorer.name,
         "alpha": cfg.alpha,
+        "mode": cfg.mode,
+        "halves": cfg.halves,
         "prompts": list(cfg.prompts),
         "seeds": list(cfg.seeds),
         "seconds": cfg.seconds,

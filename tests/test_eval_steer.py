@@ -134,3 +134,16 @@ def test_a_world_model_is_steered_under_prompts_in_its_own_words(world_demo_dir,
     assert default_prompts(world) == WORLD_PROMPTS and default_prompts(tiny_lm) == DEFAULT_PROMPTS
     keys = set(attribute_values()["key"])
     assert all(prompt.removesuffix(" melody") in keys for prompt in WORLD_PROMPTS)
+
+
+def test_steered_clips_are_rendered_in_the_configured_mode_and_halves(tiny_lm, tiny_sae):
+    feature = alive_features(tiny_sae)[0]
+    spec = SteeringSpec((FeatureSteer(feature, 3.0),), mode="clamp", halves="cond")
+    refs = [render(tiny_lm, p, 0.5, SamplingConfig(seed=0), sae=tiny_sae, spec=spec).audio for p in PROMPTS[:2]]
+    base = dict(features=(feature,), concepts={feature: "c"}, prompts=PROMPTS[:2], seeds=(0,), seconds=0.5,
+                alpha=3.0, prompt_baseline=False)  # fmt: skip
+    clamped = evaluate_steering(tiny_lm, tiny_sae, SoundsLike(refs), EvalConfig(**base, mode="clamp", halves="cond"))
+    assert clamped["mode"] == "clamp" and clamped["halves"] == "cond"
+    assert clamped["features"][0]["mean_score"]["steered"] == 0.0  # the references, exactly
+    added = evaluate_steering(tiny_lm, tiny_sae, SoundsLike(refs), EvalConfig(**base))
+    assert added["features"][0]["mean_score"]["steered"] < 0.0
