@@ -32,7 +32,7 @@ from common import machine, one_line_errors
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from planted import planted_dictionary, planted_rows, planted_store, recovery
 
-from engine.device import resolve_device
+from engine.device import resolve_device, sync
 from sae.store import ActivationStore
 from sae.train import Position, ShardBatches, TrainConfig, Trainer
 
@@ -62,11 +62,6 @@ def _bare_sparsify():
     return package
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
@@ -78,13 +73,13 @@ def train_ours(store, out: Path, cfg: TrainConfig, held_out: torch.Tensor) -> di
     batches = trainer.data.iterate(Position(), trainer.device)
     batch = next(batches)[1]  # warm-up step (allocations, first-call costs) outside the clock
     trainer.train_step(batch)
-    _sync(trainer.device)
+    sync(trainer.device)
     started = time.perf_counter()
     for _ in range(cfg.steps - 1):
         trainer.train_step(next(batches)[1])
         trainer.state.step += 1
     trainer.read_metrics()  # the one sync at the end, as a log line would
-    _sync(trainer.device)
+    sync(trainer.device)
     seconds = time.perf_counter() - started
     with torch.no_grad():
         sae = trainer.folded_sae()
@@ -126,11 +121,11 @@ def train_sparsify(store, layer: int, cfg: TrainConfig, held_out: torch.Tensor, 
         opt.zero_grad()
 
     step(next(batches)[1], first=True)
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     for _ in range(cfg.steps - 1):
         step(next(batches)[1], first=False)
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - started
     opt.eval()  # schedule-free: evaluate the averaged weights, as sparsify saves them
     with torch.no_grad():

@@ -27,22 +27,17 @@ import torch
 from common import machine, one_line_errors
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from engine.codec import decode_codes
 from engine.codec_stream import ChunkConfig, ChunkedDecoder, codec_right_reach
+from engine.device import sync
 from engine.host import CHUNK_BUDGET, DEFAULT_CHUNKS, HostConfig
 from engine.model import load_musicgen
-from engine.runtime_choice import decoder_ms, divergence
+from engine.runtime_choice import chunk_decode_ms, decoder_ms, divergence
 from engine.static_decoder import StaticDecoder
 from engine.steering import Steerer
 from engine.tokenloop import SamplingConfig, TokenLoop
 from sae.bootstrap import init_from_activations, measure
 from sae.files import LoadedSAE
 from sae.topk import SAEConfig
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class _StepClock(LogitsProcessor):
@@ -52,7 +47,7 @@ class _StepClock(LogitsProcessor):
         self.device, self.stamps = device, []
 
     def __call__(self, input_ids, scores):
-        _sync(self.device)
+        sync(self.device)
         self.stamps.append(time.perf_counter())
         return scores
 
@@ -82,12 +77,12 @@ def loop_step_ms(lm, steps: int, warmup: int, graph: bool, steerer: Steerer | No
         steerer.attach(loop)
     for _ in range(warmup):
         loop.step()
-    _sync(lm.device)
+    sync(lm.device)
     t = time.perf_counter()
     for _ in range(steps):
         loop.step()
     loop.flush()
-    _sync(lm.device)
+    sync(lm.device)
     if loop.graphs is not None and loop.graphs.error:
         raise SystemExit(loop.graphs.error)
     return 1000 * (time.perf_counter() - t) / steps
@@ -104,11 +99,11 @@ def gpu_busy_ms(lm, steps: int, graph: bool, steerer: Steerer | None) -> float |
         steerer.attach(loop)
     for _ in range(8):
         loop.step()
-    _sync(lm.device)
+    sync(lm.device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             loop.step()
-        _sync(lm.device)
+        sync(lm.device)
     return kernel_us(prof.key_averages()) / 1000 / steps
 
 
@@ -122,7 +117,7 @@ def kernel_us(events) -> float:
 def first_audio_ms(lm, chunk: ChunkConfig, graph: bool) -> float:
     """Prompt in → first playable block out: text encoding, K − 1 + chunk + holdback steps
     (graph capture included) and one chunk decode, on a loaded model."""
-    _sync(lm.device)
+    sync(lm.device)
     t = time.perf_counter()
     loop = TokenLoop(lm, ["simple melody"], SamplingConfig(seed=1), graph=graph)
     decoder = ChunkedDecoder(lm, chunk)
@@ -139,11 +134,11 @@ def edit_ms(steerer: Steerer, lm, repeats: int = 200) -> float:
     cond = slice(0, 1)
     for _ in range(10):
         steerer._edit(hidden, cond)
-    _sync(lm.device)
+    sync(lm.device)
     t = time.perf_counter()
     for _ in range(repeats):
         steerer._edit(hidden, cond)
-    _sync(lm.device)
+    sync(lm.device)
     return 1000 * (time.perf_counter() - t) / repeats
 
 
@@ -181,22 +176,6 @@ def play_figures(lm, make_decoder, codec_ms: dict[int, float]) -> dict:
 def codec_per_frame(lm, decode=None) -> dict[int, float]:
     """Ms of codec per frame at each chunk size the default profile chooses among."""
     return {c: chunk_decode_ms(lm, ChunkConfig(chunk=c), decode=decode) / c for c in DEFAULT_CHUNKS}
-
-
-def chunk_decode_ms(lm, cfg: ChunkConfig, repeats: int = 5, decode=None) -> float:
-    """Median ms of one chunk window's decode: the model's codec, or `decode` (another runtime's)."""
-    decode = decode or (lambda codes: decode_codes(lm, codes))
-    frames = cfg.context + cfg.chunk + cfg.holdback
-    codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, frames), device=lm.device)
-    decode(codes)
-    times = []
-    for _ in range(repeats):
-        _sync(lm.device)
-        t = time.perf_counter()
-        decode(codes)
-        _sync(lm.device)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def make_sae(lm, expansion: int, k: int) -> LoadedSAE:

@@ -17,6 +17,12 @@ SIMD_FLAGS = (
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def sync(device: torch.device) -> None:
+    """Wait for `device`'s queued work: a clock read after a CUDA launch times the launch only."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """Map `auto|cpu|cuda[:n]|mps` to a torch device; `auto` prefers cuda, then mps, then cpu."""
     if name == "auto":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from engine.codec_stream import ChunkConfig
-from engine.device import cpu_model_and_simd
+from engine.device import cpu_model_and_simd, sync
 from engine.errors import MgsteerError
 from engine.model import LoadedModel
 from engine.tokenloop import SamplingConfig, TokenLoop
@@ -209,18 +210,29 @@ def _x_realtime(lm: LoadedModel, make_decoder, codec_ms: float) -> float:
     return 1000 / lm.frame_rate / (step + codec_ms)
 
 
-def _codec_frame_ms(lm: LoadedModel, decode) -> float:
-    """Ms per frame of one default chunk window's decode: `decode` (another runtime's), or the model's codec."""
+def chunk_decode_ms(lm: LoadedModel, cfg: ChunkConfig, repeats: int = 5, decode=None) -> float:
+    """Median ms of one chunk window's decode: the model's codec, or `decode` (another runtime's)."""
     from engine.codec import decode_codes
 
-    chunk = ChunkConfig()
-    codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, chunk.context + chunk.chunk + chunk.holdback))
-    decode = decode or (lambda c: decode_codes(lm, c))
+    decode = decode or (lambda codes: decode_codes(lm, codes))
+    frames = cfg.context + cfg.chunk + cfg.holdback
+    codes = torch.randint(0, lm.codebook_size, (1, lm.num_codebooks, frames), device=lm.device)
+    times = []
     with torch.inference_mode():
         decode(codes)
-        t = time.perf_counter()
-        decode(codes)
-    return 1000 * (time.perf_counter() - t) / chunk.chunk
+        for _ in range(repeats):
+            sync(lm.device)
+            t = time.perf_counter()
+            decode(codes)
+            sync(lm.device)
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def _codec_frame_ms(lm: LoadedModel, decode) -> float:
+    """Ms per frame of one default chunk window's decode: `decode` (another runtime's), or the model's codec."""
+    chunk = ChunkConfig()
+    return chunk_decode_ms(lm, chunk, repeats=1, decode=decode) / chunk.chunk
 
 
 def decoder_ms(decoder, lm: LoadedModel, position: int, width: int = 1, repeats: int = 8) -> float:
@@ -234,17 +246,12 @@ def decoder_ms(decoder, lm: LoadedModel, position: int, width: int = 1, repeats:
         positions = torch.arange(position, position + width, device=lm.device)
         for _ in range(2):
             decoder.forward(columns, cache, positions)
-        _sync(lm.device)
+        sync(lm.device)
         t = time.perf_counter()
         for _ in range(repeats):
             decoder.forward(columns, cache, positions)
-        _sync(lm.device)
+        sync(lm.device)
     return 1000 * (time.perf_counter() - t) / repeats
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def divergence(lm, fp32, quantized, steps: int = 200, guidance: float = 3.0, prompt: str = "simple melody") -> dict:
