@@ -40,11 +40,13 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from common import machine, one_line_errors
+from world import BENCH_SAE, DETECTION_WINDOW_S
 
 from engine.model import load_musicgen
 from engine.render import render
@@ -60,7 +62,6 @@ from sae.world.detect import feature_detection
 from sae.world.grammar import Attributes, attribute_values, prompt_for, sample_attributes, sample_clip
 from sae.world.pipeline import (
     SteerSelection,
-    WorldSAEConfig,
     choose_steering,
     harvest_and_train,
     moves,
@@ -190,10 +191,10 @@ def bench_world(model: str, args, folder: Path) -> dict:
 def sae_features(lm, model: str, args, folder: Path) -> Iterator[tuple[str, dict]]:
     """Per value, the SAE feature bench/world.py's selection picks among the value's own
     candidates, tested on the same pairs as the directions."""
-    cfg = WorldSAEConfig(clips=args.sae_clips, layer=args.layer, expansion=4, k=16, steps=1000)
+    cfg = replace(BENCH_SAE, clips=args.sae_clips, layer=args.layer)
     store, sae_dir, _ = harvest_and_train(lm, folder / f"{Path(model).name}-sae", cfg)
     loaded = load_sae(sae_dir)
-    detection = feature_detection(store, loaded, args.layer, 2.0, lm.frame_rate)
+    detection = feature_detection(store, loaded, args.layer, DETECTION_WINDOW_S, lm.frame_rate)
     for attribute in ATTRIBUTES:
         for value in attribute_values()[attribute]:
             key = f"{attribute}={value}"
@@ -221,7 +222,7 @@ def main() -> None:
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     parser.add_argument("--steering", type=lambda s: s.split(","), default=["add"],
                         help="how a direction steers: add, cond (the conditional CFG half only), clamp")  # fmt: skip
-    parser.add_argument("--sae-clips", type=int, default=256, help="clips harvested for the SAE column (0: none)")
+    parser.add_argument("--sae-clips", type=int, default=BENCH_SAE.clips, help="clips for the SAE column (0: none)")
     parser.add_argument("--out", help="keep the concept folders here (default: a temporary folder)")
     args = parser.parse_args()
     for name, allowed in (("sources", ("prompts", "world")), ("methods", METHODS), ("steering", tuple(STEERING))):

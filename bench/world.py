@@ -52,6 +52,10 @@ from sae.world.pipeline import (
 )
 from sae.world.train import prompted_accuracy
 
+# The SAE every world bench trains (bench/concepts.py's SAE column too): 512 features, k 16.
+BENCH_SAE = WorldSAEConfig(clips=256, expansion=4, k=16, steps=1000)
+DETECTION_WINDOW_S = 2.0  # window of the detection AUROC
+
 
 def steering(lm, loaded, detection: dict, args) -> dict:
     scorer, out = WorldLabeler(lm.codebook_size), {}
@@ -140,11 +144,11 @@ def contrast_baseline(lm, loaded, attribute: str, chosen: dict, pairs, report: d
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a world model folder (mgsteer world train)")
-    p.add_argument("--clips", type=int, default=256, help="prompted clips harvested for the SAE")
-    p.add_argument("--sae-steps", type=int, default=1000)
-    p.add_argument("--expansion", type=int, default=4)
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--window-s", type=float, default=2.0, help="window of the detection AUROC")
+    p.add_argument("--clips", type=int, default=BENCH_SAE.clips, help="prompted clips harvested for the SAE")
+    p.add_argument("--sae-steps", type=int, default=BENCH_SAE.steps)
+    p.add_argument("--expansion", type=int, default=BENCH_SAE.expansion)
+    p.add_argument("--k", type=int, default=BENCH_SAE.k)
+    p.add_argument("--window-s", type=float, default=DETECTION_WINDOW_S, help="window of the detection AUROC")
     p.add_argument("--layer", type=int, default=2)
     p.add_argument("--generations", type=int, default=50, help="prompted clips for the accuracy")
     p.add_argument("--prompts", type=int, default=8, help="neutral prompts per attribute")
