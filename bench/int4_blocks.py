@@ -17,6 +17,7 @@ import itertools
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from stream import loop_step_ms, make_sae
 
 from engine.model import load_musicgen
 from engine.onnx_backend import OnnxBackend
-from engine.onnx_export import FILES, MANIFEST, STEP_FILES, quantize_step_int4
+from engine.onnx_export import FILES, STEP_FILES, load_manifest, quantize_step_int4, write_manifest
 from engine.runtime_choice import divergence
 from engine.steering import Steerer
 
@@ -36,8 +37,7 @@ def variant_folder(src: Path, dst: Path) -> None:
     for name in (FILES["prompt"], FILES["step"], FILES["codec"]):
         if (src / name).exists():
             (dst / name).symlink_to((src / name).resolve())
-    manifest = json.loads((src / MANIFEST).read_text())
-    (dst / MANIFEST).write_text(json.dumps({**manifest, "int8": False, "int4": True}))
+    write_manifest(dst, replace(load_manifest(src), int8=False, int4=True))
 
 
 def main() -> None:

@@ -241,8 +241,12 @@ def _export(
         progress("quantizing the step graph's MatMul weights to 4 bits …")
         quantize_step_int4(out / FILES["step"], out / STEP_FILES["int4"])
     manifest = manifest_for(lm, layer, max_context, frames, int8, sae, int4)
-    (out / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
+    write_manifest(out, manifest)
     return manifest
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
 
 
 def cache_inputs(layers: int) -> list[str]:
