@@ -13,15 +13,15 @@ docs/WORLD.md), on each world model given:
    recursive feature machine) at `--layer`.
 3. Steering (`--steering`): `add` α·β·direction to both CFG halves (what a knob does),
    `cond` to the conditional half only (classifier-free guidance then scales the push), or
-   `clamp` each frame's reading of the direction to α·β (a frame already that far along is
-   left alone: the push is only what each frame lacks).
-   α chosen on selection pairs of their own (4 neutral prompts × seeds 100–103, as the SAE
+   `clamp` each frame's reading of the direction to α·β (each frame is moved by what it
+   lacks, or pulled back by what it has beyond it, not all by the same push).
+4. α chosen on selection pairs of their own (4 neutral prompts × seeds 100–103, as the SAE
    features' choice in bench/world.py): the α that moves the most pairs toward the value with
    the music above the grammar's quality floor (ties: the smaller α).
    The SAE column (`--sae-clips` > 0): bench/world.py's harvest and SAE per world, and
    bench/world.py's choice restricted to the value (its best detectors and aligned features,
    each at every α of `SteerSelection`, on the same selection pairs).
-   Test on other pairs (`--prompts` neutral prompts × `--seeds` seeds that never name the
+5. Test on other pairs (`--prompts` neutral prompts × `--seeds` seeds that never name the
    attribute, the world scorer's exact posterior), with eval-steer's baselines: unsteered,
    a random direction of the same norm, and the value named in the prompt. Reported: of the
    pairs not already at the value, the share moved toward it with the music kept, the share
