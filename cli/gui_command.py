@@ -75,6 +75,7 @@ def run_gui(args: argparse.Namespace) -> None:
         melody=args.melody,
         melody_input=device_arg(args.melody_input),
         melody_seconds=args.melody_seconds,
+        halves=args.halves,
     )
     error = run_app(spec, _attach(args, preset), args.preset, args.seconds, shot, steers)
     if error is not None:

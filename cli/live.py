@@ -32,6 +32,10 @@ def live_args(p: argparse.ArgumentParser) -> None:
         help="seconds of the melody input the model follows (default 10)",
     )  # fmt: skip
     p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
+    p.add_argument(
+        "--halves", default="both", choices=("both", "cond"),
+        help="CFG halves the knobs steer: both, or cond (the conditional half alone: guidance scales the push)",
+    )  # fmt: skip
     p.add_argument("--seconds", type=types.SECONDS, help="stop after this much audio has played (not given: Ctrl-C)")
     p.add_argument("--no-audio", action="store_true", help="no sound device: play into a real-time null clock")
     p.add_argument("--audio-device", help="output device name or index (not given: the system's)")

@@ -283,6 +283,7 @@ def cmd_play(args: argparse.Namespace) -> None:
         graph=args.graph,
         backend=open_backend(args, lm, sae),
         melody=melody,
+        halves=args.halves,
     )
     bus = ParameterBus(
         knob_count=max(8, len(preset.knobs)) if preset is not None else 8,

@@ -20,6 +20,7 @@ from engine.host import Host, HostConfig
 from engine.melody_input import open_melody
 from engine.model import LoadedModel, load_musicgen
 from engine.params import ParameterBus
+from engine.steering import Halves
 from engine.tokenloop import SamplingConfig
 from sae.catalog import load_catalog
 from sae.concept import with_concepts
@@ -62,6 +63,7 @@ class SessionSpec:
     melody: str | None = None  # a melody model follows this file's melody…
     melody_input: str | int | None = None  # …or this sound input's ("": the default input)
     melody_seconds: float = 10.0  # …last seconds
+    halves: Halves = "both"  # the CFG halves the knobs steer (engine.host.HostConfig.halves)
 
 
 @dataclass
@@ -130,6 +132,7 @@ def open_session(spec: SessionSpec, progress: Callable[[str], None] = lambda _: 
         spec.latency, lookahead_ms=spec.lookahead_ms, chunk=spec.chunk, sampling=spec.sampling, graph=spec.graph,
         backend=open_backend(spec.backend.name, spec.backend.onnx_dir, spec.backend.precision, lm, sae, progress),
         meter_knobs=True, melody=open_melody(lm, spec.melody, spec.melody_input, spec.melody_seconds),
+        halves=spec.halves,
     )  # fmt: skip
     recorder = WavRecorder(spec.record, lm.sample_rate, spec.record_seconds, channels) if spec.record else None
     host = Host(lm, bus, sink, sae, config, recorder)

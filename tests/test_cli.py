@@ -234,3 +234,16 @@ def test_help_shows_each_default_once_and_none_on_required_flags(capsys):
     text = capsys.readouterr().out.split("options:")[1]
     assert "(default: 32)" in re.search(r"--k K.*?\n  -", text, re.S)[0]
     assert "default" not in re.search(r"--acts ACTS.*?\n  -", text, re.S)[0]
+
+
+def test_play_steers_the_cfg_halves_it_is_told(tiny_sae_dir, tiny_sae, tmp_path):
+    feature = alive_features(tiny_sae)[0]
+    base = ["play", "--model", "tiny", "--sae", str(tiny_sae_dir), "--no-audio", "--seconds", "0.5",
+            "--backend", "torch", "--steer", f"{feature}=3"]  # fmt: skip
+    played = {}
+    for name, halves in (("both", "both"), ("again", "both"), ("cond", "cond")):
+        out = tmp_path / f"{name}.wav"
+        assert main([*base, "--halves", halves, "--out", str(out)]) in (0, None)
+        played[name] = sf.read(str(out))[0]
+    assert np.array_equal(played["both"], played["again"])  # the same flags play the same music
+    assert not np.array_equal(played["both"], played["cond"])

@@ -310,9 +310,10 @@ def test_the_window_survives_a_model_that_fails_to_load(qtbot, tmp_path, tiny_sa
     assert window.session is None and "could not load" in window.errors[-1]
     window.bank.knobs[0].dial.setValue(10)  # no session: an error line, no crash
     assert "no model" in window.errors[-1]
-    spec = SessionSpec(model="tiny", sae=str(tiny_sae_dir), no_audio=True, knobs=4)
+    spec = SessionSpec(model="tiny", sae=str(tiny_sae_dir), no_audio=True, knobs=4, halves="cond")
     window.load(spec)  # and another model loads fine
     qtbot.waitUntil(lambda: window.session is not None, timeout=LOAD_MS)
+    assert window.session.host.config.halves == "cond"  # its knobs steer the halves the spec names
     window.close()
 
 
