@@ -33,8 +33,9 @@ def live_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
     p.add_argument(
-        "--halves", default="both", choices=("both", "cond"),
-        help="CFG halves the knobs steer: both, or cond (the conditional half alone: guidance scales the push)",
+        "--halves", choices=("both", "cond"),
+        help="CFG halves the knobs steer: both, or cond (the conditional half alone: guidance scales the push); "
+        "not given: the preset's, or both",
     )  # fmt: skip
     p.add_argument("--seconds", type=types.SECONDS, help="stop after this much audio has played (not given: Ctrl-C)")
     p.add_argument("--no-audio", action="store_true", help="no sound device: play into a real-time null clock")
@@ -74,9 +75,10 @@ def live_args(p: argparse.ArgumentParser) -> None:
 
 
 def controller_settings(args: argparse.Namespace, preset) -> None:
-    """OSC address and latency profile from the flags, else the preset's, else 127.0.0.1:9000
-    and the default profile."""
+    """OSC address, latency profile and CFG halves from the flags, else the preset's, else
+    127.0.0.1:9000, the default profile and both halves."""
     args.latency = args.latency or (preset.latency if preset is not None else "default")
+    args.halves = args.halves or (preset.halves if preset is not None else "both")
     osc = preset.osc if preset is not None else {}
     args.osc_host = args.osc_host or osc.get("host", "127.0.0.1")
     args.osc_port = args.osc_port if args.osc_port is not None else osc.get("port", 9000)

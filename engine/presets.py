@@ -22,6 +22,7 @@ from engine.automation import check_points
 from engine.errors import MgsteerError
 from engine.inputs import PRESET_BYTES, read_json
 from engine.params import CURVES, MAX_LABEL, ParameterBus
+from engine.steering import HALVES
 
 FORMAT = "mgsteer-preset/1"
 
@@ -56,6 +57,7 @@ class Preset:
     midi: dict[str, Any] = field(default_factory=dict)
     osc: dict[str, Any] = field(default_factory=dict)
     latency: str = "default"  # engine.host latency profile: default or low
+    halves: str = "both"  # the CFG halves the knobs steer: both, or cond (engine.host.HostConfig.halves)
     automation: tuple[KnobAutomation, ...] = ()
     # knobs from examples (concept folders) added to the SAE as its next features, in this order:
     # the knobs' feature ids past the SAE's own are theirs
@@ -75,7 +77,7 @@ class Preset:
 
 PRESET_FIELDS = (
     "format", "name", "model", "sae", "prompt", "smoothing_ms", "knobs", "features", "midi", "osc", "latency",
-    "automation", "concepts",
+    "halves", "automation", "concepts",
 )  # fmt: skip
 KNOB_FIELDS = ("label", "features", "range", "curve", "value")
 OSC_FIELDS = ("host", "port")
@@ -259,6 +261,9 @@ def parse_preset(
     latency = f.text("latency", "default")
     if latency not in limits.LATENCY_PROFILES:
         raise f.fail("latency", f"must be one of {', '.join(limits.LATENCY_PROFILES)}, got {latency!r}")
+    halves = f.text("halves", "both")
+    if halves not in HALVES:
+        raise f.fail("halves", f"must be one of {', '.join(HALVES)}, got {halves!r}")
     return Preset(
         name=f.text("name", "untitled"),
         model=f.text("model", "tiny"),
@@ -270,6 +275,7 @@ def parse_preset(
         midi=_midi_settings(f"{where}.midi", f.mapping("midi")),
         osc=_osc_settings(f"{where}.osc", f.mapping("osc")),
         latency=latency,
+        halves=halves,
         automation=tuple(automation),
         concepts=tuple(concepts),
     )

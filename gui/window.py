@@ -544,10 +544,11 @@ class MainWindow(QMainWindow):
             and preset.model == session.spec.model
             and _same_folder(sae, session.spec.sae)
             and [str(Path(c).resolve()) for c in session.concepts] == list(preset.concepts)
+            and preset.halves == session.spec.halves
         )
         if not same and reload:
             self._pending_preset = path
-            self.load(replace(self.spec, model=preset.model, sae=sae, concepts=preset.concepts))
+            self.load(replace(self.spec, model=preset.model, sae=sae, concepts=preset.concepts, halves=preset.halves))
             return True
         try:
             preset = load_preset(path, session.feature_count if session.sae else None, self.spec.knobs)
@@ -565,7 +566,10 @@ class MainWindow(QMainWindow):
             return None
         sae = str(Path(session.spec.sae).resolve()) if session.spec.sae else None
         concepts = tuple(str(Path(c).resolve()) for c in session.concepts)
-        preset = capture_preset(session.bus, name or Path(path).stem, session.spec.model, sae, concepts=concepts)
+        preset = capture_preset(
+            session.bus, name or Path(path).stem, session.spec.model, sae, concepts=concepts,
+            latency=session.spec.latency, halves=session.spec.halves,
+        )  # fmt: skip
         try:
             saved = save_preset(preset, path)
         except (MgsteerError, OSError) as exc:

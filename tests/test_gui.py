@@ -314,6 +314,12 @@ def test_the_window_survives_a_model_that_fails_to_load(qtbot, tmp_path, tiny_sa
     window.load(spec)  # and another model loads fine
     qtbot.waitUntil(lambda: window.session is not None, timeout=LOAD_MS)
     assert window.session.host.config.halves == "cond"  # its knobs steer the halves the spec names
+    saved = json.loads(window.save_preset(str(tmp_path / "cond.json")).read_text())
+    assert saved["halves"] == "cond"  # and a preset saved from it says so
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({**saved, "halves": "both"}))
+    assert window.open_preset(str(both))  # a preset on the other halves reopens the session on them
+    qtbot.waitUntil(lambda: window.session is not None and window.session.host.config.halves == "both", timeout=LOAD_MS)
     window.close()
 
 

@@ -92,6 +92,7 @@ GOOD = json.loads((BUNDLED / "world-demo.json").read_text())
         ({"features": {"3": None}}, ".features.3: strength must be a finite number"),
         ({"midi": []}, ".midi: must be a JSON object"),
         ({"latency": "fast"}, ".latency: must be one of default, low, got 'fast'"),
+        ({"halves": "uncond"}, ".halves: must be one of both, cond, got 'uncond'"),
         ({"automation": {}}, ".automation: must be a list"),
         ({"automation": [{"knob": 7, "points": [[0, 1]]}]}, ".automation[0].knob: knob 7 is not one of the preset's"),
         ({"automation": [{"knob": 0, "crossfade": [1, 2], "points": [[0, 1]]}]}, "either 'knob' (one knob) or"),
@@ -183,25 +184,26 @@ def test_a_presets_folder_overwrites_only_presets(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["dir.json", "fine.json", "link.json", "notes.json"]
 
 
-def test_a_preset_chooses_the_latency_profile_unless_the_command_line_does(tmp_path):
+def test_a_preset_chooses_the_latency_profile_and_halves_unless_the_command_line_does(tmp_path):
     from argparse import Namespace
 
     from cli.live import controller_settings
 
     path = tmp_path / "low.json"
-    path.write_text(json.dumps({"format": "mgsteer-preset/1", "latency": "low"}))
+    path.write_text(json.dumps({"format": "mgsteer-preset/1", "latency": "low", "halves": "cond"}))
     preset = load_preset(path)
     assert preset.latency == "low" and save_preset(preset, tmp_path / "again.json").read_text().count('"low"') == 1
+    assert load_preset(tmp_path / "again.json").halves == "cond"
     given = {"osc_host": None, "osc_port": None}
-    args = Namespace(latency=None, **given)
+    args = Namespace(latency=None, halves=None, **given)
     controller_settings(args, preset)
-    assert args.latency == "low"
-    args = Namespace(latency="default", **given)
+    assert (args.latency, args.halves) == ("low", "cond")
+    args = Namespace(latency="default", halves="both", **given)
     controller_settings(args, preset)
-    assert args.latency == "default"
-    args = Namespace(latency=None, **given)
+    assert (args.latency, args.halves) == ("default", "both")
+    args = Namespace(latency=None, halves=None, **given)
     controller_settings(args, None)
-    assert args.latency == "default"
+    assert (args.latency, args.halves) == ("default", "both")
 
 
 def test_play_takes_a_preset_of_sixteen_knobs(tmp_path, capsys):
