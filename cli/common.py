@@ -36,8 +36,10 @@ def sae_args(p: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def steer_mode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", default="add", choices=("add", "clamp"), help="add a direction or clamp an activation")
-    p.add_argument("--halves", default="both", choices=("both", "cond"), help="CFG halves to steer")
+    from engine.steering import HALVES, MODES
+
+    p.add_argument("--mode", default="add", choices=MODES, help="add a direction or clamp an activation")
+    p.add_argument("--halves", default="both", choices=HALVES, help="CFG halves to steer")
 
 
 def require_features(steers, sae: str | None, concepts) -> None:

@@ -18,6 +18,8 @@ PRESETS_HINT = "not given: $XDG_CONFIG_HOME/mgsteer/presets, else ~/.config/mgst
 
 def live_args(p: argparse.ArgumentParser) -> None:
     """SAE, prompt, steering, transport, audio, preset, OSC and MIDI flags."""
+    from engine.steering import HALVES
+
     sae_args(p, "SAE folder; needed for --steer and for knobs")
     p.add_argument("--prompt", default="simple melody", help="what to play, in words")
     p.add_argument(
@@ -33,7 +35,7 @@ def live_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--steer", action="append", default=[], metavar="FEATURE=ALPHA", help="repeatable; α in units of β")
     p.add_argument(
-        "--halves", choices=("both", "cond"),
+        "--halves", choices=HALVES,
         help="CFG halves the knobs steer: both, or cond (the conditional half alone: guidance scales the push); "
         "not given: the preset's, or both",
     )  # fmt: skip
