@@ -214,7 +214,7 @@ def main() -> None:
     print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=2))
 
 
-def memory_read_gbs(megabytes: int = 1024, repeats: int = 3) -> float:
+def memory_read_gbs(megabytes: int = 1024, repeats: int = 10) -> float:
     """Memory read bandwidth on the threads torch uses: the best of `repeats` sums of a tensor
     far larger than any cache. A step that reads every weight once cannot beat bytes ÷ this."""
     data = torch.ones(megabytes * 2**20 // 4)
