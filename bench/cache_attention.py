@@ -7,7 +7,13 @@ position) over a cache kept in float32 and in int8 (per-tensor and per-channel s
 `--contexts` positions, the cache bound in place as the step graph's is. Prints one JSON
 object. The step graph itself does not use this op yet: these are the figures for it.
 
+`--model M` adds what an int8 cache would cost in music: transformers' decoder on four
+generated clips, teacher-forced, with every layer's self-attention keys and values rounded to
+int8 under static scales (the op's `k_scale`/`v_scale`) taken from four other clips, against
+float32: the KL of the next-token distributions and how often their top token agrees.
+
     python bench/cache_attention.py [--layers 24] [--heads 16] [--head-dim 64] [--contexts 500,1000,1499]
+                                    [--model random-small|demo_out/world] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ import statistics
 import time
 
 import numpy as np
+import torch
 from common import machine, one_line_errors
+
+from engine.model import load_musicgen
+from engine.prompts import encode_prompts, teacher_forced_logits
+from engine.render import render
+from engine.tokenloop import SamplingConfig
+from sae.harvest import delayed_inputs
 
 ROWS = 2  # CFG's two halves
 CACHES = {"float32": ("NONE", np.float32), "int8, per-tensor scale": ("PER_TENSOR", np.int8),
@@ -89,6 +102,58 @@ def step_ms(args, quant: str, dtype, context: int, room: int) -> float:
     return 1000 * statistics.median(times)
 
 
+QUALITY_PROMPTS = ("simple melody", "fast drums in C major", "slow bright tune", "busy drums low register")
+
+
+def clips(lm, seconds: float, seed: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Delayed decoder inputs `[B·K, T]` of clips generated from QUALITY_PROMPTS, and their condition."""
+    codes = []
+    for i, prompt in enumerate(QUALITY_PROMPTS):
+        out = render(lm, prompt, seconds, SamplingConfig(seed=seed + i)).codes
+        codes.append(out[0] if out.dim() == 3 else out)
+    frames = min(c.shape[1] for c in codes)
+    inputs = torch.stack([delayed_inputs(c[:, :frames], lm.pad_token_id, lm.audio_channels) for c in codes])
+    return inputs.reshape(-1, inputs.shape[-1]), encode_prompts(lm, list(QUALITY_PROMPTS))
+
+
+def int8_cache_quality(model: str, seconds: float) -> dict:
+    """KL and top-token agreement of the decoder with int8 keys and values vs float32."""
+    lm = load_musicgen(model, "cpu", "float32")
+    projections = [(i, kv, getattr(layer.self_attn, f"{kv}_proj")) for i, layer in enumerate(lm.decoder_layers)
+                   for kv in "kv"]  # fmt: skip
+    peaks: dict[tuple[int, str], torch.Tensor] = {}
+
+    def record(key):
+        def hook(module, args, out):
+            peak = out.abs().amax(dim=(0, 1))
+            peaks[key] = torch.maximum(peaks[key], peak) if key in peaks else peak
+
+        return hook
+
+    def rounded(scale: torch.Tensor):
+        return lambda module, args, out: (out / scale).round().clamp(-127, 127) * scale
+
+    with torch.inference_mode():
+        handles = [proj.register_forward_hook(record((i, kv))) for i, kv, proj in projections]
+        teacher_forced_logits(lm, *clips(lm, seconds, 100))  # the calibration clips
+        for handle in handles:
+            handle.remove()
+        inputs, condition = clips(lm, seconds, 0)
+        reference = teacher_forced_logits(lm, inputs, condition).double().log_softmax(-1)  # float64: KL ≥ 0
+        out = {"positions": reference.shape[1]}
+        for name, per_channel in (("per-channel scales", True), ("per-tensor scale", False)):
+            scales = {key: (p if per_channel else p.max()).clamp_min(1e-8) / 127 for key, p in peaks.items()}
+            handles = [proj.register_forward_hook(rounded(scales[(i, kv)])) for i, kv, proj in projections]
+            quantized = teacher_forced_logits(lm, inputs, condition).double().log_softmax(-1)
+            for handle in handles:
+                handle.remove()
+            kl = (reference.exp() * (reference - quantized)).sum(-1)
+            agrees = (reference.argmax(-1) == quantized.argmax(-1)).float().mean()
+            out[name] = {"kl_mean": float(f"{kl.mean():.3g}"), "kl_p95": float(f"{kl.quantile(0.95):.3g}"),
+                         "top_token_agrees": round(float(agrees), 4)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24, help="musicgen-small: 24")
@@ -98,6 +163,8 @@ def main() -> None:
                         help="cached positions (50 a second: 10, 20 and 30 s)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--model", help="also measure an int8 cache's effect on this model's next-token distributions")
+    parser.add_argument("--seconds", type=float, default=3.0, help="with --model: length of each clip")
     args = parser.parse_args()
     room = max(args.contexts) + 1
     rows = {}
@@ -106,8 +173,11 @@ def main() -> None:
         rows[name] = {"ms_by_context": {str(c): round(step_ms(args, quant, dtype, c, room), 2) for c in args.contexts},
                       "cache_mb_per_1000_positions": round(cache_mb * 1000, 3)}  # fmt: skip
         print(json.dumps({name: rows[name]}), flush=True)
-    print(json.dumps({"machine": machine("cpu"), "layers": args.layers, "heads": args.heads, "head_dim": args.head_dim,
-                      "rows": ROWS, "threads": args.threads, "caches": rows}, indent=1))  # fmt: skip
+    result = {"machine": machine("cpu"), "layers": args.layers, "heads": args.heads, "head_dim": args.head_dim,
+              "rows": ROWS, "threads": args.threads, "caches": rows}  # fmt: skip
+    if args.model:
+        result["int8_cache_quality"] = {"model": args.model, **int8_cache_quality(args.model, args.seconds)}
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
