@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
-from common import machine, one_line_errors
+from common import machine, one_line_errors, timed_ms
 
 from engine.model import load_musicgen
 from engine.prompts import encode_prompts, teacher_forced_logits
@@ -92,14 +90,7 @@ def step_ms(args, quant: str, dtype, context: int, room: int) -> float:
             binding.bind_ortvalue_input(f"{kv}{i}", caches[-1])
             binding.bind_ortvalue_output(f"new_{kv}{i}", caches[-1])  # written in place, as a cache is
         binding.bind_output(f"out{i}")
-    for _ in range(3):
-        session.run_with_iobinding(binding)
-    times = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        session.run_with_iobinding(binding)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return timed_ms(lambda: session.run_with_iobinding(binding), args.repeats, warmup=3)
 
 
 QUALITY_PROMPTS = ("simple melody", "fast drums in C major", "slow bright tune", "busy drums low register")

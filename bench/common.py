@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -45,3 +47,15 @@ def one_line_errors(main: Callable[[], None]) -> None:
     except MgsteerError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def timed_ms(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Median ms of `run` after `warmup` calls (first-call costs: allocation, kernel choice)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)

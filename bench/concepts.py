@@ -126,8 +126,14 @@ def choose_alpha(lm, loaded, attribute: str, value: str, alphas: list[float], se
         moved = moves(before, scorer.score_codes(concept, steered), loglik >= sel.quality_floor)
         tried.append({"alpha": alpha, "moved_share": moved["moved_share_of_all_pairs"],
                       "grammar_loglik": round(float(loglik.mean()), 3)})  # fmt: skip
-    allowed = [t for t in tried if t["grammar_loglik"] >= sel.quality_floor] or tried
-    return {"chosen": max(allowed, key=lambda t: (t["moved_share"], -t["alpha"])), "tried": tried}
+    return {"chosen": best_alpha(tried, sel.quality_floor), "tried": tried}
+
+
+def best_alpha(tried: list[dict], floor: float) -> dict:
+    """Of the α tried on the selection pairs, the one that moves the most pairs with the music
+    above the grammar's floor on average (all of them if none is); ties: the smaller α."""
+    allowed = [t for t in tried if t["grammar_loglik"] >= floor] or tried
+    return max(allowed, key=lambda t: (t["moved_share"], -t["alpha"]))
 
 
 def test(lm, loaded, attribute: str, value: str, alpha: float, args, feature: int = 0, steering: str = "add") -> dict:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 from common import machine, one_line_errors
-from concepts import example_prompts
+from concepts import best_alpha, example_prompts
 
 from engine.model import load_musicgen
 from engine.render import render
@@ -88,8 +88,7 @@ def value_row(lm, attribute: str, value: str, args, sel: SteerSelection) -> dict
         after, kept, loglik = scored(lm, selection, concept, sel, {k: alpha * v for k, v in push.items()})
         tried.append({"alpha": alpha, "moved_share": moves(before, after, kept)["moved_share_of_all_pairs"],
                       "grammar_loglik": round(loglik, 3)})  # fmt: skip
-    allowed = [t for t in tried if t["grammar_loglik"] >= sel.quality_floor] or tried
-    alpha = max(allowed, key=lambda t: (t["moved_share"], -t["alpha"]))["alpha"]
+    alpha = best_alpha(tried, sel.quality_floor)["alpha"]
     test = [(p, s) for p in neutral_prompts(attribute, args.prompts, 0) for s in range(args.seeds)]
     plain, plain_kept, _ = scored(lm, test, concept, sel, None)
     row = {"alpha": alpha, "selection": tried, "pairs": len(test),

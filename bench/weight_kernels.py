@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, one_line_errors
+from common import machine, one_line_errors, timed_ms
 from stream import floor, graph_weight_bytes, memory_read_gbs
 
 from engine.errors import MgsteerError
@@ -42,17 +40,6 @@ def step_weights(lm) -> list[torch.Tensor]:
         for name, module in lm.model.decoder.named_modules()
         if isinstance(module, torch.nn.Linear) and not name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj"))
     ]
-
-
-def timed_ms(run: Callable[[], object], repeats: int) -> float:
-    """Median ms of `run` after two warm-up calls."""
-    run(), run()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def torch_kernels(weights: list[torch.Tensor], groups: list[int]) -> dict[str, tuple[Callable[[], object], int]]:
